@@ -1,0 +1,76 @@
+"""funcnn: functional, pure-array multilayer perceptrons on NumPy and JAX.
+
+Stateless functions over parameter and optimizer-state pytrees, one code path
+for ``numpy`` and ``jax.numpy``, and a hand-written backward pass checked
+against ``jax.grad`` and finite differences (``funcnn.testing``).
+"""
+
+from funcnn import activations as activations
+from funcnn import losses as losses
+from funcnn import optim as optim
+from funcnn import random as random
+from funcnn import schedules as schedules
+from funcnn.backend import get_backend as get_backend
+from funcnn.backend import set_backend as set_backend
+from funcnn.backend import to_backend as to_backend
+from funcnn.mlp import MLP as MLP
+from funcnn.mlp import Cache as Cache
+from funcnn.mlp import Dense as Dense
+from funcnn.mlp import backprop as backprop
+from funcnn.mlp import forward as forward
+from funcnn.mlp import init_params as init_params
+from funcnn.mlp import loss as loss
+from funcnn.mlp import predict as predict
+from funcnn.mlp import value_and_grad as value_and_grad
+from funcnn.optim import AdagradState as AdagradState
+from funcnn.optim import AdamState as AdamState
+from funcnn.optim import Optimizer as Optimizer
+from funcnn.optim import RMSPropState as RMSPropState
+from funcnn.optim import SGDState as SGDState
+from funcnn.optim import adagrad_init as adagrad_init
+from funcnn.optim import adagrad_update as adagrad_update
+from funcnn.optim import adam_init as adam_init
+from funcnn.optim import adam_update as adam_update
+from funcnn.optim import adamw_update as adamw_update
+from funcnn.optim import clip_by_global_norm as clip_by_global_norm
+from funcnn.optim import rmsprop_init as rmsprop_init
+from funcnn.optim import rmsprop_update as rmsprop_update
+from funcnn.optim import sgd_init as sgd_init
+from funcnn.optim import sgd_update as sgd_update
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "MLP",
+    "AdagradState",
+    "AdamState",
+    "Cache",
+    "Dense",
+    "Optimizer",
+    "RMSPropState",
+    "SGDState",
+    "activations",
+    "adagrad_init",
+    "adagrad_update",
+    "adam_init",
+    "adam_update",
+    "adamw_update",
+    "backprop",
+    "clip_by_global_norm",
+    "forward",
+    "get_backend",
+    "init_params",
+    "loss",
+    "losses",
+    "optim",
+    "predict",
+    "random",
+    "rmsprop_init",
+    "rmsprop_update",
+    "schedules",
+    "set_backend",
+    "sgd_init",
+    "sgd_update",
+    "to_backend",
+    "value_and_grad",
+]

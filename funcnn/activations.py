@@ -1,0 +1,158 @@
+"""Activation functions, each written beside its derivative.
+
+Every activation is a pair ``(fn, grad)``: ``a = fn(z)`` and
+``grad(z, a) = da/dz`` elementwise. The derivative may use ``z`` or the
+already computed ``a``, whichever is cheaper (``sigmoid' = a (1 - a)``).
+All are written against the array's own namespace, so they work on NumPy
+arrays, jax arrays and under ``jax.jit``, and keep the input dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from funcnn.backend import array_namespace
+
+__all__ = [
+    "ACTIVATIONS",
+    "Activation",
+    "elu",
+    "gelu",
+    "get_activation",
+    "identity",
+    "leaky_relu",
+    "relu",
+    "sigmoid",
+    "softmax",
+    "softplus",
+    "tanh",
+]
+
+LEAKY_SLOPE = 0.01
+ELU_ALPHA = 1.0
+_GELU_C = math.sqrt(2.0 / math.pi)
+_GELU_K = 0.044715
+
+
+class Activation(NamedTuple):
+    """An elementwise activation: ``fn(z) -> a`` and ``grad(z, a) -> da/dz``."""
+
+    name: str
+    fn: Callable[[Any], Any]
+    grad: Callable[[Any, Any], Any]
+
+
+# relu: a = max(z, 0);  a' = 1[z > 0]  (0 at z = 0, as jax.nn.relu; written with
+# `where` so that jax.grad of it agrees at z = 0, where `maximum` would give 1/2)
+def relu(z):
+    return array_namespace(z).where(z > 0, z, 0)
+
+
+def relu_grad(z, a):
+    return (z > 0).astype(z.dtype)
+
+
+# leaky_relu: a = z if z > 0 else 0.01 z;  a' = 1 or 0.01
+def leaky_relu(z):
+    return array_namespace(z).where(z > 0, z, LEAKY_SLOPE * z)
+
+
+def leaky_relu_grad(z, a):
+    xp = array_namespace(z)
+    return xp.where(z > 0, xp.ones_like(z), xp.full_like(z, LEAKY_SLOPE))
+
+
+# elu: a = z if z > 0 else alpha (e^z - 1);  a' = 1 or a + alpha
+def elu(z):
+    xp = array_namespace(z)
+    return xp.where(z > 0, z, ELU_ALPHA * xp.expm1(xp.minimum(z, 0)))
+
+
+def elu_grad(z, a):
+    xp = array_namespace(z)
+    return xp.where(z > 0, xp.ones_like(z), a + ELU_ALPHA)
+
+
+# gelu (tanh form): a = z/2 (1 + tanh(u)),  u = c (z + k z^3)
+#                   a' = (1 + t)/2 + z/2 (1 - t^2) c (1 + 3 k z^2),  t = tanh(u)
+def gelu(z):
+    xp = array_namespace(z)
+    return 0.5 * z * (1 + xp.tanh(_GELU_C * (z + _GELU_K * z**3)))
+
+
+def gelu_grad(z, a):
+    xp = array_namespace(z)
+    t = xp.tanh(_GELU_C * (z + _GELU_K * z**3))
+    return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * _GELU_C * (1 + 3 * _GELU_K * z * z)
+
+
+# tanh: a = tanh(z);  a' = 1 - a^2
+def tanh(z):
+    return array_namespace(z).tanh(z)
+
+
+def tanh_grad(z, a):
+    return 1 - a * a
+
+
+# sigmoid: a = 1 / (1 + e^-z) = (1 + tanh(z/2)) / 2 (no overflow);  a' = a (1 - a)
+def sigmoid(z):
+    return 0.5 * (array_namespace(z).tanh(0.5 * z) + 1)
+
+
+def sigmoid_grad(z, a):
+    return a * (1 - a)
+
+
+# softplus: a = log(1 + e^z) = max(z, 0) + log1p(e^-|z|);  a' = sigmoid(z)
+def softplus(z):
+    xp = array_namespace(z)
+    return xp.maximum(z, 0) + xp.log1p(xp.exp(-xp.abs(z)))
+
+
+def softplus_grad(z, a):
+    return sigmoid(z)
+
+
+# identity: a = z;  a' = 1
+def identity(z):
+    return z
+
+
+def identity_grad(z, a):
+    return array_namespace(z).ones_like(z)
+
+
+# softmax over the last axis (an output, not elementwise: its Jacobian-vector
+# product lives in funcnn.losses).
+def softmax(z):
+    xp = array_namespace(z)
+    e = xp.exp(z - xp.max(z, axis=-1, keepdims=True))
+    return e / xp.sum(e, axis=-1, keepdims=True)
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    a.name: a
+    for a in (
+        Activation("relu", relu, relu_grad),
+        Activation("leaky_relu", leaky_relu, leaky_relu_grad),
+        Activation("elu", elu, elu_grad),
+        Activation("gelu", gelu, gelu_grad),
+        Activation("tanh", tanh, tanh_grad),
+        Activation("sigmoid", sigmoid, sigmoid_grad),
+        Activation("softplus", softplus, softplus_grad),
+        Activation("identity", identity, identity_grad),
+    )
+}
+
+
+def get_activation(name: str) -> Activation:
+    """Look up an elementwise activation by name."""
+    try:
+        return ACTIVATIONS[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)}"
+        ) from None

@@ -1,0 +1,148 @@
+"""Losses, fused with the output activation, each beside its gradient ``dL/dz``.
+
+Every loss is the **mean over the batch** and is computed from the output
+layer's pre-activation ``z`` (the logits) of shape ``(m, k)``:
+
+================  ===========  ====================================  =========================
+loss              output       value                                 delta ``dL/dz``
+================  ===========  ====================================  =========================
+cross_entropy     softmax      mean_i [logsumexp(z_i) - z_i[y_i]]    ``(p - Y) / m``
+binary_cross_...  sigmoid      mean_ij [softplus(z_ij) - y_ij z_ij]  ``(p - y) / (m k)``
+mse               any          mean_ij (a_ij - y_ij)^2               ``2 (a - y) / (m k) * a'``
+================  ===========  ====================================  =========================
+
+``Y`` is the one-hot (or probability) target. Cross-entropy uses log-sum-exp and
+binary cross-entropy uses the log-sigmoid identity
+``-[y log s(z) + (1 - y) log(1 - s(z))] = softplus(z) - y z``, so logits of
+``+-1e4`` give finite values. For mean squared error the output may be any
+activation; its derivative (or, for softmax, its Jacobian-vector product) is
+applied to ``dL/da``.
+
+Targets ``y`` are prepared by :func:`prepare_targets`: integer labels of shape
+``(m,)`` for cross-entropy (or rows of shape ``(m, k)``), and for the others an
+array broadcast-free to ``(m, k)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from funcnn.activations import get_activation
+from funcnn.backend import array_namespace
+
+__all__ = [
+    "LOSSES",
+    "Loss",
+    "binary_cross_entropy",
+    "cross_entropy",
+    "default_loss",
+    "get_loss",
+    "mse",
+    "prepare_targets",
+]
+
+OUTPUTS = ("softmax", "sigmoid", "identity", "relu", "leaky_relu", "elu", "gelu", "tanh",
+           "softplus")
+_DEFAULT_LOSS = {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy"}
+
+
+class Loss(NamedTuple):
+    """A loss: ``value(output, z, a, y) -> scalar`` and ``delta(output, z, a, y) -> dL/dz``.
+
+    ``outputs`` lists the output activations it accepts (``None``: any).
+    """
+
+    name: str
+    value: Callable[..., Any]
+    delta: Callable[..., Any]
+    outputs: tuple[str, ...] | None
+
+
+def _one_hot(y, k, dtype):
+    xp = array_namespace(y)
+    return (y[:, None] == xp.arange(k)).astype(dtype)
+
+
+def _logsumexp(z):
+    xp = array_namespace(z)
+    zmax = xp.max(z, axis=-1, keepdims=True)
+    return zmax + xp.log(xp.sum(xp.exp(z - zmax), axis=-1, keepdims=True))
+
+
+# cross-entropy on softmax: L = mean_i [logsumexp(z_i) - <Y_i, z_i>];  dL/dz = (p - Y) / m
+def cross_entropy(output, z, a, y):
+    xp = array_namespace(z)
+    m = z.shape[0]
+    logp = z - _logsumexp(z)
+    if y.ndim == 1:
+        picked = xp.take_along_axis(logp, y[:, None], axis=1)
+        return -xp.sum(picked) / m
+    return -xp.sum(y * logp) / m
+
+
+def cross_entropy_delta(output, z, a, y):
+    m, k = z.shape
+    target = _one_hot(y, k, z.dtype) if y.ndim == 1 else y
+    return (a - target) * (1.0 / m)
+
+
+# binary cross-entropy on sigmoid: L = mean_ij [softplus(z) - y z];  dL/dz = (p - y) / (m k)
+def binary_cross_entropy(output, z, a, y):
+    xp = array_namespace(z)
+    softplus = xp.maximum(z, 0) + xp.log1p(xp.exp(-xp.abs(z)))
+    return xp.sum(softplus - y * z) / z.size
+
+
+def binary_cross_entropy_delta(output, z, a, y):
+    return (a - y) * (1.0 / z.size)
+
+
+# mean squared error: L = mean_ij (a - y)^2;  dL/da = 2 (a - y) / (m k), then through the output
+def mse(output, z, a, y):
+    diff = a - y
+    return array_namespace(z).sum(diff * diff) / z.size
+
+
+def mse_delta(output, z, a, y):
+    da = (a - y) * (2.0 / z.size)
+    if output == "softmax":  # Jacobian-vector product: p * (da - <da, p>)
+        return a * (da - array_namespace(z).sum(da * a, axis=-1, keepdims=True))
+    return da * get_activation(output).grad(z, a)
+
+
+LOSSES: dict[str, Loss] = {
+    "cross_entropy": Loss("cross_entropy", cross_entropy, cross_entropy_delta, ("softmax",)),
+    "binary_cross_entropy": Loss(
+        "binary_cross_entropy", binary_cross_entropy, binary_cross_entropy_delta, ("sigmoid",)
+    ),
+    "mse": Loss("mse", mse, mse_delta, None),
+}
+
+
+def get_loss(name: str) -> Loss:
+    """Look up a loss by name."""
+    try:
+        return LOSSES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(LOSSES)}") from None
+
+
+def default_loss(output: str) -> str:
+    """The loss that goes with an output: softmax -> cross-entropy, sigmoid -> BCE, else MSE."""
+    return _DEFAULT_LOSS.get(output, "mse")
+
+
+def prepare_targets(loss: str, y: Any, k: int, dtype: Any) -> Any:
+    """Bring ``y`` into the form the loss computes with (no value checks here).
+
+    cross_entropy: integer labels ``(m,)`` stay as they are, rows ``(m, k)`` are cast to
+    ``dtype``; the others: ``(m,)`` becomes ``(m, 1)`` when ``k == 1`` and all are cast.
+    """
+    xp = array_namespace(y)
+    y = xp.asarray(y)
+    if loss == "cross_entropy" and y.ndim == 1:
+        return y
+    if y.ndim == 1:
+        y = y[:, None]
+    return y.astype(dtype)

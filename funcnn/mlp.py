@@ -1,0 +1,311 @@
+"""The multilayer perceptron: spec, initialisation, forward pass, loss and backward pass.
+
+Notation for layer ``l = 1..L`` on a batch of ``m`` rows (batch first)::
+
+    a_0 = x                         (m, n_0)
+    z_l = a_{l-1} @ W_l + b_l       (m, n_l)      W_l: (n_{l-1}, n_l), b_l: (n_l,)
+    a_l = g(z_l) * mask_l           hidden layers (inverted dropout mask, 0 or 1/(1-p))
+    out = f(z_L)                    output activation (softmax, sigmoid, identity, ...)
+
+and the backward pass, the exact gradient of the mean loss ``L``::
+
+    dz_L = dL/dz_L                  fused with the loss, e.g. (p - Y) / m
+    dW_l = a_{l-1}.T @ dz_l         db_l = sum_rows(dz_l)
+    da   = dz_l @ W_l.T * mask_{l-1}
+    dz_{l-1} = da * g'(z_{l-1})
+
+Parameters are a tuple of :class:`Dense` NamedTuples, one per layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from funcnn import random
+from funcnn._checks import check_params_like, check_x, check_y
+from funcnn.activations import ACTIVATIONS, get_activation, softmax
+from funcnn.backend import backend_of, get_backend, is_jax_array, namespace
+from funcnn.initializers import default_initializer, get_initializer, initialize
+from funcnn.losses import OUTPUTS, default_loss, get_loss
+
+__all__ = [
+    "MLP",
+    "Cache",
+    "Dense",
+    "backprop",
+    "forward",
+    "init_params",
+    "loss",
+    "predict",
+    "value_and_grad",
+]
+
+
+class Dense(NamedTuple):
+    """One layer's parameters: ``W`` of shape ``(n_in, n_out)`` and ``b`` of shape ``(n_out,)``."""
+
+    W: Any
+    b: Any
+
+
+class Cache(NamedTuple):
+    """What the backward pass needs from the forward pass (one entry per layer).
+
+    ``inputs[l]`` is the input of layer ``l`` (after dropout), ``zs[l]`` its
+    pre-activation, ``hidden[l]`` the hidden activation before dropout and
+    ``masks[l]`` the scaled dropout mask (``None`` without dropout); ``out`` is
+    the output activation.
+    """
+
+    inputs: tuple
+    zs: tuple
+    hidden: tuple
+    masks: tuple
+    out: Any
+
+
+@dataclass(frozen=True)
+class MLP:
+    """A frozen, hashable network spec (usable as a static argument of ``jax.jit``).
+
+    Args:
+      sizes: layer widths ``(n_in, n_hidden..., n_out)``, at least two.
+      hidden: activation of the hidden layers (see ``funcnn.activations.ACTIVATIONS``).
+      output: output activation: ``softmax``, ``sigmoid``, ``identity`` or any hidden one.
+      loss: ``cross_entropy``, ``binary_cross_entropy`` or ``mse``; by default
+        softmax -> cross-entropy, sigmoid -> binary cross-entropy, otherwise MSE.
+      dropout: probability of dropping a hidden unit while training, in ``[0, 1)``.
+    """
+
+    sizes: tuple[int, ...]
+    hidden: str = "relu"
+    output: str = "softmax"
+    loss: str | None = None
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        sizes = self.sizes
+        if isinstance(sizes, str) or not hasattr(sizes, "__iter__"):
+            raise TypeError(f"sizes must be a sequence of layer widths; got {sizes!r}")
+        sizes = tuple(sizes)
+        if len(sizes) < 2:
+            raise ValueError(f"sizes needs at least an input and an output width; got {sizes}")
+        for s in sizes:
+            if isinstance(s, bool) or not isinstance(s, int | np.integer) or s <= 0:
+                raise ValueError(f"layer widths must be positive integers; got {sizes}")
+        object.__setattr__(self, "sizes", tuple(int(s) for s in sizes))
+        get_activation(self.hidden)
+        if self.output not in OUTPUTS:
+            raise ValueError(
+                f"unknown output activation {self.output!r}; expected one of {', '.join(OUTPUTS)}"
+            )
+        loss_name = default_loss(self.output) if self.loss is None else self.loss
+        spec = get_loss(loss_name)
+        if spec.outputs is not None and self.output not in spec.outputs:
+            raise ValueError(
+                f"loss {loss_name!r} needs output {' or '.join(spec.outputs)}; got output "
+                f"{self.output!r} (use loss='mse' or change the output)"
+            )
+        if self.output == "softmax" and self.sizes[-1] < 2:
+            raise ValueError("a softmax output needs at least 2 units; use output='sigmoid'")
+        object.__setattr__(self, "loss", loss_name)
+        p = self.dropout
+        if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p < 1:
+            raise ValueError(f"dropout is the probability of dropping a unit, in [0, 1); got {p!r}")
+        object.__setattr__(self, "dropout", float(p))
+
+    @property
+    def n_layers(self) -> int:
+        """The number of weight layers, ``len(sizes) - 1``."""
+        return len(self.sizes) - 1
+
+
+# ---------------------------------------------------------------------------- init
+
+
+def init_params(
+    net: MLP, key: Any, *, backend: str | None = None, dtype: Any = "float32", init: Any = None
+) -> tuple[Dense, ...]:
+    """Initial parameters: weights from ``init`` (He or Glorot by default), zero biases.
+
+    ``key`` is an int seed or a ``funcnn.random`` key; a jax key implies the jax
+    backend. ``init`` is an initializer name or a callable ``(key, shape, dtype)``.
+    """
+    _check_net(net)
+    if backend is None and is_jax_array(key):
+        backend = "jax"
+    backend = get_backend(backend)
+    dtype = _check_dtype(dtype, backend)
+    init = default_initializer(net.hidden) if init is None else init
+    if not callable(init):
+        get_initializer(init)
+    keys = random.split(random.as_key(key, backend), net.n_layers)
+    xp = namespace(backend)
+    return tuple(
+        Dense(initialize(init, k, (n_in, n_out), dtype), xp.zeros((n_out,), dtype=dtype))
+        for k, n_in, n_out in zip(keys, net.sizes[:-1], net.sizes[1:], strict=True)
+    )
+
+
+def _check_net(net: Any) -> None:
+    if not isinstance(net, MLP):
+        raise TypeError(f"net must be a funcnn.MLP; got {type(net).__name__}")
+
+
+def _check_dtype(dtype: Any, backend: str) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64; got {dtype!r}")
+    if backend == "jax" and dt == np.float64:
+        import jax
+
+        if not jax.config.jax_enable_x64:
+            raise ValueError(
+                "float64 on the jax backend needs jax.config.update('jax_enable_x64', True) "
+                "before any array is created"
+            )
+    return dt
+
+
+def _check_params(net: MLP, params: Any) -> Any:
+    """The dtype of valid params for ``net``; raises with a structure diff otherwise."""
+    expected = tuple(
+        Dense(np.empty((i, o), np.float32), np.empty((o,), np.float32))
+        for i, o in zip(net.sizes[:-1], net.sizes[1:], strict=True)
+    )
+    check_params_like("params", params, expected, f"the params of {net.sizes}")
+    dtype = params[0].W.dtype
+    for path, leaf in ((f"[{i}].{f}", v) for i, d in enumerate(params) for f, v in zip("Wb", d)):
+        if leaf.dtype != dtype or np.dtype(dtype) not in (np.float32, np.float64):
+            raise TypeError(
+                f"params must all be float32 or all float64; params{path} is {leaf.dtype} "
+                f"and params[0].W is {dtype}"
+            )
+    return dtype
+
+
+# ---------------------------------------------------------------------------- forward
+
+
+def dropout_masks(net: MLP, key: Any, m: int, dtype: Any, backend: str) -> tuple:
+    """Scaled inverted-dropout masks for each hidden layer: 0 or ``1 / (1 - p)``."""
+    if net.dropout == 0.0:
+        return (None,) * (net.n_layers - 1)
+    keep = 1.0 - net.dropout
+    keys = random.split(random.as_key(key, backend), max(net.n_layers - 1, 1))
+    return tuple(
+        random.bernoulli(k, keep, (m, n)).astype(dtype) * (1.0 / keep)
+        for k, n in zip(keys, net.sizes[1:-1], strict=False)
+    )
+
+
+def apply(net: MLP, params: tuple, x: Any, masks: tuple) -> Cache:
+    """The forward pass with given dropout masks (no checks); returns the cache."""
+    g = get_activation(net.hidden).fn
+    inputs, zs, hidden = [], [], []
+    a = x
+    for layer, mask in zip(params[:-1], masks, strict=True):
+        inputs.append(a)
+        z = a @ layer.W + layer.b
+        h = g(z)
+        zs.append(z)
+        hidden.append(h)
+        a = h if mask is None else h * mask
+    inputs.append(a)
+    z = a @ params[-1].W + params[-1].b
+    zs.append(z)
+    out = softmax(z) if net.output == "softmax" else ACTIVATIONS[net.output].fn(z)
+    return Cache(tuple(inputs), tuple(zs), tuple(hidden), tuple(masks), out)
+
+
+def _prepare(net: MLP, params: Any, x: Any, key: Any, train: bool):
+    _check_net(net)
+    dtype = _check_params(net, params)
+    backend = backend_of(params, x)
+    x = check_x(net, x, dtype)
+    if backend == "jax" and not is_jax_array(x):
+        x = namespace("jax").asarray(x)
+    if train and net.dropout > 0:
+        if key is None:
+            raise ValueError("train=True with dropout needs a key (an int seed or a funcnn key)")
+        masks = dropout_masks(net, key, x.shape[0], dtype, backend)
+    else:
+        masks = (None,) * (net.n_layers - 1)
+    return x, masks, dtype
+
+
+def forward(net: MLP, params: tuple, x: Any, *, key: Any = None, train: bool = False):
+    """Run the net on ``x`` of shape ``(m, n_in)``; return ``(out, cache)``.
+
+    ``out`` is the output activation (probabilities for softmax and sigmoid).
+    Dropout is applied only with ``train=True`` and a ``key``.
+    """
+    x, masks, _ = _prepare(net, params, x, key, train)
+    cache = apply(net, params, x, masks)
+    return cache.out, cache
+
+
+def predict(net: MLP, params: tuple, x: Any) -> Any:
+    """The output activation on ``x`` (no dropout)."""
+    return forward(net, params, x)[0]
+
+
+# ---------------------------------------------------------------------------- loss
+
+
+def loss_from_cache(net: MLP, cache: Cache, y: Any) -> Any:
+    """The mean loss from a forward cache and prepared targets."""
+    return get_loss(net.loss).value(net.output, cache.zs[-1], cache.out, y)
+
+
+def loss(net: MLP, params: tuple, x: Any, y: Any, *, key: Any = None, train: bool = False):
+    """The mean loss over the batch, computed from the logits in a stable fused form."""
+    x, masks, dtype = _prepare(net, params, x, key, train)
+    y = check_y(net, y, x.shape[0], dtype)
+    return loss_from_cache(net, apply(net, params, x, masks), y)
+
+
+# ---------------------------------------------------------------------------- backward
+
+
+def backward(net: MLP, params: tuple, cache: Cache, y: Any) -> tuple[Dense, ...]:
+    """The hand-written backward pass on prepared targets (no checks)."""
+    g_grad = get_activation(net.hidden).grad
+    dz = get_loss(net.loss).delta(net.output, cache.zs[-1], cache.out, y)
+    grads = [None] * len(params)
+    for l in range(len(params) - 1, -1, -1):
+        grads[l] = Dense(cache.inputs[l].T @ dz, dz.sum(axis=0))
+        if l == 0:
+            break
+        da = dz @ params[l].W.T
+        if cache.masks[l - 1] is not None:
+            da = da * cache.masks[l - 1]
+        dz = da * g_grad(cache.zs[l - 1], cache.hidden[l - 1])
+    return tuple(grads)
+
+
+def backprop(net: MLP, params: tuple, cache: Cache, y: Any) -> tuple[Dense, ...]:
+    """Gradients of :func:`loss` w.r.t. ``params`` from a forward ``cache``; same tree as params."""
+    _check_net(net)
+    dtype = _check_params(net, params)
+    if not isinstance(cache, Cache):
+        raise TypeError(f"cache must be the Cache returned by funcnn.forward; got {type(cache)}")
+    y = check_y(net, y, cache.inputs[0].shape[0], dtype)
+    return backward(net, params, cache, y)
+
+
+def value_and_grad(
+    net: MLP, params: tuple, x: Any, y: Any, *, key: Any = None, train: bool = False
+):
+    """``(loss, grads)`` from one forward and one backward pass."""
+    x, masks, dtype = _prepare(net, params, x, key, train)
+    y = check_y(net, y, x.shape[0], dtype)
+    cache = apply(net, params, x, masks)
+    return loss_from_cache(net, cache, y), backward(net, params, cache, y)
+

@@ -1,0 +1,204 @@
+"""Check hand-written gradients against autodiff or finite differences.
+
+Point it at funcnn's backward pass or at your own::
+
+    report = funcnn.testing.check_grads(net, params, x, y)            # jax.grad as referee
+    report = funcnn.testing.check_grads(net, params, x, y, reference="finite_differences")
+    report = funcnn.testing.check_grads(net, params, x, y, grad_fn=my_backprop)
+
+Each leaf is compared by its relative error ``max|g - r| / max(max|r|, tiny)``;
+a leaf beyond ``rtol`` raises :class:`GradientMismatch` naming the leaf (for
+example ``params[0].W``) and by how much it is off. The check runs in float64
+(with ``jax_enable_x64`` on when the jax reference is used).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from funcnn import mlp
+from funcnn._checks import check_x, check_y
+from funcnn.backend import backend_of, to_backend
+from funcnn.tree import tree_leaves, tree_paths, tree_structure, tree_unflatten
+
+__all__ = [
+    "GradientMismatch",
+    "LeafReport",
+    "check_grads",
+    "check_gradient",
+    "finite_difference_grads",
+]
+
+
+class GradientMismatch(AssertionError):
+    """Raised when a gradient leaf disagrees with the reference."""
+
+
+class LeafReport(NamedTuple):
+    """How one leaf compares: its path, relative error and the worst element."""
+
+    path: str
+    rel_error: float
+    max_abs_error: float
+    worst_index: tuple[int, ...]
+    got: float
+    expected: float
+
+
+def _rel_report(path: str, got: np.ndarray, ref: np.ndarray) -> LeafReport:
+    got = np.asarray(got, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    if got.shape != ref.shape:
+        raise GradientMismatch(f"{path}: shape {got.shape} but the reference has {ref.shape}")
+    diff = np.abs(got - ref)
+    if not np.isfinite(got).all():
+        idx = tuple(int(i) for i in np.argwhere(~np.isfinite(got))[0])
+        return LeafReport(path, float("inf"), float("inf"), idx, float(got[idx]), float(ref[idx]))
+    idx = np.unravel_index(int(np.argmax(diff)), diff.shape) if diff.size else ()
+    scale = max(float(np.max(np.abs(ref), initial=0.0)), np.finfo(np.float64).tiny)
+    worst = float(diff[idx]) if diff.size else 0.0
+    return LeafReport(
+        path, worst / scale, worst, tuple(int(i) for i in idx),
+        float(got[idx]) if diff.size else 0.0, float(ref[idx]) if diff.size else 0.0,
+    )
+
+
+def _raise_if_bad(reports: list[LeafReport], rtol: float, atol: float, what: str) -> None:
+    bad = [r for r in reports if not (r.rel_error <= rtol or r.max_abs_error <= atol)]
+    if not bad:
+        return
+    lines = [
+        f"  {r.path}: relative error {r.rel_error:.3g} (max abs {r.max_abs_error:.3g} at "
+        f"{r.worst_index}: got {r.got:.9g}, expected {r.expected:.9g})"
+        for r in bad
+    ]
+    raise GradientMismatch(
+        f"gradient check against {what} failed for {len(bad)} of {len(reports)} leaves "
+        f"(rtol={rtol:g}, atol={atol:g}):\n" + "\n".join(lines)
+    )
+
+
+@contextlib.contextmanager
+def _x64():
+    import jax
+
+    old = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield jax
+    finally:
+        jax.config.update("jax_enable_x64", old)
+
+
+def finite_difference_grads(
+    f: Callable[[Any], float], params: Any, *, eps: float = 1e-6, max_per_leaf: int | None = None,
+    seed: int = 0,
+) -> tuple[Any, Any]:
+    """Central differences ``(f(p + eps e_i) - f(p - eps e_i)) / 2 eps`` in float64.
+
+    Returns ``(grads, checked)``: a NumPy tree of estimates and a tree of boolean masks
+    of the elements estimated (all, or ``max_per_leaf`` chosen with ``seed``).
+    """
+    leaves = [np.array(leaf, dtype=np.float64) for leaf in tree_leaves(params)]
+    rng = np.random.default_rng(seed)
+    estimates, masks = [], []
+    for i, leaf in enumerate(leaves):
+        est = np.zeros_like(leaf)
+        mask = np.zeros(leaf.shape, dtype=bool)
+        flat_idx = np.arange(leaf.size)
+        if max_per_leaf is not None and leaf.size > max_per_leaf:
+            flat_idx = rng.choice(leaf.size, size=max_per_leaf, replace=False)
+        for j in flat_idx:
+            idx = np.unravel_index(j, leaf.shape)
+            old = leaf[idx]
+            leaf[idx] = old + eps
+            up = float(f(tree_unflatten(params, leaves)))
+            leaf[idx] = old - eps
+            down = float(f(tree_unflatten(params, leaves)))
+            leaf[idx] = old
+            est[idx] = (up - down) / (2 * eps)
+            mask[idx] = True
+        estimates.append(est)
+        masks.append(mask)
+        leaves[i] = leaf
+    return tree_unflatten(params, estimates), tree_unflatten(params, masks)
+
+
+def check_gradient(
+    f: Callable[[Any], Any], grads: Any, params: Any, *, reference: str = "jax",
+    rtol: float | None = None, atol: float = 0.0, eps: float = 1e-6,
+    max_per_leaf: int | None = 64, name: str = "params",
+) -> list[LeafReport]:
+    """Compare ``grads`` with the gradient of the scalar function ``f(params)``.
+
+    ``reference="jax"`` uses ``jax.grad(f)`` in float64 (``f`` must be jax-traceable);
+    ``"finite_differences"`` needs only NumPy and checks up to ``max_per_leaf`` elements per
+    leaf. Returns one :class:`LeafReport` per leaf; raises :class:`GradientMismatch`.
+    """
+    if reference == "jax":
+        rtol = 1e-7 if rtol is None else rtol
+        with _x64() as jax:
+            p64 = to_backend(params, "jax", dtype="float64")
+            ref = to_backend(jax.grad(f)(p64), "numpy")
+        masks = None
+    elif reference == "finite_differences":
+        rtol = 1e-5 if rtol is None else rtol
+        p64 = to_backend(params, "numpy", dtype="float64")
+        ref, masks = finite_difference_grads(f, p64, eps=eps, max_per_leaf=max_per_leaf)
+    else:
+        raise ValueError(f"reference must be 'jax' or 'finite_differences'; got {reference!r}")
+    got = tree_paths(to_backend(grads, "numpy"))
+    want = tree_leaves(ref)
+    if len(got) != len(want):
+        raise GradientMismatch(f"grads have {len(got)} leaves but {name} have {len(want)}")
+    reports = []
+    mask_leaves = tree_leaves(masks) if masks is not None else [None] * len(want)
+    for (path, g), r, m in zip(got, want, mask_leaves, strict=True):
+        g = np.asarray(g, dtype=np.float64)
+        if m is not None:
+            g, r = g[m], np.asarray(r)[m]
+        reports.append(_rel_report(f"{name}{path}", g, r))
+    _raise_if_bad(reports, rtol, atol, "jax.grad" if reference == "jax" else "finite differences")
+    return reports
+
+
+def check_grads(
+    net: mlp.MLP, params: Any, x: Any, y: Any, *, key: Any = None, train: bool = False,
+    reference: str = "jax", rtol: float | None = None, atol: float = 0.0,
+    grad_fn: Callable[..., Any] | None = None, eps: float = 1e-6, max_per_leaf: int | None = 64,
+) -> list[LeafReport]:
+    """Check a backward pass for ``net`` on ``(x, y)`` leaf by leaf; raise on a mismatch.
+
+    ``grad_fn(net, params, x, y)`` is the backward pass under test (default: funcnn's
+    forward + ``backprop``); it may return ``grads`` or ``(loss, grads)``. The reference
+    differentiates ``funcnn.loss`` with the dropout masks drawn from ``key`` (a custom
+    ``grad_fn`` must use the same masks, so check it with ``train=False``). Computation
+    is in float64; ``rtol`` defaults to 1e-7 against jax and 1e-5 against finite differences.
+    """
+    params64 = to_backend(params, "numpy", dtype="float64")
+    x64 = check_x(net, to_backend(x, "numpy"), np.float64)
+    y_np = to_backend(y, "numpy")
+    y64 = check_y(net, y_np, x64.shape[0], np.float64)
+    masks = mlp._prepare(net, params64, x64, key, train)[1]
+    masks = tuple(None if mk is None else np.asarray(mk, np.float64) for mk in masks)
+    if grad_fn is None:
+        grads = mlp.backward(net, params64, mlp.apply(net, params64, x64, masks), y64)
+    else:
+        grads = grad_fn(net, params64, x64, y_np)
+        if tree_structure(grads) != tree_structure(params64) and isinstance(grads, tuple) \
+                and len(grads) == 2 and tree_structure(grads[1]) == tree_structure(params64):
+            grads = grads[1]  # a (loss, grads) pair
+
+    def loss_of(p):
+        xs = to_backend((x64, y64, masks), backend_of(p))
+        cache = mlp.apply(net, p, xs[0], xs[2])
+        return mlp.loss_from_cache(net, cache, xs[1])
+
+    return check_gradient(
+        loss_of, grads, params64, reference=reference, rtol=rtol, atol=atol, eps=eps,
+        max_per_leaf=max_per_leaf,
+    )

@@ -1,0 +1,146 @@
+"""Pytrees without jax: tuples, NamedTuples, lists, dicts and ``None``.
+
+These helpers walk containers in the same leaf order as ``jax.tree_util``
+(sequences by position, dicts by sorted key, ``None`` holds no leaf), so a
+tree flattened here lines up with one flattened by jax. They work on trees of
+NumPy arrays, jax arrays and tracers alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+__all__ = [
+    "describe",
+    "first_difference",
+    "tree_leaves",
+    "tree_map",
+    "tree_paths",
+    "tree_structure",
+    "tree_unflatten",
+]
+
+
+def _is_namedtuple(x: Any) -> bool:
+    return isinstance(x, tuple) and hasattr(type(x), "_fields")
+
+
+def _children(node: Any) -> list[tuple[str, Any]] | None:
+    """(path step, child) pairs of a container, or None for a leaf."""
+    if node is None:
+        return []
+    if _is_namedtuple(node):
+        return [(f".{f}", c) for f, c in zip(node._fields, node, strict=True)]
+    if isinstance(node, tuple | list):
+        return [(f"[{i}]", c) for i, c in enumerate(node)]
+    if isinstance(node, dict):
+        return [(f"[{k!r}]", node[k]) for k in sorted(node)]
+    return None
+
+
+def _rebuild(node: Any, children: list[Any]) -> Any:
+    if node is None:
+        return None
+    if _is_namedtuple(node):
+        return type(node)(*children)
+    if isinstance(node, tuple | list):
+        return type(node)(children)
+    return type(node)(zip(sorted(node), children, strict=True))
+
+
+def tree_map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
+    """Apply ``fn`` leaf by leaf to ``tree`` and trees of the same structure."""
+    kids = _children(tree)
+    if kids is None:
+        return fn(tree, *rest)
+    others = []
+    for other in rest:
+        other_kids = _children(other)
+        if other_kids is None or type(other) is not type(tree) or len(other_kids) != len(kids):
+            raise ValueError(
+                "tree structures differ:\n"
+                f"  first:  {describe(tree)}\n  other:  {describe(other)}\n"
+                f"  first difference at {first_difference(tree, other)}"
+            )
+        others.append([c for _, c in other_kids])
+    new = [tree_map(fn, c, *(o[i] for o in others)) for i, (_, c) in enumerate(kids)]
+    return _rebuild(tree, new)
+
+
+def _walk(tree: Any, path: str) -> Iterator[tuple[str, Any]]:
+    kids = _children(tree)
+    if kids is None:
+        yield path, tree
+        return
+    for step, child in kids:
+        yield from _walk(child, path + step)
+
+
+def tree_leaves(tree: Any) -> list[Any]:
+    """The leaves of ``tree`` in jax order."""
+    return [leaf for _, leaf in _walk(tree, "")]
+
+
+def tree_unflatten(like: Any, leaves: list[Any]) -> Any:
+    """A tree with the structure of ``like`` whose leaves are ``leaves`` (in jax order)."""
+    it = iter(leaves)
+    out = tree_map(lambda _: next(it), like)
+    if next(it, it) is not it:
+        raise ValueError("more leaves than the tree has places for")
+    return out
+
+
+def tree_paths(tree: Any) -> list[tuple[str, Any]]:
+    """(path, leaf) pairs, e.g. ``("[0].W", array)``, in jax order."""
+    return list(_walk(tree, ""))
+
+
+def tree_structure(tree: Any) -> Any:
+    """A hashable description of the containers of ``tree`` (leaves become ``*``)."""
+    kids = _children(tree)
+    if kids is None:
+        return "*"
+    return (type(tree).__name__, tuple((s, tree_structure(c)) for s, c in kids))
+
+
+def describe(tree: Any) -> str:
+    """A short readable structure with leaf shapes, e.g. ``(Dense(W=f32[2,3], b=f32[3]),)``."""
+    kids = _children(tree)
+    if kids is None:
+        shape = getattr(tree, "shape", None)
+        dtype = getattr(tree, "dtype", None)
+        if shape is None:
+            return type(tree).__name__
+        return f"{getattr(dtype, 'name', dtype)}[{','.join(map(str, shape))}]"
+    if tree is None:
+        return "None"
+    if _is_namedtuple(tree):
+        inner = ", ".join(f"{s[1:]}={describe(c)}" for s, c in kids)
+        return f"{type(tree).__name__}({inner})"
+    if isinstance(tree, dict):
+        return "{" + ", ".join(f"{s[1:-1]}: {describe(c)}" for s, c in kids) + "}"
+    inner = ", ".join(describe(c) for _, c in kids)
+    if isinstance(tree, tuple):
+        return f"({inner}{',' if len(kids) == 1 else ''})"
+    return f"[{inner}]"
+
+
+def first_difference(a: Any, b: Any, path: str = "", *, shapes: bool = False) -> str | None:
+    """The path of the first place where ``a`` and ``b`` differ in structure (or leaf shape)."""
+    ka, kb = _children(a), _children(b)
+    if ka is None and kb is None:
+        if shapes and getattr(a, "shape", None) != getattr(b, "shape", None):
+            return f"{path or '<root>'} (shape {getattr(a, 'shape', None)} vs "\
+                f"{getattr(b, 'shape', None)})"
+        return None
+    if ka is None or kb is None or type(a) is not type(b):
+        return f"{path or '<root>'} ({type(a).__name__} vs {type(b).__name__})"
+    steps_a, steps_b = [s for s, _ in ka], [s for s, _ in kb]
+    if steps_a != steps_b:
+        return f"{path or '<root>'} (children {steps_a} vs {steps_b})"
+    for (step, ca), (_, cb) in zip(ka, kb, strict=True):
+        found = first_difference(ca, cb, path + step, shapes=shapes)
+        if found is not None:
+            return found
+    return None

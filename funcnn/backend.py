@@ -53,7 +53,7 @@ def set_backend(name: str | None) -> None:
 
 
 def get_backend(name: str | None = None) -> str:
-    """Resolve a backend name: ``name``, else ``set_backend``, else ``$FUNCNN_BACKEND``, else numpy."""
+    """Resolve a backend: ``name``, else ``set_backend``, else ``$FUNCNN_BACKEND``, else numpy."""
     if name is not None:
         return _check_name(name)
     if _default_backend is not None:

@@ -30,6 +30,7 @@ from funcnn.activations import ACTIVATIONS, get_activation, softmax
 from funcnn.backend import backend_of, get_backend, is_jax_array, namespace
 from funcnn.initializers import default_initializer, get_initializer, initialize
 from funcnn.losses import OUTPUTS, default_loss, get_loss
+from funcnn.tree import tree_paths
 
 __all__ = [
     "MLP",
@@ -181,7 +182,7 @@ def _check_params(net: MLP, params: Any) -> Any:
     )
     check_params_like("params", params, expected, f"the params of {net.sizes}")
     dtype = params[0].W.dtype
-    for path, leaf in ((f"[{i}].{f}", v) for i, d in enumerate(params) for f, v in zip("Wb", d)):
+    for path, leaf in tree_paths(params):
         if leaf.dtype != dtype or np.dtype(dtype) not in (np.float32, np.float64):
             raise TypeError(
                 f"params must all be float32 or all float64; params{path} is {leaf.dtype} "

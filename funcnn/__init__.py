@@ -6,13 +6,16 @@ against ``jax.grad`` and finite differences (``funcnn.testing``).
 """
 
 from funcnn import activations as activations
+from funcnn import data as data
 from funcnn import losses as losses
 from funcnn import optim as optim
 from funcnn import random as random
 from funcnn import schedules as schedules
+from funcnn import testing as testing
 from funcnn.backend import get_backend as get_backend
 from funcnn.backend import set_backend as set_backend
 from funcnn.backend import to_backend as to_backend
+from funcnn.batching import batches as batches
 from funcnn.mlp import MLP as MLP
 from funcnn.mlp import Cache as Cache
 from funcnn.mlp import Dense as Dense
@@ -37,6 +40,10 @@ from funcnn.optim import rmsprop_init as rmsprop_init
 from funcnn.optim import rmsprop_update as rmsprop_update
 from funcnn.optim import sgd_init as sgd_init
 from funcnn.optim import sgd_update as sgd_update
+from funcnn.train import TrainingDiverged as TrainingDiverged
+from funcnn.train import evaluate as evaluate
+from funcnn.train import fit as fit
+from funcnn.train import make_train_step as make_train_step
 
 __version__ = "0.1.0"
 
@@ -49,6 +56,7 @@ __all__ = [
     "Optimizer",
     "RMSPropState",
     "SGDState",
+    "TrainingDiverged",
     "activations",
     "adagrad_init",
     "adagrad_update",
@@ -56,12 +64,17 @@ __all__ = [
     "adam_update",
     "adamw_update",
     "backprop",
+    "batches",
     "clip_by_global_norm",
+    "data",
+    "evaluate",
+    "fit",
     "forward",
     "get_backend",
     "init_params",
     "loss",
     "losses",
+    "make_train_step",
     "optim",
     "predict",
     "random",
@@ -71,6 +84,7 @@ __all__ = [
     "set_backend",
     "sgd_init",
     "sgd_update",
+    "testing",
     "to_backend",
     "value_and_grad",
 ]

@@ -135,7 +135,7 @@ def init_params(
     ``key`` is an int seed or a ``funcnn.random`` key; a jax key implies the jax
     backend. ``init`` is an initializer name or a callable ``(key, shape, dtype)``.
     """
-    _check_net(net)
+    check_net(net)
     if backend is None and is_jax_array(key):
         backend = "jax"
     backend = get_backend(backend)
@@ -151,7 +151,7 @@ def init_params(
     )
 
 
-def _check_net(net: Any) -> None:
+def check_net(net: Any) -> None:
     if not isinstance(net, MLP):
         raise TypeError(f"net must be a funcnn.MLP; got {type(net).__name__}")
 
@@ -174,7 +174,7 @@ def _check_dtype(dtype: Any, backend: str) -> np.dtype:
     return dt
 
 
-def _check_params(net: MLP, params: Any) -> Any:
+def check_params(net: MLP, params: Any) -> Any:
     """The dtype of valid params for ``net``; raises with a structure diff otherwise."""
     expected = tuple(
         Dense(np.empty((i, o), np.float32), np.empty((o,), np.float32))
@@ -213,21 +213,21 @@ def apply(net: MLP, params: tuple, x: Any, masks: tuple) -> Cache:
     a = x
     for layer, mask in zip(params[:-1], masks, strict=True):
         inputs.append(a)
-        z = a @ layer.W + layer.b
+        z = a @ layer.W + layer.b[None, :]
         h = g(z)
         zs.append(z)
         hidden.append(h)
         a = h if mask is None else h * mask
     inputs.append(a)
-    z = a @ params[-1].W + params[-1].b
+    z = a @ params[-1].W + params[-1].b[None, :]
     zs.append(z)
     out = softmax(z) if net.output == "softmax" else ACTIVATIONS[net.output].fn(z)
     return Cache(tuple(inputs), tuple(zs), tuple(hidden), tuple(masks), out)
 
 
-def _prepare(net: MLP, params: Any, x: Any, key: Any, train: bool):
-    _check_net(net)
-    dtype = _check_params(net, params)
+def prepare_inputs(net: MLP, params: Any, x: Any, key: Any, train: bool):
+    check_net(net)
+    dtype = check_params(net, params)
     backend = backend_of(params, x)
     x = check_x(net, x, dtype)
     if backend == "jax" and not is_jax_array(x):
@@ -247,7 +247,7 @@ def forward(net: MLP, params: tuple, x: Any, *, key: Any = None, train: bool = F
     ``out`` is the output activation (probabilities for softmax and sigmoid).
     Dropout is applied only with ``train=True`` and a ``key``.
     """
-    x, masks, _ = _prepare(net, params, x, key, train)
+    x, masks, _ = prepare_inputs(net, params, x, key, train)
     cache = apply(net, params, x, masks)
     return cache.out, cache
 
@@ -267,7 +267,7 @@ def loss_from_cache(net: MLP, cache: Cache, y: Any) -> Any:
 
 def loss(net: MLP, params: tuple, x: Any, y: Any, *, key: Any = None, train: bool = False):
     """The mean loss over the batch, computed from the logits in a stable fused form."""
-    x, masks, dtype = _prepare(net, params, x, key, train)
+    x, masks, dtype = prepare_inputs(net, params, x, key, train)
     y = check_y(net, y, x.shape[0], dtype)
     return loss_from_cache(net, apply(net, params, x, masks), y)
 
@@ -293,8 +293,8 @@ def backward(net: MLP, params: tuple, cache: Cache, y: Any) -> tuple[Dense, ...]
 
 def backprop(net: MLP, params: tuple, cache: Cache, y: Any) -> tuple[Dense, ...]:
     """Gradients of :func:`loss` w.r.t. ``params`` from a forward ``cache``; same tree as params."""
-    _check_net(net)
-    dtype = _check_params(net, params)
+    check_net(net)
+    dtype = check_params(net, params)
     if not isinstance(cache, Cache):
         raise TypeError(f"cache must be the Cache returned by funcnn.forward; got {type(cache)}")
     y = check_y(net, y, cache.inputs[0].shape[0], dtype)
@@ -305,7 +305,7 @@ def value_and_grad(
     net: MLP, params: tuple, x: Any, y: Any, *, key: Any = None, train: bool = False
 ):
     """``(loss, grads)`` from one forward and one backward pass."""
-    x, masks, dtype = _prepare(net, params, x, key, train)
+    x, masks, dtype = prepare_inputs(net, params, x, key, train)
     y = check_y(net, y, x.shape[0], dtype)
     cache = apply(net, params, x, masks)
     return loss_from_cache(net, cache, y), backward(net, params, cache, y)

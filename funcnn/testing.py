@@ -183,7 +183,7 @@ def check_grads(
     x64 = check_x(net, to_backend(x, "numpy"), np.float64)
     y_np = to_backend(y, "numpy")
     y64 = check_y(net, y_np, x64.shape[0], np.float64)
-    masks = mlp._prepare(net, params64, x64, key, train)[1]
+    masks = mlp.prepare_inputs(net, params64, x64, key, train)[1]
     masks = tuple(None if mk is None else np.asarray(mk, np.float64) for mk in masks)
     if grad_fn is None:
         grads = mlp.backward(net, params64, mlp.apply(net, params64, x64, masks), y64)

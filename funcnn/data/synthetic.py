@@ -1,0 +1,96 @@
+"""Small deterministic toy data sets for tests, examples and quick experiments.
+
+Each takes an explicit ``key`` (a funcnn.random key or an int seed): the same
+key gives the same data, bit for bit. All return NumPy arrays: float32 inputs
+and int64 class labels (or float32 regression targets).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+
+from funcnn import random as fnr
+
+__all__ = ["regression", "spirals", "xor"]
+
+
+def _check_int(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int; got {type(value).__name__} {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be at least {low}; got {value}")
+    return int(value)
+
+
+def _check_noise(noise: Any) -> float:
+    if isinstance(noise, bool) or not isinstance(noise, numbers.Real):
+        raise TypeError(f"noise must be a number; got {type(noise).__name__} {noise!r}")
+    if not 0 <= noise < math.inf:
+        raise ValueError(f"noise must be finite and non-negative; got {noise}")
+    return float(noise)
+
+
+def _keys(key: Any, n: int) -> np.ndarray:
+    return fnr.split(fnr.as_key(key, backend="numpy"), n)
+
+
+def spirals(
+    key: Any, n: int = 200, noise: float = 0.1, classes: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
+    """Interleaved spiral arms, one per class, in shuffled order.
+
+    Returns ``x`` float32 ``(n, 2)`` and ``y`` int64 ``(n,)`` in ``[0, classes)``,
+    with classes as balanced as ``n`` allows. A point at radius ``t`` in [0, 1)
+    on arm ``c`` has angle ``2 pi c / classes + 3 pi t`` (1.5 turns); ``noise``
+    is the std of Gaussian jitter added to each coordinate.
+    """
+    classes = _check_int("classes", classes, 2)
+    n = _check_int("n", n, classes)
+    noise = _check_noise(noise)
+    k_t, k_noise, k_order = _keys(key, 3)
+    y = np.arange(n) % classes
+    t = fnr.uniform(k_t, (n,), "float64")
+    angle = 2 * np.pi * y / classes + 3 * np.pi * t
+    x = t[:, None] * np.stack([np.cos(angle), np.sin(angle)], axis=1)
+    x = x + noise * fnr.normal(k_noise, (n, 2), "float64")
+    order = fnr.permutation(k_order, n)
+    return x[order].astype(np.float32), y[order].astype(np.int64)
+
+
+def xor(key: Any, n: int = 200, noise: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Four Gaussian blobs at ``(+-1, +-1)``; the label is 1 where the signs differ.
+
+    Returns ``x`` float32 ``(n, 2)`` and ``y`` int64 ``(n,)`` in {0, 1} (use
+    ``y[:, None]`` as targets for a single sigmoid output). ``noise`` is the std
+    of each blob.
+    """
+    n = _check_int("n", n, 1)
+    noise = _check_noise(noise)
+    k_corner, k_noise = _keys(key, 2)
+    signs = fnr.bernoulli(k_corner, 0.5, (n, 2))
+    centres = np.where(signs, 1.0, -1.0)
+    x = centres + noise * fnr.normal(k_noise, (n, 2), "float64")
+    y = signs[:, 0] != signs[:, 1]
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def regression(
+    key: Any, n: int = 200, features: int = 1, noise: float = 0.1
+) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth nonlinear target: ``y = mean_j sin(pi x_j) + noise * N(0, 1)``.
+
+    Inputs are uniform in ``[-1, 1)``. Returns ``x`` float32 ``(n, features)`` and
+    ``y`` float32 ``(n, 1)``.
+    """
+    n = _check_int("n", n, 1)
+    features = _check_int("features", features, 1)
+    noise = _check_noise(noise)
+    k_x, k_noise = _keys(key, 2)
+    x = fnr.uniform(k_x, (n, features), "float64", -1.0, 1.0)
+    y = np.mean(np.sin(np.pi * x), axis=1, keepdims=True)
+    y = y + noise * fnr.normal(k_noise, (n, 1), "float64")
+    return x.astype(np.float32), y.astype(np.float32)

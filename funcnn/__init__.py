@@ -16,6 +16,9 @@ from funcnn.backend import get_backend as get_backend
 from funcnn.backend import set_backend as set_backend
 from funcnn.backend import to_backend as to_backend
 from funcnn.batching import batches as batches
+from funcnn.checkpoint import Checkpoint as Checkpoint
+from funcnn.checkpoint import load as load
+from funcnn.checkpoint import save as save
 from funcnn.mlp import MLP as MLP
 from funcnn.mlp import Cache as Cache
 from funcnn.mlp import Dense as Dense
@@ -52,6 +55,7 @@ __all__ = [
     "AdagradState",
     "AdamState",
     "Cache",
+    "Checkpoint",
     "Dense",
     "Optimizer",
     "RMSPropState",
@@ -72,6 +76,7 @@ __all__ = [
     "forward",
     "get_backend",
     "init_params",
+    "load",
     "loss",
     "losses",
     "make_train_step",
@@ -80,6 +85,7 @@ __all__ = [
     "random",
     "rmsprop_init",
     "rmsprop_update",
+    "save",
     "schedules",
     "set_backend",
     "sgd_init",

@@ -146,8 +146,25 @@ def check_y(net: Any, y: Any, m: int, dtype: Any) -> Any:
     return prepare_targets(net.loss, y, k, dtype)
 
 
+def _same_layout(a: Any, b: Any) -> bool:
+    """Fast check: same containers (types, lengths, dict keys) and same leaf shapes."""
+    if isinstance(a, tuple | list):
+        return type(a) is type(b) and len(a) == len(b) and all(map(_same_layout, a, b))
+    if isinstance(a, dict):
+        return type(a) is type(b) and a.keys() == b.keys() and all(
+            _same_layout(a[k], b[k]) for k in a
+        )
+    if a is None or b is None:
+        return a is b
+    if isinstance(b, tuple | list | dict):
+        return False
+    return getattr(a, "shape", None) == getattr(b, "shape", None)
+
+
 def check_params_like(name: str, tree: Any, reference: Any, ref_name: str = "params") -> None:
     """Raise unless ``tree`` has the structure and leaf shapes of ``reference``."""
+    if _same_layout(tree, reference):
+        return
     if tree_structure(tree) == tree_structure(reference):
         diff = first_difference(tree, reference, shapes=True)
         if diff is None:

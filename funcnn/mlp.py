@@ -174,16 +174,28 @@ def _check_dtype(dtype: Any, backend: str) -> np.dtype:
     return dt
 
 
+def _params_fit(net: MLP, params: Any) -> bool:
+    return (
+        type(params) is tuple and len(params) == net.n_layers
+        and all(type(d) is Dense for d in params)
+        and all(getattr(d.W, "shape", None) == (i, o) and getattr(d.b, "shape", None) == (o,)
+                for d, i, o in zip(params, net.sizes[:-1], net.sizes[1:], strict=True))
+    )
+
+
 def check_params(net: MLP, params: Any) -> Any:
     """The dtype of valid params for ``net``; raises with a structure diff otherwise."""
-    expected = tuple(
-        Dense(np.empty((i, o), np.float32), np.empty((o,), np.float32))
-        for i, o in zip(net.sizes[:-1], net.sizes[1:], strict=True)
-    )
-    check_params_like("params", params, expected, f"the params of {net.sizes}")
+    if not _params_fit(net, params):
+        expected = tuple(
+            Dense(np.empty((i, o), np.float32), np.empty((o,), np.float32))
+            for i, o in zip(net.sizes[:-1], net.sizes[1:], strict=True)
+        )
+        check_params_like("params", params, expected, f"the params of {net.sizes}")
     dtype = params[0].W.dtype
+    if np.dtype(dtype) not in (np.float32, np.float64):
+        raise TypeError(f"params must be float32 or float64; params[0].W is {dtype}")
     for path, leaf in tree_paths(params):
-        if leaf.dtype != dtype or np.dtype(dtype) not in (np.float32, np.float64):
+        if leaf.dtype != dtype:
             raise TypeError(
                 f"params must all be float32 or all float64; params{path} is {leaf.dtype} "
                 f"and params[0].W is {dtype}"

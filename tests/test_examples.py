@@ -1,0 +1,191 @@
+"""The examples, run end to end as scripts on small settings, and ``check_optimizer``.
+
+Examples that need MNIST are marked ``mnist`` and skip unless ``$FUNCNN_DATA``
+holds the four MNIST files (directly or in an ``mnist/`` subfolder); the others
+run on synthetic data and always run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import funcnn
+from funcnn.data.mnist import FILES as MNIST_FILES
+from funcnn.testing import GradientMismatch, check_optimizer
+from funcnn.tree import tree_map
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _mnist_folder() -> Path | None:
+    env = os.environ.get("FUNCNN_DATA", "")
+    if not env:
+        return None
+    for folder in (Path(env), Path(env) / "mnist"):
+        if all((folder / n).is_file() or (folder / f"{n}.gz").is_file() for n in MNIST_FILES):
+            return folder
+    return None
+
+
+@pytest.fixture
+def mnist_dir() -> Path:
+    folder = _mnist_folder()
+    if folder is None:
+        reason = ("FUNCNN_DATA is not set" if not os.environ.get("FUNCNN_DATA") else
+                  f"FUNCNN_DATA={os.environ['FUNCNN_DATA']} lacks the MNIST files")
+        pytest.skip(f"{reason}: the MNIST examples need {', '.join(MNIST_FILES)}")
+    return folder
+
+
+def run_example(script: str, *args, expect_rc: int = 0) -> tuple[str, dict]:
+    """Run ``examples/<script>`` with this Python; return its stdout and last line as JSON."""
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *map(str, args)],
+        capture_output=True, text=True, timeout=600, cwd=EXAMPLES.parent,
+        env={**os.environ, "MPLBACKEND": "Agg"},
+    )
+    assert proc.returncode == expect_rc, (
+        f"{script} exited with {proc.returncode}\n--- stdout\n{proc.stdout[-3000:]}"
+        f"\n--- stderr\n{proc.stderr[-3000:]}"
+    )
+    lines = proc.stdout.strip().splitlines()
+    assert lines, f"{script} printed nothing; stderr:\n{proc.stderr[-3000:]}"
+    return proc.stdout, json.loads(lines[-1])
+
+
+def assert_png(path: Path) -> None:
+    assert path.is_file(), f"no plot at {path}"
+    assert path.read_bytes()[:8] == PNG_MAGIC, f"{path} is not a PNG"
+
+
+# ---------------------------------------------------------------------------- MNIST examples
+
+
+@pytest.mark.mnist
+def test_mnist_example(mnist_dir, tmp_path):
+    _, result = run_example("mnist.py", "--data", mnist_dir, "--limit", 3000, "--epochs", 2,
+                            "--out", tmp_path, "--no-progress")
+    assert result["epochs"] == 2 and result["train_rows"] == 3000
+    assert 0.5 < result["test_accuracy"] <= 1.0
+    assert np.isfinite(result["test_loss"])
+    assert_png(tmp_path / "mnist_curves.png")
+    assert Path(result["plot"]) == tmp_path / "mnist_curves.png"
+
+
+@pytest.mark.mnist
+def test_seed_runs(mnist_dir, tmp_path):
+    stdout, result = run_example("seed_runs.py", "--data", mnist_dir, "--limit", 2000,
+                                 "--epochs", 2, "--out", tmp_path, "--no-progress")
+    acc = result["test_accuracy"]
+    assert set(acc) == {"full_batch_gd", "minibatch_sgd", "minibatch_adam"}
+    assert all(0.0 <= a <= 1.0 for a in acc.values()), acc
+    assert acc["minibatch_adam"] > 0.5, acc  # the one run that learns fast
+    for name in acc:  # the table has one row per run
+        assert re.search(rf"^{name}\s+\d+\s+[\d.]+\s+[\d.]+\s+[\d.]+$", stdout, re.M), stdout
+    assert_png(tmp_path / "seed_runs.png")
+
+
+@pytest.mark.mnist
+def test_custom_loop_mnist(mnist_dir):
+    pytest.importorskip("jax")
+    _, result = run_example("custom_loop.py", "--data", mnist_dir, "--limit", 3000,
+                            "--epochs", 1)
+    assert result["data"] == "mnist" and result["train_rows"] == 3000
+    assert result["steps"] == 3000 // 128
+    assert result["test_accuracy"] > 0.5
+
+
+# ---------------------------------------------------------------------------- synthetic examples
+
+
+def test_custom_loop_synthetic():
+    pytest.importorskip("jax")
+    stdout, result = run_example("custom_loop.py", "--synthetic", "--epochs", 2)
+    assert result["data"] == "spirals" and result["epochs"] == 2
+    assert result["test_accuracy"] > 0.8  # two arms: chance is 0.5
+    assert len(re.findall(r"^epoch +\d+ +train loss", stdout, re.M)) == 2
+
+
+@pytest.mark.parametrize("reference", ["jax", "finite_differences"])
+def test_catch_the_bug(reference):
+    if reference == "jax":
+        pytest.importorskip("jax")
+    stdout, result = run_example("catch_the_bug.py", "--reference", reference)
+    assert result["ok"] is True and result["reference"] == reference
+    assert all(result["as_expected"].values()), result
+    # The bugs are named by step and leaf, with their relative errors.
+    assert re.search(r"step 1, params\[0\]\.W: relative error", stdout), stdout
+    for leaf in ("params[0].W", "params[0].b", "params[1].W", "params[1].b"):
+        assert f"  {leaf}: relative error" in stdout, stdout
+
+
+# ---------------------------------------------------------------------------- check_optimizer
+
+
+def adam_without_sqrt(params, grads, state, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
+    """Adam dividing by the bias-corrected second moment itself: the classic bug."""
+    t = state.count + 1
+    mu = tree_map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, grads)
+    nu = tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, grads)
+    new = tree_map(lambda p, m, v: p - lr * (m / (1 - b1**t)) / (v / (1 - b2**t) + eps),
+                   params, mu, nu)
+    return new, funcnn.AdamState(t, mu, nu)
+
+
+def test_check_optimizer_catches_adam_without_sqrt():
+    with pytest.raises(GradientMismatch, match=r"step 1, params\[\d\]\.[Wb]: relative error"):
+        check_optimizer(adam_without_sqrt, reference=funcnn.optim.adam(1e-3))
+
+
+def test_check_optimizer_passes_the_real_adam():
+    reports = check_optimizer(funcnn.optim.adam(1e-3).update, reference=funcnn.optim.adam(1e-3),
+                              steps=4, key=3)
+    assert len(reports) == 4
+    assert [r.path for r in reports[0]] == [
+        "step 1, params[0].W", "step 1, params[0].b", "step 1, params[1].W", "step 1, params[1].b"]
+    assert max(r.rel_error for step in reports for r in step) <= 1e-12
+
+
+def test_check_optimizer_catches_a_wrong_learning_rate():
+    with pytest.raises(GradientMismatch, match=r"step 1, params\[0\]\.W") as info:
+        check_optimizer(funcnn.optim.sgd(0.011).update, reference=funcnn.optim.sgd(0.01))
+    errors = [float(e) for e in re.findall(r"relative error ([\d.e+-]+)", str(info.value))]
+    np.testing.assert_allclose(errors, 0.1, rtol=1e-6)  # 10% off, on every leaf
+
+
+def test_check_optimizer_names_a_later_step():
+    """A bug that shows only from step 3 on is reported at step 3."""
+    adam = funcnn.optim.adam(1e-3)
+
+    def late(params, grads, state):
+        new, state = adam.update(params, grads, state)
+        if int(state.count) >= 3:
+            new = tree_map(lambda n, p: p + 2 * (n - p), new, params)  # double the step
+        return new, state
+
+    with pytest.raises(GradientMismatch, match=r"step 3, params\[0\]\.W"):
+        check_optimizer(late, reference=adam, steps=5)
+
+
+def test_check_optimizer_on_given_params_and_init():
+    params = funcnn.init_params(funcnn.MLP((5, 3, 2)), 1, dtype="float64")
+    reports = check_optimizer(funcnn.optim.sgd(0.1, momentum=0.9).update, funcnn.sgd_init,
+                              reference=funcnn.optim.sgd(0.1, momentum=0.9), params=params)
+    assert len(reports) == 5 and reports[-1][0].path == "step 5, params[0].W"
+
+
+def test_check_optimizer_explains_a_wrong_structure():
+    def drops_a_layer(params, grads, state):
+        return params[:1], state
+
+    with pytest.raises(GradientMismatch, match=r"step 1: update returned params of structure"):
+        check_optimizer(drops_a_layer, reference=funcnn.optim.sgd(0.1))

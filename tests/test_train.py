@@ -1,0 +1,602 @@
+"""Tests for the training loops: make_train_step, fit and evaluate, on NumPy and jax.
+
+jax compiles one program per (net, optimizer, dtype, batch size, data shape), about a
+second each, so the tests share a few configurations: mostly ``NET`` on 100 spiral
+points in float32 with ``adam(2e-2)`` and batches of 32 (three full batches and a tail of
+4). Checkpointing (``fit(checkpoint=..., resume=True)``) is tested elsewhere.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import numpy as np
+import pytest
+
+import funcnn
+import funcnn.random as fnr
+from funcnn.data import regression, spirals, xor
+from funcnn.tree import tree_leaves, tree_paths
+
+BACKENDS = ("numpy", "jax")
+
+N = 100  # rows of every training set
+BS = 32  # 3 full batches and a tail of 4
+STEPS = math.ceil(N / BS)  # steps per epoch
+
+NET = funcnn.MLP((2, 32, 2))
+DROPOUT_NET = funcnn.MLP((2, 32, 2), dropout=0.2)
+SIGMOID_NET = funcnn.MLP((2, 8, 1), output="sigmoid")
+MSE_NET = funcnn.MLP((1, 16, 1), output="identity")
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _adam():
+    return funcnn.optim.adam(2e-2)
+
+
+def _spirals(seed=0):
+    return spirals(seed, n=N)  # float32 (N, 2), int64 (N,)
+
+
+def _xor(seed=0):
+    x, y = xor(seed, n=N)
+    return x, y[:, None].astype(np.float32)
+
+
+def _regression(seed=0):
+    return regression(seed, n=N)  # float32 (N, 1), float32 (N, 1)
+
+
+def _params(net, backend, dtype="float32", seed=0):
+    """Initial params made on NumPy and converted (no jax compile for the initializer)."""
+    return funcnn.to_backend(funcnn.init_params(net, seed, dtype=dtype), backend)
+
+
+def _fit(backend, *, net=NET, params=None, optimizer=None, data=None, **kwargs):
+    params = _params(net, backend) if params is None else params
+    optimizer = _adam() if optimizer is None else optimizer
+    x, y = _spirals() if data is None else data
+    kwargs = {"epochs": 3, "batch_size": BS, "key": 0, "progress": False, **kwargs}
+    return funcnn.fit(net, params, optimizer, x, y, **kwargs)
+
+
+def _np(tree):
+    """A NumPy copy: reference values are computed on NumPy (eager jax compiles every op)."""
+    return funcnn.to_backend(tree, "numpy")
+
+
+def _host(tree) -> list[np.ndarray]:
+    """Host copies of every leaf (reading a donated jax array raises)."""
+    return [np.array(leaf, copy=True) for leaf in tree_leaves(tree)]
+
+
+def _assert_trees_equal(got, want):
+    want = tree_leaves(want)
+    assert len(tree_leaves(got)) == len(want)
+    for (path, g), w in zip(tree_paths(got), want, strict=True):
+        assert np.array_equal(np.asarray(g), np.asarray(w)), f"{path} differs"
+
+
+def _assert_trees_close(got, want, *, rtol):
+    """Per leaf ``max|g - w| <= rtol * max|w|``, naming the leaf that fails."""
+    want = tree_leaves(want)
+    assert len(tree_leaves(got)) == len(want)
+    for (path, g), w in zip(tree_paths(got), want, strict=True):
+        g, w = np.asarray(g, dtype=np.float64), np.asarray(w, dtype=np.float64)
+        err = float(np.max(np.abs(g - w), initial=0.0))
+        scale = float(np.max(np.abs(w), initial=0.0))
+        assert np.isfinite(g).all() and err <= rtol * scale, (
+            f"{path}: max abs error {err:.3g}, scale {scale:.3g}"
+        )
+
+
+def _trees_differ(a, b) -> bool:
+    return any(not np.array_equal(np.asarray(u), np.asarray(v))
+               for u, v in zip(tree_leaves(a), tree_leaves(b), strict=True))
+
+
+def _step_fn(net, optimizer, backend):
+    step = funcnn.make_train_step(net, optimizer)
+    return jax.jit(step) if backend == "jax" else step
+
+
+# ---------------------------------------------------------------------------- make_train_step
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_train_step_is_pure(backend):
+    opt = _adam()
+    params = _params(NET, backend, "float64")
+    state = opt.init(params)
+    x, y = _spirals()
+    before = _host((params, state, x, y))
+    step = _step_fn(NET, opt, backend)
+    new_params, new_state, loss = step(params, state, x, y)
+    _assert_trees_equal((params, state, x, y), before)  # nothing was written in place
+    assert _trees_differ(new_params, params)
+    assert int(new_state.count) == 1 and int(state.count) == 0
+    assert np.isfinite(float(loss))
+    # the same call again gives the same result: no hidden state
+    again = step(params, state, x, y)
+    _assert_trees_equal(again, (new_params, new_state, loss))
+
+
+def test_jitted_train_step_matches_numpy():
+    opt = _adam()
+    x, y = _spirals()
+    params = _params(NET, "numpy", "float64")
+    want = funcnn.make_train_step(NET, opt)(params, opt.init(params), x, y)
+    params = funcnn.to_backend(params, "jax")
+    got = jax.jit(funcnn.make_train_step(NET, opt))(params, opt.init(params), x, y)
+    assert isinstance(got[0][0].W, jax.Array)
+    _assert_trees_close(got, want, rtol=1e-12)
+    assert int(got[1].count) == 1
+
+
+PROBLEMS = {
+    # name: (net, data, required ratio last loss / first loss)
+    "spirals": (NET, _spirals, 0.9),
+    "xor": (SIGMOID_NET, _xor, 0.2),
+    "regression": (MSE_NET, _regression, 0.3),
+}
+
+
+@pytest.mark.parametrize("problem", list(PROBLEMS))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_train_step_decreases_loss(backend, problem):
+    net, data, ratio = PROBLEMS[problem]
+    x, y = data()
+    opt = _adam()
+    params = _params(net, backend)
+    state = opt.init(params)
+    step = _step_fn(net, opt, backend)
+    losses = []
+    for _ in range(60):
+        params, state, loss = step(params, state, x, y)
+        losses.append(float(loss))
+    assert all(map(math.isfinite, losses))
+    assert losses[-1] < ratio * losses[0], (losses[0], losses[-1])
+    assert float(funcnn.loss(net, _np(params), x, y)) < ratio * losses[0]
+    assert params[0].W.dtype == np.float32
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_train_step_with_dropout(backend):
+    opt = _adam()
+    x, y = _spirals()
+    params = _params(DROPOUT_NET, backend, "float64")
+    state = opt.init(params)
+    step = _step_fn(DROPOUT_NET, opt, backend)
+    k1, k2 = fnr.split(fnr.key(0, backend))
+    a = step(params, state, x, y, k1)
+    _assert_trees_equal(step(params, state, x, y, k1), a)  # same key, same masks
+    assert _trees_differ(step(params, state, x, y, k2)[0], a[0])
+    # without a key there is no dropout: the step of the same net without dropout
+    plain = _step_fn(NET, opt, backend)(params, state, x, y)
+    _assert_trees_close(step(params, state, x, y), plain, rtol=1e-12)
+    assert _trees_differ(a[0], plain[0])
+    # and it trains
+    key = fnr.key(1, backend)
+    start = float(funcnn.loss(NET, _np(params), x, y))
+    for i in range(60):
+        params, state, _ = step(params, state, x, y, fnr.fold_in(key, i))
+    assert float(funcnn.loss(NET, _np(params), x, y)) < 0.95 * start
+
+
+def test_make_train_step_rejects_bad_arguments():
+    with pytest.raises(TypeError, match="optimizer must be a funcnn.optim.Optimizer"):
+        funcnn.make_train_step(NET, funcnn.optim.adam)
+    with pytest.raises(TypeError, match="net must be a funcnn.MLP"):
+        funcnn.make_train_step((2, 32, 2), _adam())
+
+
+# ---------------------------------------------------------------------------- fit
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fit_decreases_loss(backend):
+    x, y = _spirals()
+    params = _params(NET, backend)
+    before = funcnn.evaluate(NET, params, x, y)["loss"]
+    new_params, _, history = _fit(backend, params=params, epochs=10)
+    after = funcnn.evaluate(NET, new_params, x, y)["loss"]
+    assert after < before - 0.03, (before, after)
+    assert history["train_loss"][-1] < history["train_loss"][0] - 0.03
+    assert new_params[0].W.dtype == np.float32
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fit_history_and_step_count(backend):
+    epochs = 3
+    _, state, history = _fit(backend, epochs=epochs)
+    assert set(history) == {"loss", "train_loss", "train_accuracy", "val_loss",
+                            "val_accuracy", "seconds"}
+    assert len(history["loss"]) == epochs * STEPS
+    for name in ("train_loss", "train_accuracy", "seconds"):
+        assert len(history[name]) == epochs, name
+    assert history["val_loss"] == [] and history["val_accuracy"] == []
+    assert int(state.count) == epochs * STEPS  # opt_state=None started from zero
+    assert all(math.isfinite(v) for v in history["loss"])
+    assert all(0.0 <= a <= 1.0 for a in history["train_accuracy"])
+    assert all(s >= 0.0 for s in history["seconds"])
+    # the epoch loss is the per-row mean of the step losses (the tail weighs 4 rows)
+    sizes = np.array([BS] * (N // BS) + [N % BS], dtype=np.float64)
+    steps = np.reshape(history["loss"], (epochs, STEPS))
+    np.testing.assert_allclose(history["train_loss"], steps @ sizes / N, rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fit_continues_the_optimizer_state(backend):
+    p2, s2, h2 = _fit(backend, net=DROPOUT_NET, epochs=2)
+    assert int(s2.count) == 2 * STEPS
+    p4, s4, h4 = _fit(backend, net=DROPOUT_NET, params=p2, opt_state=s2, epochs=4,
+                      initial_epoch=2)
+    assert int(s4.count) == 4 * STEPS
+    assert len(h4["loss"]) == 2 * STEPS and len(h4["train_loss"]) == 2
+    # two runs of 2 epochs are bit for bit one run of 4 (shuffling and dropout included)
+    p_all, s_all, h_all = _fit(backend, net=DROPOUT_NET, epochs=4)
+    _assert_trees_equal(p4, p_all)
+    _assert_trees_equal(s4, s_all)
+    assert np.array_equal(h4["loss"], h_all["loss"][2 * STEPS:])
+    # without initial_epoch the count still goes on, and the passed state stays alive
+    _, s_more, _ = _fit(backend, net=DROPOUT_NET, params=p2, opt_state=s2, epochs=1)
+    assert int(s_more.count) == 3 * STEPS
+    assert int(s2.count) == 2 * STEPS
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fit_is_deterministic_in_the_key(backend):
+    a = _fit(backend, net=DROPOUT_NET, key=3)
+    b = _fit(backend, net=DROPOUT_NET, key=fnr.key(3, backend))  # an int seed or a key
+    _assert_trees_equal(a[0], b[0])
+    _assert_trees_equal(a[1], b[1])
+    assert np.array_equal(a[2]["loss"], b[2]["loss"])
+    c = _fit(backend, net=DROPOUT_NET, key=4)
+    assert _trees_differ(a[0], c[0])
+    assert not np.array_equal(a[2]["loss"], c[2]["loss"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fit_leaves_the_callers_arrays_valid(backend):
+    x, y = _spirals()
+    params = _params(NET, backend)
+    state = _adam().init(params)
+    before = _host((params, state))
+    new_params, new_state, _ = _fit(backend, params=params, opt_state=state, epochs=2)
+    # jax donates the buffers it trains; the caller's must neither change nor be deleted
+    _assert_trees_equal((params, state), before)
+    assert math.isfinite(funcnn.evaluate(NET, params, x, y)["loss"])
+    # the returned trees stay valid after they are passed to fit again
+    after = _host((new_params, new_state))
+    _fit(backend, params=new_params, opt_state=new_state, epochs=1)
+    _assert_trees_equal((new_params, new_state), after)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fit_full_batch(backend):
+    x, y = _spirals()
+    params = _params(NET, backend)
+    p_none, s_none, h_none = _fit(backend, params=params, batch_size=None)
+    assert len(h_none["loss"]) == 3 and int(s_none.count) == 3
+    # the first step sees the initial params on all rows
+    np.testing.assert_allclose(h_none["loss"][0], funcnn.evaluate(NET, params, x, y)["loss"],
+                               rtol=1e-5)
+    # None, N and more than N are the same full batch, bit for bit
+    for batch_size in (N, 10 * N):
+        p, s, h = _fit(backend, params=params, batch_size=batch_size)
+        _assert_trees_equal(p, p_none)
+        assert np.array_equal(h["loss"], h_none["loss"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fit_drop_last(backend):
+    epochs = 3
+    _, state, history = _fit(backend, epochs=epochs, drop_last=True)
+    full = N // BS
+    assert len(history["loss"]) == epochs * full
+    assert int(state.count) == epochs * full
+    steps = np.reshape(history["loss"], (epochs, full))
+    np.testing.assert_allclose(history["train_loss"], steps.mean(axis=1), rtol=1e-12)
+
+
+# With a learning rate of 1e-12 the parameters stay put (to ~1e-13), so a step's loss tells
+# which rows (and dropout masks) its batch had: equal step losses mean the same batch.
+FROZEN = {"optimizer": funcnn.optim.sgd(1e-12), "batch_size": BS, "epochs": 4}
+
+
+def _frozen_steps(history) -> np.ndarray:
+    return np.reshape(history["loss"], (FROZEN["epochs"], STEPS))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fit_shuffle_every(backend):
+    x, y = _spirals()
+    params = _params(NET, backend, "float64")
+    every2 = _frozen_steps(_fit(backend, params=params, shuffle_every=2, **FROZEN)[2])
+    np.testing.assert_allclose(every2[1], every2[0], rtol=1e-9)
+    np.testing.assert_allclose(every2[3], every2[2], rtol=1e-9)
+    assert np.max(np.abs(every2[2] - every2[1])) > 1e-4
+
+    _, _, h1 = _fit(backend, params=params, shuffle_every=1, **FROZEN)
+    every1 = _frozen_steps(h1)
+    np.testing.assert_allclose(every1[0], every2[0], rtol=1e-9)  # both drawn at epoch 0
+    np.testing.assert_allclose(every1[2], every2[2], rtol=1e-9)  # both drawn at epoch 2
+    for e in range(3):
+        assert np.max(np.abs(every1[e + 1] - every1[e])) > 1e-4, e
+    # each epoch sees every row once: its loss and accuracy are those of all the data
+    full = funcnn.evaluate(NET, params, x, y)
+    np.testing.assert_allclose(h1["train_loss"], [full["loss"]] * 4, rtol=1e-9)
+    np.testing.assert_allclose(h1["train_accuracy"], [full["accuracy"]] * 4, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fit_without_shuffle_takes_rows_in_order(backend):
+    x, y = _spirals()
+    params = _params(NET, backend, "float64")
+    _, _, history = _fit(backend, params=params, shuffle=False, **FROZEN)
+    ref = _np(params)
+    want = [float(funcnn.loss(NET, ref, x[i:i + BS], y[i:i + BS])) for i in range(0, N, BS)]
+    np.testing.assert_allclose(_frozen_steps(history), [want] * 4, rtol=1e-9)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fit_draws_new_dropout_masks_for_every_batch(backend):
+    # four copies of the same 25 rows, not shuffled: every batch holds the same rows
+    x, y = _spirals()
+    data = np.tile(x[:25], (4, 1)), np.tile(y[:25], 4)
+    params = _params(DROPOUT_NET, backend, "float64")
+    _, _, history = _fit(backend, net=DROPOUT_NET, params=params, data=data, shuffle=False,
+                         optimizer=FROZEN["optimizer"], batch_size=25, epochs=2)
+    steps = np.reshape(history["loss"], (2, 4)).ravel()
+    # the same rows and (almost) the same params: only the masks tell the steps apart
+    gaps = np.abs(steps[:, None] - steps[None, :]) + np.eye(steps.size)
+    assert gaps.min() > 1e-6, np.round(steps, 6)
+    # and no step is the clean net's loss
+    clean = float(funcnn.loss(NET, _np(params), x[:25], y[:25]))
+    assert np.min(np.abs(steps - clean)) > 1e-6
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fit_validation(backend):
+    xv, yv = _spirals(seed=1)
+    params, _, history = _fit(backend, validation=(xv, yv))
+    assert len(history["val_loss"]) == 3 and len(history["val_accuracy"]) == 3
+    final = funcnn.evaluate(NET, params, xv, yv)
+    np.testing.assert_allclose(history["val_loss"][-1], final["loss"], rtol=1e-6)
+    assert history["val_accuracy"][-1] == pytest.approx(final["accuracy"], abs=1e-12)
+    assert all(0.0 <= a <= 1.0 for a in history["val_accuracy"])
+    # a list is a pair too
+    _, _, again = _fit(backend, validation=[xv, yv])
+    np.testing.assert_allclose(again["val_loss"], history["val_loss"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fit_early_stopping_restores_the_best_params(backend):
+    x, y = _spirals()
+    # validating on flipped labels: the better the net learns, the worse the validation loss
+    flipped = (x, 1 - y)
+    patience, epochs = 3, 30
+    params, state, history = _fit(backend, epochs=epochs, validation=flipped,
+                                  early_stopping=patience)
+    val = history["val_loss"]
+    best = int(np.argmin(val))
+    assert len(val) < epochs, "did not stop early"
+    assert len(val) == best + patience + 1
+    assert history["best_epoch"] == [best]
+    assert val[-1] > val[best] + 1e-3
+    # the returned params (and optimizer state) are those of the best epoch
+    np.testing.assert_allclose(funcnn.evaluate(NET, params, *flipped)["loss"], min(val),
+                               rtol=1e-6)
+    assert int(state.count) == (best + 1) * STEPS
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fit_sigmoid_binary_cross_entropy(backend):
+    assert SIGMOID_NET.loss == "binary_cross_entropy"
+    xv, yv = _xor(seed=1)
+    params, _, history = _fit(backend, net=SIGMOID_NET, data=_xor(), epochs=15, batch_size=25,
+                              validation=(xv, yv))
+    assert history["train_loss"][-1] < 0.3 * history["train_loss"][0]
+    assert history["train_accuracy"][-1] > 0.9
+    p = funcnn.predict(SIGMOID_NET, _np(params), xv)
+    assert history["val_accuracy"][-1] == pytest.approx(np.mean((p > 0.5) == (yv > 0.5)),
+                                                        abs=1e-12)
+    assert history["val_accuracy"][-1] > 0.9
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fit_identity_mse(backend):
+    assert MSE_NET.loss == "mse"
+    xv, yv = _regression(seed=1)
+    params, _, history = _fit(backend, net=MSE_NET, data=_regression(), epochs=10,
+                              batch_size=10, validation=(xv, yv))
+    assert history["train_loss"][-1] < 0.5 * history["train_loss"][0]
+    assert history["train_accuracy"] == [None] * 10
+    assert history["val_accuracy"] == [None] * 10
+    p = funcnn.predict(MSE_NET, _np(params), xv).astype(np.float64)
+    np.testing.assert_allclose(history["val_loss"][-1], np.mean((p - yv) ** 2), rtol=1e-5)
+
+
+def test_numpy_and_jax_agree_in_float64():
+    net = funcnn.MLP((2, 16, 2))
+    x, y = _spirals()
+    start = funcnn.init_params(net, 5, dtype="float64")
+    results = {
+        backend: _fit(backend, net=net, params=funcnn.to_backend(start, backend),
+                      optimizer=funcnn.optim.adam(1e-2), shuffle=False, epochs=3)
+        for backend in BACKENDS
+    }
+    (p_np, s_np, h_np), (p_jax, s_jax, h_jax) = results["numpy"], results["jax"]
+    assert p_jax[0].W.dtype == np.float64
+    assert _trees_differ(p_np, start)
+    _assert_trees_close(p_jax, p_np, rtol=1e-10)
+    _assert_trees_close((s_jax.mu, s_jax.nu), (s_np.mu, s_np.nu), rtol=1e-10)
+    assert int(s_jax.count) == int(s_np.count) == 3 * STEPS
+    for name in ("loss", "train_loss", "train_accuracy"):
+        np.testing.assert_allclose(h_jax[name], h_np[name], rtol=1e-10, err_msg=name)
+
+
+def _compiled():
+    """How many programs fit's jax epoch and tail step have compiled so far."""
+    epoch, step, _ = funcnn.train._jax_programs()
+    assert hasattr(epoch, "_cache_size"), "this jax has no jit(...)._cache_size()"
+    return epoch._cache_size(), step._cache_size()
+
+
+def test_fit_does_not_recompile():
+    opt = _adam()
+    _fit("jax", optimizer=opt, epochs=1)
+    compiled = _compiled()
+    _fit("jax", optimizer=opt, epochs=1, key=1)
+    assert _compiled() == compiled, "the same net and optimizer compiled again"
+    # separately built but equal net and optimizer hit the same programs
+    _fit("jax", net=funcnn.MLP((2, 32, 2)), optimizer=_adam(), epochs=2)
+    _fit("jax", optimizer=funcnn.optim.adam(2e-2), epochs=1, params=_params(NET, "jax", seed=9))
+    assert _compiled() == compiled, "an equal net or optimizer compiled again"
+    # the counter is live: a batch size no other test uses compiles a new epoch program
+    _fit("jax", optimizer=opt, epochs=1, batch_size=50)
+    assert _compiled()[0] == compiled[0] + 1
+
+
+def _extreme_row_data():
+    x, y = _regression()
+    x = x.copy()
+    x[37] = 1e30  # finite, but its squared error overflows float32
+    return x, y
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fit_raises_training_diverged_at_the_step_of_the_bad_row(backend):
+    # without shuffling, row 37 is in step 3 of every epoch (batches of 10); start at epoch 2
+    with pytest.raises(funcnn.TrainingDiverged) as info:
+        _fit(backend, net=MSE_NET, data=_extreme_row_data(), batch_size=10, shuffle=False,
+             epochs=4, initial_epoch=2)
+    err = info.value
+    assert isinstance(err, FloatingPointError)
+    assert (err.epoch, err.step) == (2, 3)
+    assert "epoch 2, step 3" in str(err)
+    assert "learning rate" in str(err)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fit_raises_training_diverged_with_a_huge_learning_rate(backend):
+    x, y = _regression()
+    opt = funcnn.optim.sgd(1e2)
+    # the reference: the same steps one by one, until the loss is not finite
+    params = _params(MSE_NET, "numpy")
+    state = opt.init(params)
+    step = funcnn.make_train_step(MSE_NET, opt)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for t in range(1000):
+            i = slice(10 * (t % 10), 10 * (t % 10) + 10)
+            params, state, loss = step(params, state, x[i], y[i])
+            if not math.isfinite(float(loss)):
+                break
+    want = divmod(t, 10)
+    assert want != (0, 0)
+    with pytest.raises(funcnn.TrainingDiverged) as info:
+        _fit(backend, net=MSE_NET, data=(x, y), optimizer=opt, batch_size=10, shuffle=False,
+             epochs=100)
+    assert (info.value.epoch, info.value.step) == want
+    assert f"epoch {want[0]}, step {want[1]}" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "changes, error, match",
+    [
+        ({"epochs": 0}, ValueError, "epochs must be positive"),
+        ({"epochs": 2.0}, TypeError, "epochs must be a positive integer"),
+        ({"batch_size": 0}, ValueError, "batch_size must be positive"),
+        ({"batch_size": -8}, ValueError, "batch_size must be positive"),
+        ({"batch_size": 8.0}, TypeError, "batch_size must be a positive integer"),
+        ({"early_stopping": 2}, ValueError, r"early_stopping needs validation=\(x_val, y_val\)"),
+        ({"early_stopping": 0, "validation": "ok"}, ValueError, "early_stopping must be positive"),
+        ({"optimizer": "adam"}, TypeError, "optimizer must be a funcnn.optim.Optimizer"),
+        ({"optimizer": funcnn.optim.adam}, TypeError, "optimizer must be a funcnn.optim"),
+        ({"validation": "x only"}, TypeError, "validation must be a pair"),
+        ({"validation": "three"}, TypeError, "validation must be a pair"),
+        ({"validation": "array"}, TypeError, "validation must be a pair"),
+        ({"initial_epoch": 5}, ValueError, r"initial_epoch must be in \[0, epochs=3\]"),
+        ({"shuffle_every": 0}, ValueError, "shuffle_every must be positive"),
+    ],
+)
+def test_fit_rejects_bad_arguments(changes, error, match):
+    xv, yv = _spirals(seed=1)
+    validations = {"ok": (xv, yv), "x only": (xv,), "three": (xv, yv, yv), "array": xv}
+    if "validation" in changes:
+        changes = {**changes, "validation": validations[changes["validation"]]}
+    with pytest.raises(error, match=match):
+        _fit("numpy", **changes)
+
+
+def test_fit_rejects_a_net_that_is_not_an_mlp():
+    with pytest.raises(TypeError, match="net must be a funcnn.MLP"):
+        _fit("numpy", net=(2, 32, 2), params=_params(NET, "numpy"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fit_progress_bar_writes_to_stderr(backend, capsys):
+    _fit(backend, epochs=2, progress=False)
+    quiet = capsys.readouterr()
+    assert quiet.err == "" and quiet.out == ""
+    _fit(backend, epochs=2, progress=True)
+    loud = capsys.readouterr()
+    assert "2/2" in loud.err and "epoch" in loud.err and "loss=" in loud.err
+    assert loud.out == ""
+
+
+# ---------------------------------------------------------------------------- evaluate
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_evaluate_softmax_matches_a_direct_computation(backend):
+    x, y = _spirals()
+    params = _params(NET, backend, seed=2)
+    got = funcnn.evaluate(NET, params, x, y, batch_size=30)  # batches of 30, 30, 30, 10
+    assert set(got) == {"loss", "accuracy"}
+    ref = _np(params)
+    np.testing.assert_allclose(got["loss"], float(funcnn.loss(NET, ref, x, y)), rtol=1e-5)
+    labels = np.argmax(funcnn.predict(NET, ref, x), axis=1)
+    assert got["accuracy"] == pytest.approx(np.mean(labels == y), abs=1e-12)
+    # one-hot targets give the same numbers
+    onehot = np.eye(2, dtype=np.float32)[y]
+    again = funcnn.evaluate(NET, params, x, onehot, batch_size=30)
+    np.testing.assert_allclose(again["loss"], got["loss"], rtol=1e-6)
+    assert again["accuracy"] == pytest.approx(got["accuracy"], abs=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_evaluate_sigmoid_and_mse(backend):
+    x, y = _xor()
+    params = _params(SIGMOID_NET, backend, seed=2)
+    got = funcnn.evaluate(SIGMOID_NET, params, x, y, batch_size=30)
+    ref = _np(params)
+    np.testing.assert_allclose(got["loss"], float(funcnn.loss(SIGMOID_NET, ref, x, y)),
+                               rtol=1e-5)
+    p = funcnn.predict(SIGMOID_NET, ref, x)
+    assert got["accuracy"] == pytest.approx(np.mean((p > 0.5) == (y > 0.5)), abs=1e-12)
+
+    # several sigmoid outputs: the accuracy is the fraction of right entries
+    net = funcnn.MLP((2, 8, 3), output="sigmoid")
+    y3 = (np.random.default_rng(0).random((N, 3)) < 0.5).astype(np.float32)
+    params = _params(net, backend, seed=2)
+    got = funcnn.evaluate(net, params, x, y3, batch_size=30)
+    p = funcnn.predict(net, _np(params), x)
+    assert got["accuracy"] == pytest.approx(np.mean((p > 0.5) == (y3 > 0.5)), abs=1e-12)
+
+    x, y = _regression()
+    params = _params(MSE_NET, backend, seed=2)
+    got = funcnn.evaluate(MSE_NET, params, x, y, batch_size=30)
+    assert got["accuracy"] is None
+    out = funcnn.predict(MSE_NET, _np(params), x).astype(np.float64)
+    np.testing.assert_allclose(got["loss"], np.mean((out - y) ** 2), rtol=1e-5)
+
+
+def test_evaluate_rejects_a_bad_batch_size():
+    x, y = _spirals()
+    with pytest.raises(ValueError, match="batch_size must be positive"):
+        funcnn.evaluate(NET, _params(NET, "numpy"), x, y, batch_size=0)

@@ -28,6 +28,9 @@ __all__ = ["batches", "epoch_order", "num_batches"]
 
 def num_batches(n: int, batch_size: int | None, drop_last: bool = False) -> int:
     """How many batches one epoch of ``n`` rows has."""
+    check_positive("n", n, integer=True)
+    if batch_size is not None:
+        check_positive("batch_size", batch_size, integer=True)
     if batch_size is None or batch_size >= n:
         return 1
     return n // batch_size if drop_last else -(-n // batch_size)
@@ -51,6 +54,7 @@ def batches(
 
     ``batch_size=None`` means the full batch. ``drop_last`` drops a final short batch.
     ``key`` is an int seed or a ``funcnn.random`` key (ignored when ``shuffle=False``).
+    Arguments are checked when ``batches`` is called, not when iteration starts.
     """
     check_positive("n", n, integer=True)
     if batch_size is not None:
@@ -58,5 +62,4 @@ def batches(
     order = epoch_order(key, n, epoch=epoch, shuffle=shuffle, shuffle_every=shuffle_every)
     size = n if batch_size is None else min(batch_size, n)
     stop = n - n % size if drop_last else n
-    for start in range(0, stop, size):
-        yield order[start:start + size]
+    return (order[start:start + size] for start in range(0, stop, size))

@@ -6,7 +6,7 @@ Each draws a ``(fan_in, fan_out)`` matrix with variance ``scale / fan``:
 name            scale  fan                  used by default for
 ==============  =====  ===================  ==============================
 he_*            2      fan_in               relu, leaky_relu, elu, gelu, softplus
-glorot_*        2      (fan_in + fan_out)/2 tanh, sigmoid, identity
+glorot_*        1      (fan_in + fan_out)/2 tanh, sigmoid, identity
 lecun_*         1      fan_in               (on request)
 ==============  =====  ===================  ==============================
 
@@ -29,8 +29,8 @@ __all__ = ["INITIALIZERS", "default_initializer", "get_initializer", "initialize
 _RULES = {  # name -> (scale, fan rule, distribution)
     "he_normal": (2.0, "in", "normal"),
     "he_uniform": (2.0, "in", "uniform"),
-    "glorot_normal": (2.0, "avg2", "normal"),
-    "glorot_uniform": (2.0, "avg2", "uniform"),
+    "glorot_normal": (1.0, "avg2", "normal"),
+    "glorot_uniform": (1.0, "avg2", "uniform"),
     "lecun_normal": (1.0, "in", "normal"),
     "lecun_uniform": (1.0, "in", "uniform"),
 }

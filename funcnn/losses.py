@@ -6,12 +6,13 @@ layer's pre-activation ``z`` (the logits) of shape ``(m, k)``:
 ================  ===========  ====================================  =========================
 loss              output       value                                 delta ``dL/dz``
 ================  ===========  ====================================  =========================
-cross_entropy     softmax      mean_i [logsumexp(z_i) - z_i[y_i]]    ``(p - Y) / m``
+cross_entropy     softmax      mean_i [logsumexp(z_i) - z_i[y_i]]    ``(p sum(Y) - Y) / m``
 binary_cross_...  sigmoid      mean_ij [softplus(z_ij) - y_ij z_ij]  ``(p - y) / (m k)``
 mse               any          mean_ij (a_ij - y_ij)^2               ``2 (a - y) / (m k) * a'``
 ================  ===========  ====================================  =========================
 
-``Y`` is the one-hot (or probability) target. Cross-entropy uses log-sum-exp and
+``Y`` is the one-hot (or probability) target; for rows that sum to 1 the
+cross-entropy delta is the familiar ``(p - Y) / m``. Cross-entropy uses log-sum-exp and
 binary cross-entropy uses the log-sigmoid identity
 ``-[y log s(z) + (1 - y) log(1 - s(z))] = softplus(z) - y z``, so logits of
 ``+-1e4`` give finite values. For mean squared error the output may be any
@@ -61,7 +62,7 @@ class Loss(NamedTuple):
 
 def _one_hot(y, k, dtype):
     xp = array_namespace(y)
-    return (y[:, None] == xp.arange(k)).astype(dtype)
+    return (y[:, None] == xp.arange(k)[None, :]).astype(dtype)
 
 
 def _logsumexp(z):
@@ -83,8 +84,10 @@ def cross_entropy(output, z, a, y):
 
 def cross_entropy_delta(output, z, a, y):
     m, k = z.shape
-    target = _one_hot(y, k, z.dtype) if y.ndim == 1 else y
-    return (a - target) * (1.0 / m)
+    if y.ndim == 1:
+        return (a - _one_hot(y, k, z.dtype)) * (1.0 / m)
+    # rows that need not sum to 1 (unnormalised weights): dL/dz = (p * sum(Y) - Y) / m
+    return (a * array_namespace(y).sum(y, axis=1, keepdims=True) - y) * (1.0 / m)
 
 
 # binary cross-entropy on sigmoid: L = mean_ij [softplus(z) - y z];  dL/dz = (p - y) / (m k)

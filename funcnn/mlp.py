@@ -25,9 +25,16 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from funcnn import random
-from funcnn._checks import check_params_like, check_x, check_y
+from funcnn._checks import (
+    check_cache,
+    check_initialized,
+    check_params_like,
+    check_same_backend,
+    check_x,
+    check_y,
+)
 from funcnn.activations import ACTIVATIONS, get_activation, softmax
-from funcnn.backend import backend_of, get_backend, is_jax_array, namespace
+from funcnn.backend import get_backend, is_jax_array, namespace
 from funcnn.initializers import default_initializer, get_initializer, initialize
 from funcnn.losses import OUTPUTS, default_loss, get_loss
 from funcnn.tree import tree_paths
@@ -145,10 +152,12 @@ def init_params(
         get_initializer(init)
     keys = random.split(random.as_key(key, backend), net.n_layers)
     xp = namespace(backend)
-    return tuple(
+    params = tuple(
         Dense(initialize(init, k, (n_in, n_out), dtype), xp.zeros((n_out,), dtype=dtype))
         for k, n_in, n_out in zip(keys, net.sizes[:-1], net.sizes[1:], strict=True)
     )
+    check_initialized(net, params, dtype, init)
+    return params
 
 
 def check_net(net: Any) -> None:
@@ -240,7 +249,7 @@ def apply(net: MLP, params: tuple, x: Any, masks: tuple) -> Cache:
 def prepare_inputs(net: MLP, params: Any, x: Any, key: Any, train: bool):
     check_net(net)
     dtype = check_params(net, params)
-    backend = backend_of(params, x)
+    backend = check_same_backend(params, x=x)
     x = check_x(net, x, dtype)
     if backend == "jax" and not is_jax_array(x):
         x = namespace("jax").asarray(x)
@@ -280,6 +289,7 @@ def loss_from_cache(net: MLP, cache: Cache, y: Any) -> Any:
 def loss(net: MLP, params: tuple, x: Any, y: Any, *, key: Any = None, train: bool = False):
     """The mean loss over the batch, computed from the logits in a stable fused form."""
     x, masks, dtype = prepare_inputs(net, params, x, key, train)
+    check_same_backend(params, y=y)
     y = check_y(net, y, x.shape[0], dtype)
     return loss_from_cache(net, apply(net, params, x, masks), y)
 
@@ -309,6 +319,8 @@ def backprop(net: MLP, params: tuple, cache: Cache, y: Any) -> tuple[Dense, ...]
     dtype = check_params(net, params)
     if not isinstance(cache, Cache):
         raise TypeError(f"cache must be the Cache returned by funcnn.forward; got {type(cache)}")
+    check_same_backend(params, cache=cache, y=y)
+    check_cache(net, cache, dtype)
     y = check_y(net, y, cache.inputs[0].shape[0], dtype)
     return backward(net, params, cache, y)
 
@@ -318,6 +330,7 @@ def value_and_grad(
 ):
     """``(loss, grads)`` from one forward and one backward pass."""
     x, masks, dtype = prepare_inputs(net, params, x, key, train)
+    check_same_backend(params, y=y)
     y = check_y(net, y, x.shape[0], dtype)
     cache = apply(net, params, x, masks)
     return loss_from_cache(net, cache, y), backward(net, params, cache, y)

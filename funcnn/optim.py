@@ -26,7 +26,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from funcnn._checks import check_params_like, check_positive
+from funcnn._checks import (
+    check_float_leaves,
+    check_lr,
+    check_params_like,
+    check_positive,
+    check_same_backend,
+    check_update,
+)
 from funcnn.backend import array_namespace
 from funcnn.tree import tree_leaves, tree_map, tree_unflatten
 
@@ -94,6 +101,8 @@ def _zeros(params):
 
 
 def _count0(params):
+    check_same_backend(params)
+    check_float_leaves("params", params)
     return array_namespace(*tree_leaves(params)[:1]).zeros((), dtype="int32")
 
 
@@ -103,6 +112,7 @@ def _scalar(value, like):
 
 
 def _lr(lr, count):
+    check_lr(lr)
     return lr(count) if callable(lr) else lr
 
 
@@ -114,6 +124,7 @@ def _check_state(kind, state, params, grads, fields):
     check_params_like("grads", grads, params)
     for field in fields:
         check_params_like(f"state.{field}", getattr(state, field), params)
+    check_update(params, grads, state, fields)
 
 
 def _leafwise(fn, params, *trees):
@@ -293,6 +304,8 @@ def global_norm(tree) -> Any:
 
 def clip_by_global_norm(grads, max_norm: float):
     """Scale ``grads`` by ``min(1, max_norm / global_norm(grads))``."""
+    check_positive("max_norm", max_norm)
+    check_same_backend(grads)
     norm = global_norm(grads)
     xp = array_namespace(norm)
     scale = max_norm / xp.maximum(norm, max_norm)
@@ -314,13 +327,13 @@ class _Bound:
 
 
 def _make(init, update, lr, **hyper) -> Optimizer:
-    if not callable(lr):
-        check_positive("lr", lr)
+    check_lr(lr)
     return Optimizer(init, _Bound(update, (("lr", lr), *sorted(hyper.items()))))
 
 
 def sgd(lr=1e-2, momentum=0.0, nesterov=False, weight_decay=0.0) -> Optimizer:
     """SGD as an :class:`Optimizer`; see :func:`sgd_update`."""
+    check_positive("momentum", momentum, allow_zero=True)
     if not 0 <= momentum < 1:
         raise ValueError(f"momentum must be in [0, 1); got {momentum!r}")
     if nesterov and momentum == 0:
@@ -331,6 +344,7 @@ def sgd(lr=1e-2, momentum=0.0, nesterov=False, weight_decay=0.0) -> Optimizer:
 
 def _check_betas(**betas):
     for name, b in betas.items():
+        check_positive(name, b, allow_zero=True)
         if not 0 <= b < 1:
             raise ValueError(f"{name} must be in [0, 1); got {b!r}")
 

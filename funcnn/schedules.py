@@ -26,7 +26,9 @@ __all__ = [
 
 def _float(step):
     xp = array_namespace(step)
-    return xp.asarray(step, dtype=xp.float32 if xp.__name__ != "numpy" else float)
+    # float64 on NumPy; on jax the default float (float64 only with jax_enable_x64)
+    dtype = float if xp.__name__ == "numpy" else xp.result_type(float)
+    return xp.asarray(step, dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ class constant:  # noqa: N801 - used like a function
     """``lr(step) = value``."""
 
     value: float
+
+    def __post_init__(self):
+        check_positive("value", self.value)
 
     def __call__(self, step):
         return self.value + 0.0 * _float(step)
@@ -52,6 +57,7 @@ class exponential_decay:  # noqa: N801
     staircase: bool = False
 
     def __post_init__(self):
+        check_positive("init_value", self.init_value)
         check_positive("transition_steps", self.transition_steps, integer=True)
         check_positive("decay_rate", self.decay_rate)
 
@@ -77,7 +83,9 @@ class cosine_decay:  # noqa: N801
     alpha: float = 0.0
 
     def __post_init__(self):
+        check_positive("init_value", self.init_value)
         check_positive("decay_steps", self.decay_steps, integer=True)
+        check_positive("alpha", self.alpha, allow_zero=True)
 
     def __call__(self, step):
         xp = array_namespace(step)
@@ -99,7 +107,11 @@ class warmup_cosine_decay:  # noqa: N801
     end_value: float = 0.0
 
     def __post_init__(self):
+        check_positive("peak_value", self.peak_value)
+        check_positive("init_value", self.init_value, allow_zero=True)
+        check_positive("end_value", self.end_value, allow_zero=True)
         check_positive("decay_steps", self.decay_steps, integer=True)
+        check_positive("warmup_steps", self.warmup_steps, integer=True, allow_zero=True)
         if not 0 <= self.warmup_steps < self.decay_steps:
             raise ValueError(
                 f"warmup_steps must be in [0, decay_steps={self.decay_steps}); "

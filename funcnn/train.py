@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from funcnn import random
-from funcnn._checks import check_positive, check_x, check_y
-from funcnn.backend import array_namespace, backend_of, is_jax_array, namespace
+from funcnn._checks import check_positive, check_same_backend, check_x, check_y
+from funcnn.backend import array_namespace, is_jax_array, namespace
 from funcnn.batching import epoch_order
 from funcnn.mlp import MLP, apply, backward, check_net, check_params, dropout_masks, loss_from_cache
 from funcnn.optim import Optimizer
@@ -87,7 +87,7 @@ def make_train_step(net: MLP, optimizer: Optimizer):
 
     def step(params, opt_state, x, y, key=None):
         dtype = check_params(net, params)
-        backend_of(params, x, y)
+        check_same_backend(params, x=x, y=y)
         x = check_x(net, x, dtype)
         y = check_y(net, y, x.shape[0], dtype)
         params, opt_state, loss, _ = _step(net, optimizer, params, opt_state, x, y, key)
@@ -181,7 +181,7 @@ def evaluate(net: MLP, params, x, y, *, batch_size: int = 10_000) -> dict:
     check_net(net)
     dtype = check_params(net, params)
     check_positive("batch_size", batch_size, integer=True)
-    backend = backend_of(params, x, y)
+    backend = check_same_backend(params, x=x, y=y)
     x, y = _prepare_data(net, params, x, y, dtype, backend)
     return _evaluate(net, params, x, y, batch_size)
 
@@ -241,8 +241,10 @@ def _run_epoch(net, optimizer, params, opt_state, x, y, order, drop_key, batch_s
     n_correct = 0.0
     for j in range(losses.size):
         i = order[j * size:(j + 1) * size]
-        params, opt_state, loss, correct = _step(net, optimizer, params, opt_state, x[i], y[i],
-                                                 keys[j])
+        # divergence is reported by TrainingDiverged (as on jax), not by NumPy's warnings
+        with np.errstate(over="ignore", invalid="ignore"):
+            params, opt_state, loss, correct = _step(net, optimizer, params, opt_state, x[i],
+                                                     y[i], keys[j])
         losses[j] = loss
         n_correct += float(correct)
         if not math.isfinite(losses[j]):
@@ -289,9 +291,11 @@ def fit(
         check_positive("early_stopping", early_stopping, integer=True)
         if validation is None:
             raise ValueError("early_stopping needs validation=(x_val, y_val)")
+    check_positive("initial_epoch", initial_epoch, integer=True, allow_zero=True)
     if not 0 <= initial_epoch <= epochs:
         raise ValueError(f"initial_epoch must be in [0, epochs={epochs}]; got {initial_epoch}")
-    backend = backend_of(params, x, y)
+    backend = check_same_backend(params, x=x, y=y, opt_state=opt_state,
+                                 validation=validation)
     x, y = _prepare_data(net, params, x, y, dtype, backend)
     if validation is not None:
         if not (isinstance(validation, tuple | list) and len(validation) == 2):
@@ -300,6 +304,7 @@ def fit(
     history = _new_history()
     if resume and checkpoint is not None and os.path.exists(checkpoint):
         params, opt_state, key, initial_epoch, history = _resume(checkpoint, net, backend)
+        _check_resumed(checkpoint, net, params, dtype)
     root = random.as_key(key, backend)
     shuffle_key, dropout_key = random.split(root)
     params = _copy(params)  # the jax programs donate their inputs; the caller's stay valid
@@ -380,6 +385,16 @@ def _save(path, net, params, opt_state, key, epoch, history):
 
     metadata = {"epoch": epoch, "key": [int(v) for v in np.asarray(key)], "history": history}
     save(path, params, opt_state, net=net, metadata=metadata)
+
+
+def _check_resumed(path, net, params, dtype):
+    """The checkpoint's params must have the dtype the data were cast to."""
+    saved = check_params(net, params)
+    if saved != dtype:
+        raise TypeError(
+            f"checkpoint {os.fspath(path)!r} holds {saved} params but the params passed to fit "
+            f"are {dtype}; pass params of the checkpoint's dtype (the data are cast to it)"
+        )
 
 
 def _resume(path, net, backend):

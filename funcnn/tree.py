@@ -57,7 +57,9 @@ def tree_map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
     others = []
     for other in rest:
         other_kids = _children(other)
-        if other_kids is None or type(other) is not type(tree) or len(other_kids) != len(kids):
+        if other_kids is None or type(other) is not type(tree) or [s for s, _ in other_kids] != [
+            s for s, _ in kids
+        ]:
             raise ValueError(
                 "tree structures differ:\n"
                 f"  first:  {describe(tree)}\n  other:  {describe(other)}\n"

@@ -1,0 +1,310 @@
+"""Interrupted training: bit-exact resume in a fresh process, checkpoints that survive
+SIGKILL, and divergence that stops ``fit`` where it happens.
+
+The runs that must be independent of this test process (its jax is configured by
+conftest.py) happen in subprocesses of ``sys.executable`` running :data:`SCRIPT`, a
+small program that imports nothing but funcnn (and the standard library). Each run
+saves what ``fit`` returned with ``funcnn.save``, and the comparisons here read those
+files: params and optimizer state with ``np.array_equal`` leaf by leaf, histories with
+``==`` on every entry but the wall-clock ``seconds``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import funcnn
+from funcnn.tree import tree_leaves, tree_paths, tree_structure
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKENDS = ("numpy", "jax")
+
+SCRIPT = r'''
+"""Train with funcnn.fit as the JSON config in argv[1] says, and save the results."""
+import json
+import sys
+
+import funcnn
+
+cfg = json.loads(sys.argv[1])
+net = funcnn.MLP(tuple(cfg["sizes"]), dropout=cfg["dropout"])
+x, y = funcnn.data.spirals(cfg["data_seed"], n=cfg["n"], classes=cfg["sizes"][-1])
+validation = funcnn.data.spirals(cfg["data_seed"] + 1, n=50, classes=cfg["sizes"][-1])
+initial = funcnn.to_backend(funcnn.init_params(net, cfg["init_seed"]), cfg["backend"])
+schedule = funcnn.schedules.warmup_cosine_decay(1e-2, 5, 60, init_value=1e-3)
+optimizer = funcnn.optim.adam(schedule)
+common = dict(batch_size=cfg["batch_size"], key=cfg["key"], progress=False,
+              validation=validation if cfg["validation"] else None)
+
+for run in cfg["runs"]:  # one after the other, each from the initial params
+    if run["kind"] == "fit":
+        params, state, history = funcnn.fit(
+            net, initial, optimizer, x, y, epochs=run["epochs"], checkpoint=run["checkpoint"],
+            checkpoint_every=1, resume=run["resume"], **common)
+        funcnn.save(run["out"], params, state, net=net, metadata={"history": history})
+    else:  # "epochs": one fit per epoch, saving the params and state after each
+        params, state = initial, None
+        for epoch in range(run["epochs"]):
+            params, state, _ = funcnn.fit(net, params, optimizer, x, y, epochs=epoch + 1,
+                                          initial_epoch=epoch, opt_state=state, **common)
+            funcnn.save(run["out"] + f".{epoch + 1}", params, state, net=net)
+print("done", flush=True)
+'''
+
+# A small net with dropout and a batch size that leaves a short last batch (203 = 12*16 + 11).
+SMALL = {"sizes": [2, 32, 32, 3], "dropout": 0.25, "n": 203, "batch_size": 16}
+# A wide net, so that writing its checkpoint (params + two Adam moments, ~12.6 MB) takes a
+# while; its epochs are short (3 steps), so the writes are a good part of the run time.
+WIDE = {"sizes": [2, 1024, 1024, 3], "dropout": 0.1, "n": 24, "batch_size": 8}
+
+
+def _fit_run(out: Path, epochs: int, checkpoint: Path | None = None, resume: bool = False,
+             kind: str = "fit") -> dict:
+    return {"kind": kind, "out": str(out), "epochs": epochs, "resume": resume,
+            "checkpoint": None if checkpoint is None else str(checkpoint)}
+
+
+def _config(backend: str, shape: dict, *runs: dict, **changes) -> dict:
+    cfg = {**shape, "backend": backend, "data_seed": 0, "init_seed": 1, "key": 7,
+           "validation": True, "runs": list(runs)}
+    return {**cfg, **changes}
+
+
+def _start(tmp_path: Path, cfg: dict) -> subprocess.Popen:
+    script = tmp_path / "train_script.py"
+    if not script.exists():
+        script.write_text(SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "FUNCNN_BACKEND"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    env["JAX_PLATFORMS"] = "cpu"
+    return subprocess.Popen(
+        [sys.executable, str(script), json.dumps(cfg)], env=env, cwd=tmp_path,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 240) -> None:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, f"the training script failed:\n{err[-4000:]}"
+    assert out.strip().endswith("done")
+
+
+def _run(tmp_path: Path, cfg: dict) -> None:
+    _finish(_start(tmp_path, cfg))
+
+
+def _assert_trees_identical(got, want, name: str) -> None:
+    assert tree_structure(got) == tree_structure(want), f"{name}: structures differ"
+    assert type(got) is type(want), f"{name}: {type(got).__name__} vs {type(want).__name__}"
+    for (path, g), w in zip(tree_paths(got), tree_leaves(want), strict=True):
+        g, w = np.asarray(g), np.asarray(w)
+        assert g.dtype == w.dtype, f"{name}{path}: dtype {g.dtype} vs {w.dtype}"
+        assert np.array_equal(g, w), (
+            f"{name}{path} differs: max abs difference "
+            f"{np.max(np.abs(g.astype(np.float64) - w.astype(np.float64)))}"
+        )
+
+
+def _assert_same_history(got: dict, want: dict) -> None:
+    assert set(got) == set(want)
+    for name in want:
+        if name == "seconds":  # wall-clock time, the one thing allowed to differ
+            assert len(got[name]) == len(want[name])
+        else:
+            assert got[name] == want[name], f"history[{name!r}] differs"
+
+
+def _assert_same_run(got: funcnn.Checkpoint, want: funcnn.Checkpoint) -> None:
+    _assert_trees_identical(got.params, want.params, "params")
+    _assert_trees_identical(got.opt_state, want.opt_state, "opt_state")
+    _assert_same_history(got.metadata["history"], want.metadata["history"])
+
+
+# ---------------------------------------------------------------------------- resume
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_resume_in_a_fresh_process_is_bit_identical_to_an_uninterrupted_run(tmp_path, backend):
+    ckpt = tmp_path / "run.ckpt"
+    # one process: the first two epochs of the interrupted run, then the uninterrupted run
+    _run(tmp_path, _config(backend, SMALL, _fit_run(tmp_path / "first.npz", 2, ckpt),
+                           _fit_run(tmp_path / "full.npz", 4)))
+    saved = funcnn.load(ckpt, net=funcnn.MLP(tuple(SMALL["sizes"]), dropout=SMALL["dropout"]))
+    assert saved.metadata["epoch"] == 2
+    _assert_trees_identical(saved.params, funcnn.load(tmp_path / "first.npz").params, "params")
+
+    # a fresh process resumes; its own seeds differ, so whatever it reaches must come from
+    # the checkpoint (params, optimizer state, key, epoch and history)
+    _run(tmp_path, _config(backend, SMALL, _fit_run(tmp_path / "resumed.npz", 4, ckpt, True),
+                           init_seed=99, key=12345))
+    resumed = funcnn.load(tmp_path / "resumed.npz")
+    want = funcnn.load(tmp_path / "full.npz")
+    _assert_same_run(resumed, want)
+    assert isinstance(resumed.opt_state, funcnn.AdamState)
+    steps = math.ceil(SMALL["n"] / SMALL["batch_size"])
+    assert int(resumed.opt_state.count) == 4 * steps
+    assert len(resumed.metadata["history"]["loss"]) == 4 * steps
+    assert len(resumed.metadata["history"]["val_loss"]) == 4
+    assert funcnn.load(ckpt).metadata["epoch"] == 4
+    # the halves differ (training moved the params), so the equality above means something
+    assert not np.array_equal(np.asarray(saved.params[0].W), np.asarray(want.params[0].W))
+
+
+def test_resume_without_a_checkpoint_file_starts_from_the_given_params(tmp_path):
+    net = funcnn.MLP((2, 8, 2), dropout=0.2)
+    x, y = funcnn.data.spirals(0, n=40)
+    params = funcnn.init_params(net, 0)
+    kwargs = {"epochs": 2, "batch_size": 16, "key": 3, "progress": False}
+    plain = funcnn.fit(net, params, funcnn.optim.sgd(0.1), x, y, **kwargs)
+    path = tmp_path / "new.ckpt"
+    fresh = funcnn.fit(net, params, funcnn.optim.sgd(0.1), x, y, checkpoint=path, resume=True,
+                       **kwargs)
+    _assert_trees_identical(fresh[0], plain[0], "params")
+    assert funcnn.load(path).metadata["epoch"] == 2
+
+
+def test_resume_refuses_params_of_another_dtype_than_the_checkpoint(tmp_path):
+    net = funcnn.MLP((2, 8, 2))
+    x, y = funcnn.data.spirals(0, n=40)
+    path = tmp_path / "f32.ckpt"
+    kwargs = {"batch_size": 16, "key": 3, "progress": False, "checkpoint": path}
+    funcnn.fit(net, funcnn.init_params(net, 0), funcnn.optim.sgd(0.1), x, y, epochs=1, **kwargs)
+    p64 = funcnn.init_params(net, 0, dtype="float64")
+    with pytest.raises(TypeError, match="float32 params but the params passed to fit are float64"):
+        funcnn.fit(net, p64, funcnn.optim.sgd(0.1), x, y, epochs=2, resume=True, **kwargs)
+
+
+# ---------------------------------------------------------------------------- SIGKILL
+
+
+def _tmp_files(directory: Path, name: str) -> set[str]:
+    """The temporary files a checkpoint write to ``name`` leaves while it is under way."""
+    return {f for f in os.listdir(directory) if f.startswith(f".{name}.") and f.endswith(".tmp")}
+
+
+def _kill_during_a_write(proc: subprocess.Popen, directory: Path, name: str, writes: int,
+                         delay: float, timeout: float = 60.0) -> bool:
+    """SIGKILL ``proc`` ``delay`` seconds after the start of its ``writes``-th checkpoint write
+    is seen. Returns False if the process ended first."""
+    seen = set(_tmp_files(directory, name))
+    before = set(seen)
+    deadline = time.monotonic() + timeout
+    while len(seen - before) < writes:
+        if proc.poll() is not None:
+            return False
+        assert time.monotonic() < deadline, "no checkpoint write started"
+        seen |= _tmp_files(directory, name)
+        time.sleep(0.0002)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    return True
+
+
+def test_sigkill_while_writing_a_checkpoint_leaves_the_previous_one_loadable(tmp_path):
+    rng = np.random.default_rng(20240611)  # the kill moments; no global seed
+    epochs = 6
+    ckpt = tmp_path / "wide.ckpt"
+    net = funcnn.MLP(tuple(WIDE["sizes"]), dropout=WIDE["dropout"])
+    steps = math.ceil(WIDE["n"] / WIDE["batch_size"])
+    # the references, side by side: one uninterrupted run, and a run that saves its params
+    # and optimizer state after every epoch
+    refs = [_start(tmp_path, _config("numpy", WIDE, run, validation=False)) for run in (
+        _fit_run(tmp_path / "ref_full.npz", epochs), _fit_run(tmp_path / "ref", epochs,
+                                                              kind="epochs"))]
+    for proc in refs:
+        _finish(proc)
+
+    resume = _config("numpy", WIDE, _fit_run(tmp_path / "resumed.npz", epochs, ckpt, True),
+                     validation=False)
+    epochs_seen, stray = [], set()
+    for attempt in range(5):
+        proc = _start(tmp_path, resume)
+        # kill 0-3 ms into the first or second write seen: a write takes longer than that
+        killed = _kill_during_a_write(proc, tmp_path, ckpt.name, writes=1 + attempt % 2,
+                                      delay=rng.uniform(0.0, 0.003))
+        assert killed, "the run finished before it could be killed"
+        stray |= _tmp_files(tmp_path, ckpt.name)
+        if not ckpt.exists():  # killed during the very first write: nothing to resume yet
+            continue
+        saved = funcnn.load(ckpt, net=net)  # never a torn file
+        epoch = saved.metadata["epoch"]
+        history = saved.metadata["history"]
+        assert 1 <= epoch < epochs
+        assert len(history["train_loss"]) == epoch == len(history["train_accuracy"])
+        assert len(history["loss"]) == epoch * steps
+        assert int(saved.opt_state.count) == epoch * steps
+        ref = funcnn.load(tmp_path / f"ref.{epoch}")
+        _assert_trees_identical(saved.params, ref.params, f"epoch {epoch} params")
+        _assert_trees_identical(saved.opt_state, ref.opt_state, f"epoch {epoch} opt_state")
+        epochs_seen.append(epoch)
+    assert epochs_seen, "every kill came before the first checkpoint was written"
+    assert epochs_seen == sorted(epochs_seen), "a resumed run went back in time"
+    # at least one kill hit a write in progress (its temporary file was left behind) ...
+    assert stray, "no kill landed inside a checkpoint write"
+    # ... and the finished run agrees bit for bit with the uninterrupted one
+    _run(tmp_path, resume)
+    _assert_same_run(funcnn.load(tmp_path / "resumed.npz"), funcnn.load(tmp_path / "ref_full.npz"))
+    assert funcnn.load(ckpt).metadata["epoch"] == epochs
+
+
+# ---------------------------------------------------------------------------- divergence
+
+
+def _mse_setup(backend):
+    net = funcnn.MLP((3, 8, 1), hidden="identity", output="identity")
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(60, 3)).astype(np.float32)
+    y = (x @ np.array([[1.0], [-2.0], [0.5]], dtype=np.float32)).astype(np.float32)
+    params = funcnn.to_backend(funcnn.init_params(net, 0), backend)
+    return net, params, x, y
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_huge_row_introduced_on_resume_stops_fit_at_its_epoch_and_step(tmp_path, backend):
+    net, params, x, y = _mse_setup(backend)
+    path = tmp_path / "mse.ckpt"
+    kwargs = {"batch_size": 10, "key": 0, "shuffle": False, "progress": False,
+              "checkpoint": path}
+    funcnn.fit(net, params, funcnn.optim.adam(1e-2), x, y, epochs=2, **kwargs)
+    before = funcnn.load(path)
+    # finite, so validation lets it through; its squared error overflows float32
+    bad = x.copy()
+    bad[34] = 1e30
+    with pytest.raises(funcnn.TrainingDiverged) as info:
+        funcnn.fit(net, params, funcnn.optim.adam(1e-2), bad, y, epochs=5, resume=True,
+                   **kwargs)
+    # no shuffling: row 34 is in batch 3 (rows 30-39) of epoch 2, the first resumed epoch
+    assert (info.value.epoch, info.value.step) == (2, 3)
+    assert "epoch 2, step 3" in str(info.value)
+    # the checkpoint of the last good epoch is untouched
+    after = funcnn.load(path)
+    assert after.metadata["epoch"] == 2
+    _assert_trees_identical(after.params, before.params, "params")
+    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in tree_leaves(after.params))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_learning_rate_that_jumps_stops_fit_at_the_next_step(backend):
+    net, params, x, y = _mse_setup(backend)
+    jump = 15  # updates 0..14 use 1e-2; update 15 uses 1e30 and blows the params up
+
+    def schedule(count):
+        return 1e-2 + 1e30 * (count >= jump)
+
+    with pytest.raises(funcnn.TrainingDiverged) as info:
+        funcnn.fit(net, params, funcnn.optim.sgd(schedule), x, y, epochs=6, batch_size=10,
+                   key=0, shuffle=False, progress=False)
+    # the loss of step 15 is computed before its update, so step 16 is the first bad one
+    assert (info.value.epoch, info.value.step) == divmod(jump + 1, 6)
+    assert f"epoch {info.value.epoch}, step {info.value.step}" in str(info.value)

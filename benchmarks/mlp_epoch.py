@@ -1,0 +1,410 @@
+"""Time one training epoch of an MLP with funcnn and with baselines, in one process.
+
+    python benchmarks/mlp_epoch.py                       # main + small config, all contenders
+    python benchmarks/mlp_epoch.py --tiny                # a few seconds, for CI
+    python benchmarks/mlp_epoch.py --only gemm-floor,torch-eager --json out.json --plot out.png
+
+The network is ``sizes`` (default 784-256-128-10) with ReLU hidden layers and a
+softmax + cross-entropy output, trained by Adam (lr 1e-3) on mini-batches. The
+data are 60000 uniform random "images" with random labels, drawn from a fixed
+``numpy.random.Generator``; ``--data DIR`` uses real MNIST through
+``funcnn.data.load_mnist`` instead. Every contender gets one warm-up epoch
+(``first_epoch_s``, compilation included for jax), then ``--repeats`` timed
+epochs; the ratio column divides the median by the ``gemm-floor`` median of
+the same configuration, i.e. by the cost of the matrix products alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+import tracemalloc
+from collections.abc import Callable
+from functools import partial
+from importlib import metadata
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+from _baselines import BASELINES, Config, Contender, jax_data, jax_step_epochs, nbytes
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # benchmark the working tree's funcnn
+
+T = TypeVar("T")
+FLOOR = "gemm-floor"
+MAIN = dict(name="main", sizes=(784, 256, 128, 10), batch_size=128)
+SMALL = dict(name="small", sizes=(784, 64, 10), batch_size=32)
+TINY = dict(name="tiny", sizes=(784, 32, 10), batch_size=128, samples=2048, repeats=1)
+
+
+# --------------------------------------------------------------------------- funcnn contenders
+
+
+def _funcnn(cfg: Config, backend: str):
+    import funcnn
+
+    net = funcnn.MLP(cfg.sizes, hidden="relu", output="softmax")
+    params = funcnn.init_params(net, cfg.seed, backend=backend, dtype=cfg.dtype)
+    return funcnn, net, params, funcnn.optim.adam(lr=cfg.lr)
+
+
+def _funcnn_fit(cfg: Config, x: np.ndarray, y: np.ndarray, backend: str) -> Contender:
+    funcnn, net, params, opt = _funcnn(cfg, backend)
+    fit = partial(funcnn.fit, epochs=1, batch_size=cfg.batch_size, progress=False)
+    if backend == "jax":
+        import jax
+
+        x, y = jax_data(cfg, x, y)
+        block = jax.block_until_ready
+    else:
+        x = np.ascontiguousarray(x, dtype=cfg.dtype)
+        block = lambda tree: tree
+    carry = [params, None]
+
+    def epoch(i: int) -> float | None:
+        key = cfg.seed * 1_000_003 + i
+        params, opt_state, history = fit(net, carry[0], opt, x, y, key=key, opt_state=carry[1])
+        carry[:] = block([params, opt_state])
+        losses = history.get("loss") if isinstance(history, dict) else None
+        return float(losses[-1]) if losses is not None and len(losses) else None
+
+    held = nbytes(x, y, *(leaf for layer in params for leaf in layer))
+    memory = "rss" if backend == "jax" else "tracemalloc"
+    return Contender(epoch, cfg.dtype, -(-cfg.samples // cfg.batch_size), held, memory, "fit")
+
+
+def build_funcnn_numpy(cfg: Config, x: np.ndarray, y: np.ndarray) -> Contender:
+    return _funcnn_fit(cfg, x, y, "numpy")
+
+
+def build_funcnn_jax_scan(cfg: Config, x: np.ndarray, y: np.ndarray) -> Contender:
+    return _funcnn_fit(cfg, x, y, "jax")._replace(note="fit: one lax.scan per epoch")
+
+
+def build_funcnn_jax_step(cfg: Config, x: np.ndarray, y: np.ndarray) -> Contender:
+    funcnn, net, params, opt = _funcnn(cfg, "jax")
+    xd, yd = jax_data(cfg, x, y)
+    step = funcnn.make_train_step(net, opt)
+    epoch = jax_step_epochs(cfg, step, params, opt.init(params), xd, yd)
+    held = nbytes(xd, yd, *(leaf for layer in params for leaf in layer))
+    return Contender(epoch, cfg.dtype, cfg.samples // cfg.batch_size, held, "rss", "jit per step")
+
+
+CONTENDERS: dict[str, Callable[[Config, np.ndarray, np.ndarray], Contender]] = {
+    **BASELINES,
+    "funcnn-numpy": build_funcnn_numpy,
+    "funcnn-jax-scan": build_funcnn_jax_scan,
+    "funcnn-jax-step": build_funcnn_jax_step,
+}
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def peak_rss_growth(run: Callable[[], T]) -> tuple[int | None, T]:
+    """``run()``'s result and the bytes by which the resident set peaked above its size before.
+
+    Resets the kernel's high-water mark (``VmHWM``) through ``/proc/self/clear_refs``
+    first; the bytes are ``None`` where that is not possible.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        before = _status_kib("VmRSS")
+    except (OSError, KeyError):
+        return None, run()
+    result = run()
+    return max(0, _status_kib("VmHWM") - before) * 1024, result
+
+
+def peak_traced(run: Callable[[], object]) -> int:
+    """Peak bytes allocated through tracemalloc (NumPy reports its buffers) during ``run()``."""
+    tracemalloc.start()
+    try:
+        run()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def timed(epoch: Callable[[int], float | None], i: int) -> tuple[float, float | None]:
+    start = time.perf_counter()
+    loss = epoch(i)
+    return time.perf_counter() - start, loss
+
+
+def _reason(e: Exception, prefix: str = "") -> str:
+    return f"{prefix}{type(e).__name__}: {e}".splitlines()[0][:160]
+
+
+def run_config(cfg: Config, names: list[str], x: np.ndarray, y: np.ndarray, budget: float):
+    """Rows of results for ``names`` on one configuration.
+
+    Every contender is built and warmed up first; then the timed epochs run in
+    rounds, one epoch of each contender per round, so that load from outside
+    falls on all of them alike. A contender sits out further rounds once its
+    next epoch would take its timed epochs past ``budget`` seconds.
+    """
+    rows = {name: {"name": name} for name in names}
+    live: dict[str, Contender] = {}
+    for name in names:
+        print(f"[{cfg.name}] warm-up {name} ...", end=" ", flush=True)
+        try:
+            c = CONTENDERS[name](cfg, x, y)
+        except Exception as e:  # a missing library or a funcnn API that is not there yet
+            rows[name]["skipped"] = _reason(e)
+        else:
+            try:
+                rows[name].update(first_epoch_s=timed(c.epoch, 0)[0], times_s=[], peak_bytes=None)
+                live[name] = c
+            except Exception as e:
+                traceback.print_exc()
+                rows[name]["skipped"] = _reason(e, "failed: ")
+        print(rows[name].get("skipped") or f"{rows[name]['first_epoch_s']:.3f} s", flush=True)
+
+    def run(name: str, measure: Callable) -> None:
+        try:
+            measure(rows[name], live[name])
+        except Exception as e:
+            traceback.print_exc()
+            rows[name] = {"name": name, "skipped": _reason(e, "failed: ")}
+            del live[name]
+
+    def timed_epoch(row: dict, c: Contender) -> None:
+        epoch = partial(timed, c.epoch, len(row["times_s"]) + 1)
+        if c.memory == "rss" and not row["times_s"]:  # free to measure: the first timed epoch
+            row["peak_bytes"], (t, row["last_loss"]) = peak_rss_growth(epoch)
+        else:
+            t, row["last_loss"] = epoch()
+        row["times_s"].append(t)
+
+    def traced_epoch(row: dict, c: Contender) -> None:  # tracing slows allocation: not timed
+        row["peak_bytes"] = peak_traced(partial(c.epoch, len(row["times_s"]) + 1))
+
+    for r in range(cfg.repeats):
+        print(f"[{cfg.name}] round {r + 1}/{cfg.repeats}:", end="", flush=True)
+        for name in list(live):
+            times = rows[name]["times_s"]
+            if not times or sum(times) + times[-1] <= budget:
+                run(name, timed_epoch)
+                print(f" {name} {rows[name].get('times_s', [0])[-1]:.3f}", end="", flush=True)
+        print()
+    for name, c in list(live.items()):
+        if c.memory == "tracemalloc":
+            run(name, traced_epoch)
+    for name, c in live.items():
+        row, times = rows[name], rows[name]["times_s"]
+        note = c.note
+        if len(times) < cfg.repeats:
+            note = f"{len(times)}/{cfg.repeats} repeats (budget {budget:g} s); {note}"
+        row.update(
+            dtype=c.dtype() if callable(c.dtype) else c.dtype,
+            steps=c.steps,
+            median_s=statistics.median(times),
+            min_s=min(times),
+            repeats=len(times),
+            memory_kind=c.memory,
+            data_params_bytes=c.nbytes,
+            note=note.strip("; "),
+        )
+    floor = rows.get(FLOOR, {}).get("median_s")
+    for row in rows.values():
+        row["ratio"] = row["median_s"] / floor if floor and "median_s" in row else None
+    return list(rows.values())
+
+
+# --------------------------------------------------------------------------- data and machine
+
+
+def load_data(cfg: Config, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """``cfg.samples`` rows of float32 inputs in [0, 1) and integer labels."""
+    if data_dir is None:
+        rng = np.random.default_rng(cfg.seed)
+        x = rng.random((cfg.samples, cfg.sizes[0]), dtype=np.float32)
+        return x, rng.integers(0, cfg.sizes[-1], cfg.samples)
+    try:
+        from funcnn.data import load_mnist
+    except ImportError as e:
+        raise SystemExit(f"--data needs funcnn.data.load_mnist: {e}") from None
+    mnist = load_mnist(data_dir)  # float32 (60000, 784) in [0, 1], int64 labels
+    x, y = mnist.x_train, mnist.y_train
+    if x.shape[1] != cfg.sizes[0] or len(x) < cfg.samples:
+        raise SystemExit(f"--data gives {x.shape}, need {cfg.samples} rows of {cfg.sizes[0]}")
+    return x[: cfg.samples], y[: cfg.samples]
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": {d: _version(d) for d in ("numpy", "jax", "jaxlib", "torch", "scikit-learn")},
+    }
+    try:
+        from threadpoolctl import threadpool_info
+
+        keys = ("internal_api", "prefix", "version", "num_threads", "architecture")
+        info["threadpools"] = [{k: p.get(k) for k in keys} for p in threadpool_info()]
+    except ImportError:
+        info["threadpools"] = None
+    return info
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _mb(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 2**20:.1f}MB"
+
+
+def print_table(cfg: Config, rows: list[dict]) -> None:
+    sizes = "-".join(map(str, cfg.sizes))
+    print(f"\n[{cfg.name}] {sizes}, batch {cfg.batch_size}, {cfg.samples} samples, {cfg.dtype}")
+    head = ("contender", "dtype", "steps", "first_s", "median_s", "min_s", "x floor", "peak mem")
+    fmt = "{:<16} {:<8} {:>6} {:>8} {:>9} {:>8} {:>8}  {:<32} {}"
+    print(fmt.format(*head, "note"))
+    for r in rows:
+        if "skipped" in r:
+            print(f"{r['name']:<16} skipped: {r['skipped']}")
+            continue
+        ratio = "n/a" if r.get("ratio") is None else f"{r['ratio']:.2f}"
+        if r["memory_kind"] == "tracemalloc":
+            mem = f"{_mb(r['peak_bytes'])} (data+params {_mb(r['data_params_bytes'])})"
+        else:
+            mem = f"+{_mb(r['peak_bytes'])} RSS"
+        first, median, least = (f"{r[k]:.3f}" for k in ("first_epoch_s", "median_s", "min_s"))
+        cells = (r["name"], r["dtype"], r["steps"], first, median, least, ratio, mem, r["note"])
+        print(fmt.format(*cells))
+
+
+def print_machine(m: dict) -> None:
+    print(f"CPU: {m['cpu']} ({m['cores']} cores, {m['usable_cores']} usable)")
+    print(f"Python {m['python']} on {m['platform']}")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v))
+    for p in m["threadpools"] or []:
+        extra = " ".join(str(p[k]) for k in ("version", "architecture") if p[k])
+        print(f"threads: {p['prefix']} ({p['internal_api']} {extra}): {p['num_threads']} threads")
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", help="layer sizes of the main config, e.g. 784,256,128,10")
+    p.add_argument("--batch-size", type=int, help="batch size of the main config (128)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--samples", type=int, default=60000)
+    p.add_argument("--repeats", type=int, help="timed epochs after the warm-up (5; 1 with --tiny)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=15.0,
+        help="seconds of timed epochs per contender before repeats are cut",
+    )
+    p.add_argument("--only", help="comma-separated contenders (gemm-floor always runs)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--small", action="store_true", help="only the small config")
+    which.add_argument("--no-small", action="store_true", help="only the main config")
+    which.add_argument("--tiny", action="store_true", help="a seconds-long config for CI")
+    p.add_argument("--data", metavar="DIR", help="real MNIST via funcnn.data.load_mnist(DIR)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="PATH", help="also write everything as JSON")
+    p.add_argument("--plot", metavar="PNG", help="also draw the ratios (needs matplotlib)")
+    return p.parse_args(argv)
+
+
+def configs(args: argparse.Namespace) -> list[Config]:
+    common = dict(dtype=args.dtype, samples=args.samples, repeats=5, seed=args.seed)
+    main = dict(MAIN)
+    if args.sizes:
+        main["sizes"] = tuple(int(s) for s in args.sizes.split(","))
+    if args.batch_size:
+        main["batch_size"] = args.batch_size
+    if args.tiny:
+        chosen = [TINY]
+    elif args.small:
+        chosen = [SMALL]
+    elif args.no_small or args.sizes or args.batch_size:
+        chosen = [main]
+    else:
+        chosen = [main, SMALL]
+    repeats = {} if args.repeats is None else {"repeats": args.repeats}
+    return [Config(**{**common, **c, **repeats}) for c in chosen]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.repeats is not None and args.repeats < 1:
+        raise SystemExit("--repeats must be at least 1")
+    names = list(CONTENDERS)
+    if args.only:
+        wanted = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = sorted(set(wanted) - set(names))
+        if unknown:
+            raise SystemExit(f"unknown contender(s) {unknown}; choose from {names}")
+        names = [n for n in names if n == FLOOR or n in wanted]
+    start = time.perf_counter()
+    report = {"configs": [], "load_before": os.getloadavg()}
+    for cfg in configs(args):
+        x, y = load_data(cfg, args.data)
+        rows = run_config(cfg, names, x, y, args.budget)
+        report["configs"].append(
+            {"config": cfg._asdict(), "data": args.data or "synthetic", "results": rows}
+        )
+    report["machine"] = machine()  # after the runs, so every loaded thread pool shows
+    report["total_s"] = time.perf_counter() - start
+    print()
+    print_machine(report["machine"])
+    if report["load_before"][0] >= 1.0:
+        print(
+            f"warning: load average {report['load_before'][0]:.1f} before the run: other work "
+            "competes for the cores and threaded BLAS on small matrices suffers most"
+        )
+    for entry in report["configs"]:
+        print_table(Config(**entry["config"]), entry["results"])
+    print(f"\ntotal {report['total_s']:.1f} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    if args.plot:
+        from plot import plot_ratios
+
+        plot_ratios(report, args.plot)
+        print(f"wrote {args.plot}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -122,6 +122,8 @@ def _as_array(name: str, value: Any) -> Any:
 def _check_finite(name: str, arr: Any) -> None:
     if not is_concrete(arr):
         return
+    if bool(array_namespace(arr).isfinite(arr).all()):  # on the device for jax arrays
+        return
     a = np.asarray(arr)
     if not np.isfinite(a).all():
         bad = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])

@@ -80,7 +80,10 @@ def test_schedule_under_jit(name):
     schedule, closed = CASES[name]
     steps = jnp.asarray(STEPS, jnp.int32)
     got = jax.jit(jax.vmap(schedule))(steps)
-    assert got.dtype == jnp.float32
+    # jax's default float: float64 here, since the test session enables jax_enable_x64,
+    # so that float64 params get a float64 learning rate
+    assert got.dtype == jnp.result_type(float)
+    assert got.dtype == jnp.float64
     np.testing.assert_allclose(np.asarray(got), [closed(s) for s in STEPS], rtol=1e-6,
                                atol=1e-7)
 

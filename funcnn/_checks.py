@@ -122,7 +122,10 @@ def _as_array(name: str, value: Any) -> Any:
 def _check_finite(name: str, arr: Any) -> None:
     if not is_concrete(arr):
         return
-    if bool(array_namespace(arr).isfinite(arr).all()):  # on the device for jax arrays
+    xp = array_namespace(arr)  # reduce on the device for jax arrays
+    # A NaN or an infinity makes the sum non-finite, and a sum is ~4x cheaper than
+    # isfinite().all(); only a non-finite sum (or an overflowing one) needs the full look.
+    if bool(xp.isfinite(xp.sum(arr))) or bool(xp.isfinite(arr).all()):
         return
     a = np.asarray(arr)
     if not np.isfinite(a).all():
@@ -308,21 +311,6 @@ def check_leaf_dtypes(name: str, tree: Any, reference: Any, ref_name: str = "par
             )
 
 
-def _leaves(tree: Any, out: list) -> list:
-    """The leaves of ``tree`` in ``funcnn.tree`` order, without paths (the fast path)."""
-    if type(tree) is np.ndarray:
-        out.append(tree)
-    elif isinstance(tree, _SEQUENCES):
-        for child in tree:
-            _leaves(child, out)
-    elif isinstance(tree, dict):
-        for key in sorted(tree):
-            _leaves(tree[key], out)
-    elif tree is not None:
-        out.append(tree)
-    return out
-
-
 def _jax_flags(leaves: list) -> list[bool]:
     """Which leaves are jax arrays (or tracers). NumPy arrays are recognised by type
     first, because ``isinstance(leaf, jax.Array)`` costs about a microsecond each."""
@@ -341,18 +329,18 @@ def check_update(params: Any, grads: Any, state: Any, fields: tuple[str, ...]) -
     array when the params are NumPy. A single pass over the leaves when all is well;
     the detailed message (with the leaf path) is built only on failure.
     """
-    p = _leaves(params, [])
+    p = tree_leaves(params)
     for leaf in p:
         dtype = getattr(leaf, "dtype", None)
         if dtype is None or dtype.kind != "f":
             check_float_leaves("params", params)
     flags = _jax_flags(p)
     if (any(flags) and not all(flags)) or (
-        not any(flags) and any(_jax_flags(_leaves((grads, state), [])))
+        not any(flags) and any(_jax_flags(tree_leaves((grads, state))))
     ):
         check_same_backend(params, grads=grads, state=state)
     for name, tree in (("grads", grads), *((f"state.{f}", getattr(state, f)) for f in fields)):
-        for leaf, ref in zip(_leaves(tree, []), p, strict=True):
+        for leaf, ref in zip(tree_leaves(tree), p, strict=True):
             if getattr(leaf, "dtype", None) != ref.dtype:
                 check_leaf_dtypes(name, tree, params)
 
@@ -367,7 +355,7 @@ def check_same_backend(params: Any, **others: Any) -> str:
     """
     if "jax" not in sys.modules:
         return "numpy"
-    flags = _jax_flags(_leaves(params, []))
+    flags = _jax_flags(tree_leaves(params))
     if any(flags) and not all(flags):
         paths = [path for path, _ in tree_paths(params)]
         on_jax = paths[flags.index(True)]
@@ -379,7 +367,7 @@ def check_same_backend(params: Any, **others: Any) -> str:
     if flags and flags[0]:
         return "jax"
     for name, tree in others.items():
-        if any(_jax_flags(_leaves(tree, []))):
+        if any(_jax_flags(tree_leaves(tree))):
             if not flags:  # no params leaves: the others decide
                 return "jax"
             path = next(p for p, leaf in tree_paths(tree) if _jax_flags([leaf])[0])

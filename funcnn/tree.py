@@ -14,6 +14,7 @@ from typing import Any
 __all__ = [
     "describe",
     "first_difference",
+    "same_structure",
     "tree_leaves",
     "tree_map",
     "tree_paths",
@@ -49,25 +50,76 @@ def _rebuild(node: Any, children: list[Any]) -> Any:
     return type(node)(zip(sorted(node), children, strict=True))
 
 
+def _collect(node: Any, out: list[Any]) -> None:
+    if type(node) is tuple or isinstance(node, tuple | list):  # NamedTuples too
+        for child in node:
+            _collect(child, out)
+    elif isinstance(node, dict):
+        for key in sorted(node):
+            _collect(node[key], out)
+    elif node is not None:
+        out.append(node)
+
+
+def tree_leaves(tree: Any) -> list[Any]:
+    """The leaves of ``tree`` in jax order."""
+    out: list[Any] = []
+    _collect(tree, out)
+    return out
+
+
+def _build(like: Any, it: Iterator[Any]) -> Any:
+    if isinstance(like, tuple):
+        children = [_build(child, it) for child in like]
+        return type(like)(*children) if hasattr(type(like), "_fields") else type(like)(children)
+    if isinstance(like, list):
+        return type(like)(_build(child, it) for child in like)
+    if isinstance(like, dict):
+        return type(like)((key, _build(like[key], it)) for key in sorted(like))
+    if like is None:
+        return None
+    return next(it)
+
+
+def tree_unflatten(like: Any, leaves: list[Any]) -> Any:
+    """A tree with the structure of ``like`` whose leaves are ``leaves`` (in jax order)."""
+    it = iter(leaves)
+    try:
+        out = _build(like, it)
+    except StopIteration:
+        raise ValueError(f"too few leaves for a tree of structure {describe(like)}") from None
+    if next(it, it) is not it:
+        raise ValueError(f"more leaves than a tree of structure {describe(like)} has places for")
+    return out
+
+
 def tree_map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
     """Apply ``fn`` leaf by leaf to ``tree`` and trees of the same structure."""
-    kids = _children(tree)
-    if kids is None:
-        return fn(tree, *rest)
-    others = []
     for other in rest:
-        other_kids = _children(other)
-        if other_kids is None or type(other) is not type(tree) or [s for s, _ in other_kids] != [
-            s for s, _ in kids
-        ]:
+        if not same_structure(tree, other):
             raise ValueError(
                 "tree structures differ:\n"
                 f"  first:  {describe(tree)}\n  other:  {describe(other)}\n"
                 f"  first difference at {first_difference(tree, other)}"
             )
-        others.append([c for _, c in other_kids])
-    new = [tree_map(fn, c, *(o[i] for o in others)) for i, (_, c) in enumerate(kids)]
-    return _rebuild(tree, new)
+    leaves = tree_leaves(tree)
+    if not rest:
+        return tree_unflatten(tree, [fn(leaf) for leaf in leaves])
+    others = [tree_leaves(other) for other in rest]
+    return tree_unflatten(tree, [fn(*xs) for xs in zip(leaves, *others, strict=True)])
+
+
+def same_structure(a: Any, b: Any) -> bool:
+    """True when ``a`` and ``b`` have the same containers (types, lengths, dict keys)."""
+    if isinstance(a, tuple | list):
+        return type(a) is type(b) and len(a) == len(b) and all(map(same_structure, a, b))
+    if isinstance(a, dict):
+        return type(a) is type(b) and a.keys() == b.keys() and all(
+            same_structure(a[k], b[k]) for k in a
+        )
+    if a is None:
+        return b is None
+    return b is not None and not isinstance(b, tuple | list | dict)
 
 
 def _walk(tree: Any, path: str) -> Iterator[tuple[str, Any]]:
@@ -77,20 +129,6 @@ def _walk(tree: Any, path: str) -> Iterator[tuple[str, Any]]:
         return
     for step, child in kids:
         yield from _walk(child, path + step)
-
-
-def tree_leaves(tree: Any) -> list[Any]:
-    """The leaves of ``tree`` in jax order."""
-    return [leaf for _, leaf in _walk(tree, "")]
-
-
-def tree_unflatten(like: Any, leaves: list[Any]) -> Any:
-    """A tree with the structure of ``like`` whose leaves are ``leaves`` (in jax order)."""
-    it = iter(leaves)
-    out = tree_map(lambda _: next(it), like)
-    if next(it, it) is not it:
-        raise ValueError("more leaves than the tree has places for")
-    return out
 
 
 def tree_paths(tree: Any) -> list[tuple[str, Any]]:

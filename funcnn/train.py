@@ -108,11 +108,13 @@ def _check_optimizer(optimizer: Any) -> None:
 
 
 def _epoch_scan(params, opt_state, x, y, order, keys, *, net, optimizer, batch_size):
-    """One epoch of full batches as a ``lax.scan``; returns per-step losses and counts.
+    """One epoch as one program: a ``lax.scan`` over the full batches, then the short
+    last batch (if ``order`` has one); returns per-step losses and counts.
 
     ``keys`` holds one dropout key per batch (or is ``None``).
     """
     import jax
+    import jax.numpy as jnp
 
     n_full = order.shape[0] // batch_size
     idx = order[: n_full * batch_size].reshape(n_full, batch_size)
@@ -123,9 +125,16 @@ def _epoch_scan(params, opt_state, x, y, order, keys, *, net, optimizer, batch_s
         p, s, loss, correct = _step(net, optimizer, p, s, x[i], y[i], k)
         return (p, s), (loss, correct)
 
+    scan_keys = None if keys is None else keys[:n_full]
     (params, opt_state), (losses, correct) = jax.lax.scan(
-        body, (params, opt_state), (idx, keys)
+        body, (params, opt_state), (idx, scan_keys)
     )
+    if order.shape[0] > n_full * batch_size:  # static: the tail is compiled in, not apart
+        i = order[n_full * batch_size:]
+        k = None if keys is None else keys[n_full]
+        params, opt_state, loss, n = _step(net, optimizer, params, opt_state, x[i], y[i], k)
+        losses = jnp.append(losses, loss)
+        correct = jnp.append(correct, n)
     return params, opt_state, losses, correct
 
 
@@ -140,9 +149,8 @@ def _jax_programs():
 
     epoch = jax.jit(_epoch_scan, static_argnames=("net", "optimizer", "batch_size"),
                     donate_argnums=(0, 1))
-    step = jax.jit(_step, static_argnums=(0, 1), donate_argnums=(2, 3))
     evaluate_batch = jax.jit(_eval_batch, static_argnames=("net",))
-    return epoch, step, evaluate_batch
+    return epoch, evaluate_batch
 
 
 # ---------------------------------------------------------------------------- evaluate
@@ -154,7 +162,7 @@ def _evaluate(net, params, x, y, batch_size):
     for start in range(0, x.shape[0], batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
         if jax_backend:
-            loss_sum, correct = _jax_programs()[2](params, xb, yb, net=net)
+            loss_sum, correct = _jax_programs()[1](params, xb, yb, net=net)
         else:
             loss_sum, correct = _eval_batch(params, xb, yb, net=net)
         total_loss += float(loss_sum)
@@ -223,20 +231,12 @@ def _run_epoch(net, optimizer, params, opt_state, x, y, order, drop_key, batch_s
     tail = 0 if drop_last else n - n_full * size
     keys = random.split(drop_key, n_full + 1) if net.dropout > 0 else [None] * (n_full + 1)
     if is_jax_array(params[0].W):
-        epoch_fn, step_fn, _ = _jax_programs()
-        params, opt_state, losses, correct = epoch_fn(
-            params, opt_state, x, y, order, None if keys[0] is None else keys[:n_full],
-            net=net, optimizer=optimizer, batch_size=size,
+        params, opt_state, losses, correct = _jax_programs()[0](
+            params, opt_state, x, y, order[: n_full * size + tail],
+            None if keys[0] is None else keys, net=net, optimizer=optimizer, batch_size=size,
         )
-        losses, n_correct = np.asarray(losses), float(np.sum(np.asarray(correct)))
-        if tail:
-            i = order[n_full * size:]
-            params, opt_state, loss, correct = step_fn(
-                net, optimizer, params, opt_state, x[i], y[i], keys[n_full]
-            )
-            losses = np.append(losses, np.asarray(loss))
-            n_correct += float(correct)
-        return params, opt_state, losses, n_correct, n_full * size + tail
+        return params, opt_state, np.asarray(losses), float(np.sum(np.asarray(correct))), \
+            n_full * size + tail
     losses = np.full(n_full + (1 if tail else 0), np.nan)
     n_correct = 0.0
     for j in range(losses.size):

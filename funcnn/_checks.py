@@ -321,6 +321,28 @@ def _jax_flags(leaves: list) -> list[bool]:
     return [type(leaf) is not np.ndarray and isinstance(leaf, jax.Array) for leaf in leaves]
 
 
+def same_numpy_layout(ref: Any, *trees: Any) -> bool:
+    """Fast path of the optimizer checks: True when ``ref`` is a tree of NumPy float arrays
+    and every tree has its containers and, leaf by leaf, the same shape and dtype.
+
+    False means "look closer" (jax arrays always take the detailed checks).
+    """
+    if type(ref) is np.ndarray:
+        shape, dtype = ref.shape, ref.dtype
+        return dtype.kind == "f" and all(
+            type(t) is np.ndarray and t.shape == shape and t.dtype == dtype for t in trees
+        )
+    if isinstance(ref, tuple | list):
+        return all(type(t) is type(ref) and len(t) == len(ref) for t in trees) and all(
+            same_numpy_layout(*kids) for kids in zip(ref, *trees, strict=True)
+        )
+    if isinstance(ref, dict):
+        return all(type(t) is type(ref) and t.keys() == ref.keys() for t in trees) and all(
+            same_numpy_layout(ref[k], *(t[k] for t in trees)) for k in ref
+        )
+    return ref is None and all(t is None for t in trees)
+
+
 def check_update(params: Any, grads: Any, state: Any, fields: tuple[str, ...]) -> None:
     """Dtypes and backends of an optimizer update, whose tree structures already match.
 

@@ -22,6 +22,7 @@ reused for the other.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -33,6 +34,7 @@ from funcnn._checks import (
     check_positive,
     check_same_backend,
     check_update,
+    same_numpy_layout,
 )
 from funcnn.backend import array_namespace
 from funcnn.tree import tree_leaves, tree_map, tree_unflatten
@@ -121,6 +123,9 @@ def _check_state(kind, state, params, grads, fields):
         raise TypeError(
             f"state must be a {kind.__name__} (from the matching init); got {type(state).__name__}"
         )
+    others = [grads, *(getattr(state, field) for field in fields)]
+    if same_numpy_layout(params, *others):  # the common case, in one walk
+        return
     check_params_like("grads", grads, params)
     for field in fields:
         check_params_like(f"state.{field}", getattr(state, field), params)
@@ -188,21 +193,27 @@ def _adam(params, grads, state, lr, b1, b2, eps, weight_decay, mask):
     c2 = (1 - b2**t) ** 0.5
     decay = _decay_mask(mask, params) if weight_decay else None
 
+    @functools.cache
+    def consts(dtype, xp):  # the scalars, cast once per dtype and backend, not once per leaf
+        values = (b1, 1 - b1, b2, 1 - b2, eps * c2, lr_t * c2 / c1, lr_t * weight_decay)
+        return tuple(xp.asarray(v, dtype=dtype) for v in values)
+
     def one(p, g, m, v, *wd):
+        b1_, b1c, b2_, b2c, eps_t, step_size, decay_size = consts(p.dtype, array_namespace(p))
         # In-place operators touch only arrays made here (on jax they rebind): on NumPy
         # this halves the temporaries of the hot loop.
-        m = m * _scalar(b1, p)
-        m += g * _scalar(1 - b1, p)
-        v = v * _scalar(b2, p)
+        m = m * b1_
+        m += g * b1c
+        v = v * b2_
         g2 = g * g
-        g2 *= _scalar(1 - b2, p)
+        g2 *= b2c
         v += g2
         den = array_namespace(p).sqrt(v)
-        den += _scalar(eps * c2, p)
+        den += eps_t
         step = m / den
-        step *= _scalar(lr_t * c2 / c1, p)
+        step *= step_size
         if wd and wd[0]:
-            step += p * _scalar(lr_t * weight_decay, p)
+            step += p * decay_size
         return p - step, m, v
 
     extra = (decay,) if decay is not None else ()

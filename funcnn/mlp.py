@@ -303,12 +303,14 @@ def backward(net: MLP, params: tuple, cache: Cache, y: Any) -> tuple[Dense, ...]
     dz = get_loss(net.loss).delta(net.output, cache.zs[-1], cache.out, y)
     grads = [None] * len(params)
     for l in range(len(params) - 1, -1, -1):
-        grads[l] = Dense(cache.inputs[l].T @ dz, dz.sum(axis=0))
+        dW = cache.inputs[l].T @ dz                    # (n_in, n_out)
+        db = dz.sum(axis=0)                            # (n_out,)
+        grads[l] = Dense(dW, db)
         if l == 0:
-            break
-        da = dz @ params[l].W.T
+            break                                      # nobody needs dL/dx
+        da = dz @ params[l].W.T                        # (m, n_in): into the layer below
         if cache.masks[l - 1] is not None:
-            da = da * cache.masks[l - 1]
+            da = da * cache.masks[l - 1]               # dropout passes gradient where it kept
         dz = da * g_grad(cache.zs[l - 1], cache.hidden[l - 1])
     return tuple(grads)
 

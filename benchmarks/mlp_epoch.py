@@ -364,6 +364,51 @@ def configs(args: argparse.Namespace) -> list[Config]:
     return [Config(**{**common, **c, **repeats}) for c in chosen]
 
 
+def targets(rows: list[dict]) -> list[tuple[str, str, bool | None]]:
+    """The issue's speed targets, checked on one configuration's rows:
+    ``(target, measured, met)``; ``met`` is None when a contender is missing."""
+    by = {r["name"]: r for r in rows if "median_s" in r}
+
+    def med(name):
+        return by[name]["median_s"] if name in by else None
+
+    def ratio(a, b, limit, label):
+        if med(a) is None or med(b) is None:
+            return (label, "not measured", None)
+        value = med(a) / med(b)
+        return (label, f"{value:.2f} x", value <= limit)
+
+    out = [
+        ratio("funcnn-jax-scan", FLOOR, 1.3, "funcnn-jax-scan <= 1.3 x gemm-floor"),
+        ratio("funcnn-jax-scan", "funcnn-jax-step", 1.0, "funcnn-jax-scan <= funcnn-jax-step"),
+        ratio("funcnn-jax-scan", "jax-step-ref", 1.0, "funcnn-jax-scan <= jax-step-ref"),
+        ratio("funcnn-numpy", FLOOR, 1.8, "funcnn-numpy <= 1.8 x gemm-floor"),
+        ratio("funcnn-numpy", "torch-eager", 0.8, "funcnn-numpy <= 0.8 x torch-eager"),
+        ratio("funcnn-numpy", "sklearn", 0.6, "funcnn-numpy <= 0.6 x sklearn"),
+    ]
+    first = by.get("funcnn-jax-scan", {}).get("first_epoch_s")
+    out.append(("first funcnn-jax-scan epoch <= 3 s",
+                "not measured" if first is None else f"{first:.2f} s",
+                None if first is None else first <= 3.0))
+    numpy_row = by.get("funcnn-numpy", {})
+    if numpy_row.get("peak_bytes") is not None:
+        peak, held = numpy_row["peak_bytes"], numpy_row["data_params_bytes"]
+        out.append(("funcnn-numpy peak memory < 2 x (data + params)",
+                    f"{peak / 2**20:.1f} MB vs {held / 2**20:.1f} MB", peak < 2 * held))
+    if med("jax-gemm-floor") is not None and med(FLOOR) is not None:
+        out.append(("(context) XLA's matmuls alone vs gemm-floor",
+                    f"{med('jax-gemm-floor') / med(FLOOR):.2f} x", None))
+    return out
+
+
+def print_targets(cfg: Config, rows: list[dict]) -> None:
+    print(f"\ntargets, {cfg.name} config (medians of this run; see docs/performance.md for "
+          "why the unmet ones are not met)")
+    for label, measured, met in targets(rows):
+        mark = {True: "met", False: "NOT met", None: ""}[met]
+        print(f"  {label:48s} {measured:24s} {mark}")
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
@@ -394,6 +439,10 @@ def main(argv: list[str] | None = None) -> dict:
         )
     for entry in report["configs"]:
         print_table(Config(**entry["config"]), entry["results"])
+    for entry in report["configs"]:
+        if entry["config"]["name"] == "main":
+            print_targets(Config(**entry["config"]), entry["results"])
+            entry["targets"] = targets(entry["results"])
     print(f"\ntotal {report['total_s']:.1f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

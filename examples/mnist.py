@@ -84,7 +84,11 @@ def main(argv=None):
     seconds = time.perf_counter() - start
     os.makedirs(args.out, exist_ok=True)
     curves = os.path.join(args.out, "mnist_curves.png")
-    plot(history, curves)
+    try:
+        plot(history, curves)
+    except ImportError:  # matplotlib comes with the `examples` extra
+        curves = None
+        print("no plot: matplotlib is missing (pip install -e '.[examples]')", file=sys.stderr)
     for e, (tl, va) in enumerate(zip(history["train_loss"], history["val_accuracy"], strict=True)):
         print(f"epoch {e + 1:3d}  train loss {tl:.4f}  test accuracy {va:.4f}", file=sys.stderr)
     print(json.dumps({

@@ -82,6 +82,28 @@ def test_mnist_example(mnist_dir, tmp_path):
 
 
 @pytest.mark.mnist
+def test_mnist_example_runs_with_the_jax_extra_alone(mnist_dir, tmp_path):
+    """`pip install -e ".[jax]"` has no matplotlib or tqdm: the main job still runs."""
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['matplotlib'] = None\nsys.modules['tqdm'] = None\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "mnist.py"), "--data", str(mnist_dir), "--limit", "2000",
+         "--epochs", "1", "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=600, cwd=EXAMPLES.parent,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(
+            [str(blocker), os.environ.get("PYTHONPATH", "")])},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["plot"] is None and result["test_accuracy"] > 0.5
+    assert "matplotlib is missing" in proc.stderr
+    assert not (tmp_path / "out" / "mnist_curves.png").exists()
+
+
+@pytest.mark.mnist
 def test_seed_runs(mnist_dir, tmp_path):
     stdout, result = run_example("seed_runs.py", "--data", mnist_dir, "--limit", 2000,
                                  "--epochs", 2, "--out", tmp_path, "--no-progress")

@@ -9,6 +9,7 @@ import textwrap
 from collections import namedtuple
 from pathlib import Path
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -112,6 +113,8 @@ def test_to_backend_round_trip_keeps_containers_and_dtypes():
         for leaf, original in zip(tree_leaves(converted), tree_leaves(tree), strict=True):
             assert np.dtype(leaf.dtype) == original.dtype
             np.testing.assert_array_equal(np.asarray(leaf), original)
+        chex.assert_trees_all_equal_structs(converted, tree)  # jax's view of the same tree
+        chex.assert_trees_all_equal_shapes_and_dtypes(converted, tree)
     as64 = funcnn.to_backend(tree["params"], "jax", dtype="float64")
     assert {np.dtype(leaf.dtype) for leaf in tree_leaves(as64)} == {np.dtype(np.float64)}
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -104,6 +105,7 @@ def test_optimizer_contract(name, mode):
     array_type = (np.ndarray, np.generic) if backend == "numpy" else jax.Array
     params_structure = (tree_structure(params), jax.tree_util.tree_structure(params))
     state_structure = (tree_structure(state), jax.tree_util.tree_structure(state))
+    params0, state0 = params, state
 
     def step(p, s):  # minimise sum((p - target)^2)
         grads = tree_map(lambda a, t: 2 * (a - t), p, target)
@@ -122,6 +124,12 @@ def test_optimizer_contract(name, mode):
     err = max(float(np.max(np.abs(np.asarray(p) - np.asarray(t))))
               for p, t in zip(tree_leaves(params), tree_leaves(target), strict=True))
     assert err < 2e-3, f"{name} did not solve the quadratic: max |p - target| = {err:.3g}"
+    # the same contract in chex's words: trees, leaf shapes and dtypes kept, target reached
+    chex.assert_trees_all_equal_structs(params, params0)
+    chex.assert_trees_all_equal_structs(state, state0)
+    chex.assert_trees_all_equal_shapes_and_dtypes(params, params0)
+    chex.assert_trees_all_equal_shapes_and_dtypes(state, state0)
+    chex.assert_trees_all_close(params, target, atol=2e-3, rtol=0)
 
     if mode == "jax-jit":
         return  # (the factory is compared with its free function eagerly, below)

@@ -195,8 +195,10 @@ def _adam(params, grads, state, lr, b1, b2, eps, weight_decay, mask):
 
     @functools.cache
     def consts(dtype, xp):  # the scalars, cast once per dtype and backend, not once per leaf
-        values = (b1, 1 - b1, b2, 1 - b2, eps * c2, lr_t * c2 / c1, lr_t * weight_decay)
-        return tuple(xp.asarray(v, dtype=dtype) for v in values)
+        lr_, c1_, c2_, eps_, wd_ = (xp.asarray(v, dtype=dtype)
+                                    for v in (lr_t, c1, c2, eps, weight_decay))
+        return (*(xp.asarray(v, dtype=dtype) for v in (b1, 1 - b1, b2, 1 - b2)),
+                eps_ * c2_, lr_ * c2_ / c1_, lr_ * wd_)
 
     def one(p, g, m, v, *wd):
         b1_, b1c, b2_, b2c, eps_t, step_size, decay_size = consts(p.dtype, array_namespace(p))

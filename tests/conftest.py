@@ -6,6 +6,9 @@
 * ``jax_numpy_rank_promotion="raise"``: an implicit broadcast between arrays of
   different ranks (the classic hidden bug of a hand-written backward pass) is an
   error, not a silent reshape.
+* ``jax_numpy_dtype_promotion="strict"``: mixing float32 and float64 (or ints and
+  floats) without an explicit cast is an error, so no float64 sneaks into a float32
+  computation on the jax side.
 * No global random seed anywhere: randomness comes from explicit
   ``np.random.default_rng(seed)`` generators and funcnn keys.
 """
@@ -26,6 +29,7 @@ if str(ROOT) not in sys.path:
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 import funcnn  # noqa: E402  (after the jax configuration and the path set-up)
 from funcnn.tree import tree_leaves, tree_paths  # noqa: E402

@@ -300,7 +300,7 @@ def test_a_learning_rate_that_jumps_stops_fit_at_the_next_step(backend):
     jump = 15  # updates 0..14 use 1e-2; update 15 uses 1e30 and blows the params up
 
     def schedule(count):
-        return 1e-2 + 1e30 * (count >= jump)
+        return 1e-2 + 1e30 * (count >= jump).astype("float32")
 
     with pytest.raises(funcnn.TrainingDiverged) as info:
         funcnn.fit(net, params, funcnn.optim.sgd(schedule), x, y, epochs=6, batch_size=10,

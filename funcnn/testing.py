@@ -68,7 +68,8 @@ def _rel_report(path: str, got: np.ndarray, ref: np.ndarray) -> LeafReport:
     )
 
 
-def _raise_if_bad(reports: list[LeafReport], rtol: float, atol: float, what: str) -> None:
+def _raise_if_bad(reports: list[LeafReport], rtol: float, atol: float, what: str,
+                  check: str = "gradient check") -> None:
     bad = [r for r in reports if not (r.rel_error <= rtol or r.max_abs_error <= atol)]
     if not bad:
         return
@@ -78,7 +79,7 @@ def _raise_if_bad(reports: list[LeafReport], rtol: float, atol: float, what: str
         for r in bad
     ]
     raise GradientMismatch(
-        f"gradient check against {what} failed for {len(bad)} of {len(reports)} leaves "
+        f"{check} against {what} failed for {len(bad)} of {len(reports)} leaves "
         f"(rtol={rtol:g}, atol={atol:g}):\n" + "\n".join(lines)
     )
 
@@ -289,7 +290,8 @@ def check_optimizer(
                 tree_paths(new_mine), tree_leaves(mine), tree_leaves(new_theirs),
                 tree_leaves(theirs), strict=True)
         ]
-        _raise_if_bad(step_reports, rtol, 0.0, f"the reference optimizer (update of step {step})")
+        _raise_if_bad(step_reports, rtol, 0.0, f"the reference optimizer (update of step {step})",
+                      check="optimizer check")
         reports.append(step_reports)
         mine, theirs = new_mine, new_theirs
     return reports

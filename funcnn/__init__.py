@@ -37,6 +37,7 @@ from funcnn.optim import adagrad_init as adagrad_init
 from funcnn.optim import adagrad_update as adagrad_update
 from funcnn.optim import adam_init as adam_init
 from funcnn.optim import adam_update as adam_update
+from funcnn.optim import adamw_init as adamw_init
 from funcnn.optim import adamw_update as adamw_update
 from funcnn.optim import clip_by_global_norm as clip_by_global_norm
 from funcnn.optim import rmsprop_init as rmsprop_init
@@ -66,6 +67,7 @@ __all__ = [
     "adagrad_update",
     "adam_init",
     "adam_update",
+    "adamw_init",
     "adamw_update",
     "backprop",
     "batches",

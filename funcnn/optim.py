@@ -52,6 +52,7 @@ __all__ = [
     "adam_init",
     "adam_update",
     "adamw",
+    "adamw_init",
     "adamw_update",
     "clip_by_global_norm",
     "global_norm",
@@ -221,6 +222,9 @@ def _adam(params, grads, state, lr, b1, b2, eps, weight_decay, mask):
     extra = (decay,) if decay is not None else ()
     new_params, mu, nu = _leafwise(one, params, grads, state.mu, state.nu, *extra)
     return new_params, AdamState(count, mu, nu)
+
+
+adamw_init = adam_init  # AdamW keeps Adam's state; the name is here for symmetry
 
 
 def adam_update(params, grads, state: AdamState, *, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):

@@ -454,3 +454,22 @@ def test_state_of_the_wrong_type_or_structure_raises():
     transposed = (Dense(params[0].W.T, params[0].b), params[1])
     with pytest.raises(ValueError, match=r"\[0\]\.W"):
         optim.sgd_update(params, grads, optim.sgd_init(transposed))
+
+
+def test_adamw_free_functions_match_the_factory():
+    rng = np.random.default_rng(3)
+    params = make_tree(rng)
+    grads = make_tree(rng)
+    state = funcnn.adamw_init(params)
+    assert type(state) is funcnn.AdamState
+    opt = funcnn.optim.adamw(1e-2, weight_decay=0.1, mask=funcnn.optim.weights_only)
+    free = funcnn.adamw_update(params, grads, state, lr=1e-2, weight_decay=0.1,
+                               mask=funcnn.optim.weights_only)
+    factory = opt.update(params, grads, opt.init(params))
+    for a, b in zip(tree_leaves(free), tree_leaves(factory), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # and every public name of both namespaces resolves
+    for name in funcnn.__all__:
+        assert getattr(funcnn, name) is not None, name
+    for name in funcnn.optim.__all__:
+        assert getattr(funcnn.optim, name) is not None, name

@@ -19,7 +19,14 @@ from typing import Any
 import numpy as np
 
 from funcnn.backend import array_namespace, is_jax_array
-from funcnn.tree import describe, first_difference, tree_leaves, tree_paths, tree_structure
+from funcnn.tree import (
+    describe,
+    first_difference,
+    same_structure,
+    tree_leaves,
+    tree_paths,
+    tree_structure,
+)
 
 __all__ = [
     "check_cache",
@@ -35,10 +42,6 @@ __all__ = [
     "check_y",
     "is_concrete",
 ]
-
-
-_SEQUENCES = (tuple, list)
-_CONTAINERS = (tuple, list, dict)
 
 
 def is_concrete(x: Any) -> bool:
@@ -242,21 +245,13 @@ def check_y(net: Any, y: Any, m: int, dtype: Any) -> Any:
 # ---------------------------------------------------------------------------- trees
 
 
-def _same_layout(a: Any, b: Any) -> bool:
-    """Fast check: same containers (types, lengths, dict keys) and same leaf shapes."""
-    if type(a) is np.ndarray and type(b) is np.ndarray:
-        return a.shape == b.shape
-    if isinstance(a, _SEQUENCES):
-        return type(a) is type(b) and len(a) == len(b) and all(map(_same_layout, a, b))
-    if isinstance(a, dict):
-        return type(a) is type(b) and a.keys() == b.keys() and all(
-            _same_layout(a[k], b[k]) for k in a
-        )
-    if a is None or b is None:
-        return a is b
-    if isinstance(b, _CONTAINERS):
-        return False
+def _same_shape(a: Any, b: Any) -> bool:
     return getattr(a, "shape", None) == getattr(b, "shape", None)
+
+
+def _same_numpy_leaf(ref: Any, leaf: Any) -> bool:
+    return (type(ref) is np.ndarray and type(leaf) is np.ndarray and ref.dtype.kind == "f"
+            and leaf.shape == ref.shape and leaf.dtype == ref.dtype)
 
 
 def check_params_like(name: str, tree: Any, reference: Any, ref_name: str = "params") -> None:
@@ -265,7 +260,7 @@ def check_params_like(name: str, tree: Any, reference: Any, ref_name: str = "par
     The message prints both structures (with leaf dtypes and shapes) and the path of
     the first difference, e.g. ``[1].W (shape (4, 3) vs (4, 2))``.
     """
-    if _same_layout(tree, reference):
+    if same_structure(tree, reference, _same_shape):
         return
     if tree_structure(tree) == tree_structure(reference):
         diff = first_difference(tree, reference, shapes=True)
@@ -327,20 +322,7 @@ def same_numpy_layout(ref: Any, *trees: Any) -> bool:
 
     False means "look closer" (jax arrays always take the detailed checks).
     """
-    if type(ref) is np.ndarray:
-        shape, dtype = ref.shape, ref.dtype
-        return dtype.kind == "f" and all(
-            type(t) is np.ndarray and t.shape == shape and t.dtype == dtype for t in trees
-        )
-    if isinstance(ref, tuple | list):
-        return all(type(t) is type(ref) and len(t) == len(ref) for t in trees) and all(
-            same_numpy_layout(*kids) for kids in zip(ref, *trees, strict=True)
-        )
-    if isinstance(ref, dict):
-        return all(type(t) is type(ref) and t.keys() == ref.keys() for t in trees) and all(
-            same_numpy_layout(ref[k], *(t[k] for t in trees)) for k in ref
-        )
-    return ref is None and all(t is None for t in trees)
+    return all(same_structure(ref, tree, _same_numpy_leaf) for tree in trees)
 
 
 def check_update(params: Any, grads: Any, state: Any, fields: tuple[str, ...]) -> None:

@@ -109,17 +109,22 @@ def tree_map(fn: Callable[..., Any], tree: Any, *rest: Any) -> Any:
     return tree_unflatten(tree, [fn(*xs) for xs in zip(leaves, *others, strict=True)])
 
 
-def same_structure(a: Any, b: Any) -> bool:
-    """True when ``a`` and ``b`` have the same containers (types, lengths, dict keys)."""
+def same_structure(a: Any, b: Any, leaves_match: Callable[[Any, Any], bool] | None = None) -> bool:
+    """True when ``a`` and ``b`` have the same containers (types, lengths, dict keys) and,
+    if ``leaves_match`` is given, ``leaves_match(leaf_a, leaf_b)`` holds for every leaf pair."""
     if isinstance(a, tuple | list):
-        return type(a) is type(b) and len(a) == len(b) and all(map(same_structure, a, b))
+        return type(a) is type(b) and len(a) == len(b) and all(
+            same_structure(x, y, leaves_match) for x, y in zip(a, b, strict=True)
+        )
     if isinstance(a, dict):
         return type(a) is type(b) and a.keys() == b.keys() and all(
-            same_structure(a[k], b[k]) for k in a
+            same_structure(a[k], b[k], leaves_match) for k in a
         )
-    if a is None:
-        return b is None
-    return b is not None and not isinstance(b, tuple | list | dict)
+    if a is None or b is None:
+        return a is b
+    if isinstance(b, tuple | list | dict):
+        return False
+    return leaves_match is None or leaves_match(a, b)
 
 
 def _walk(tree: Any, path: str) -> Iterator[tuple[str, Any]]:

@@ -119,30 +119,16 @@ def array_namespace(*xs: Any) -> ModuleType:
 
 
 def backend_of(*trees: Any) -> str:
-    """The backend of the array leaves of ``trees``; NumPy data mixes freely with jax.
+    """The backend of the array leaves of ``trees``; the first tree plays the params.
 
-    Raises ``TypeError`` when a jax array meets NumPy parameters in the first tree:
-    that call would silently pull device arrays back to the host.
+    NumPy arrays in later trees mix freely with jax params, but a jax array meeting
+    NumPy params raises ``TypeError`` (see ``funcnn._checks.check_same_backend``).
     """
-    from funcnn.tree import tree_leaves
+    from funcnn._checks import check_same_backend
 
-    first = [is_jax_array(leaf) for leaf in tree_leaves(trees[0])] if trees else []
-    if any(first) and not all(first):
-        raise TypeError(
-            "mixed backends: some parameter leaves are jax arrays and some are NumPy arrays; "
-            "convert them with funcnn.to_backend(params, 'jax' or 'numpy')"
-        )
-    if first and first[0]:
-        return "jax"
-    for tree in trees[1:]:
-        if any(is_jax_array(leaf) for leaf in tree_leaves(tree)):
-            if first:
-                raise TypeError(
-                    "mixed backends: parameters are NumPy arrays but the data are jax arrays; "
-                    "convert one side with funcnn.to_backend(tree, 'numpy' or 'jax')"
-                )
-            return "jax"
-    return "numpy"
+    if not trees:
+        return "numpy"
+    return check_same_backend(trees[0], **{f"trees[{i}]": t for i, t in enumerate(trees[1:], 1)})
 
 
 def to_backend(tree: Any, name: str, dtype: Any = None) -> Any:

@@ -1,4 +1,5 @@
-"""Validation at the public boundary: clear errors instead of deep NumPy/JAX ones.
+"""Generic validation: numbers, trees and their dtypes (the MLP's own checks of ``x``,
+``y``, caches and params live beside it, in ``funcnn._mlp_checks``).
 
 Shapes and dtypes are static, so they are checked always (also while
 ``jax.jit`` traces); values (NaN, label ranges, the sign of a learning rate)
@@ -13,12 +14,11 @@ what was given. ``docs/reliability.md`` lists the guarantees and their tests.
 from __future__ import annotations
 
 import math
-import sys
 from typing import Any
 
 import numpy as np
 
-from funcnn.backend import array_namespace, is_jax_array
+from funcnn.backend import _jax_flags, check_same_backend, is_concrete, is_jax_array
 from funcnn.tree import (
     describe,
     first_difference,
@@ -29,28 +29,14 @@ from funcnn.tree import (
 )
 
 __all__ = [
-    "check_cache",
     "check_float_leaves",
-    "check_initialized",
     "check_leaf_dtypes",
     "check_lr",
     "check_params_like",
     "check_positive",
-    "check_same_backend",
     "check_update",
-    "check_x",
-    "check_y",
-    "is_concrete",
+    "same_numpy_layout",
 ]
-
-
-def is_concrete(x: Any) -> bool:
-    """False for jax tracers (values unknown while tracing), True otherwise."""
-    if "jax" not in sys.modules:
-        return True
-    import jax
-
-    return not isinstance(x, jax.core.Tracer)
 
 
 # ---------------------------------------------------------------------------- numbers
@@ -105,141 +91,6 @@ def check_lr(lr: Any, name: str = "lr") -> None:
     if callable(lr):
         return
     check_positive(name, lr)
-
-
-# ---------------------------------------------------------------------------- data
-
-
-def _as_array(name: str, value: Any) -> Any:
-    if hasattr(value, "shape") and hasattr(value, "dtype"):
-        return value
-    try:
-        return np.asarray(value)
-    except (TypeError, ValueError) as err:
-        raise TypeError(
-            f"{name} must be an array (or a nested list of numbers with equal row lengths); "
-            f"got {type(value).__name__}"
-        ) from err
-
-
-def _check_finite(name: str, arr: Any) -> None:
-    if not is_concrete(arr):
-        return
-    xp = array_namespace(arr)  # reduce on the device for jax arrays
-    # A NaN or an infinity makes the sum non-finite, and a sum is ~4x cheaper than
-    # isfinite().all(); only a non-finite sum (or an overflowing one) needs the full look.
-    if bool(xp.isfinite(xp.sum(arr))) or bool(xp.isfinite(arr).all()):
-        return
-    a = np.asarray(arr)
-    if not np.isfinite(a).all():
-        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])
-        count = int(np.sum(~np.isfinite(a)))
-        raise ValueError(
-            f"{name} holds NaN or infinite values: {count} of them, the first at index {bad} "
-            f"({a[bad]}); clean or impute the data before training"
-        )
-
-
-def check_x(net: Any, x: Any, dtype: Any) -> Any:
-    """Validate inputs ``x`` of shape ``(m, n_in)`` and cast them to ``dtype``.
-
-    Float, integer and boolean inputs are accepted and cast to ``dtype`` (the params'
-    dtype); complex, object and string arrays are refused.
-    """
-    x = _as_array("x", x)
-    kind = np.dtype(x.dtype).kind
-    if kind not in "fiub":
-        raise TypeError(
-            f"x must hold real numbers (float, int or bool); got dtype {x.dtype} "
-            "(complex, object and string arrays are not converted)"
-        )
-    if x.ndim != 2:
-        hint = " (for one sample use x[None, :])" if x.ndim == 1 else ""
-        raise ValueError(
-            f"x must have shape (batch, {net.sizes[0]}), rank 2; got rank {x.ndim} with shape "
-            f"{tuple(x.shape)}{hint}"
-        )
-    if x.shape[1] != net.sizes[0]:
-        raise ValueError(
-            f"x has {x.shape[1]} features but the net expects {net.sizes[0]} "
-            f"(x.shape = {tuple(x.shape)}, net.sizes = {net.sizes})"
-        )
-    if x.shape[0] == 0:
-        raise ValueError("x is an empty batch (shape (0, n)); expected at least one sample")
-    if kind == "f":
-        _check_finite("x", x)
-    if x.dtype != dtype:
-        x = array_namespace(x).asarray(x, dtype=dtype)
-    return x
-
-
-def check_y(net: Any, y: Any, m: int, dtype: Any) -> Any:
-    """Validate targets for the net's loss; return them in the form the loss uses.
-
-    Cross-entropy takes integer class labels ``(m,)`` in ``[0, k)`` or rows ``(m, k)``
-    (one-hot or probabilities); the other losses take ``(m, k)`` (or ``(m,)`` when
-    ``k == 1``). Integer and boolean targets are cast to ``dtype``, except labels.
-    """
-    from funcnn.losses import prepare_targets
-
-    y = _as_array("y", y)
-    k = net.sizes[-1]
-    kind = np.dtype(y.dtype).kind
-    if kind not in "fiub":
-        raise TypeError(
-            f"y must hold real numbers (float, int or bool); got dtype {y.dtype}"
-        )
-    if y.ndim == 0:
-        raise ValueError(f"y must have one row per sample of x ({m}); got a scalar")
-    if y.shape[0] != m:
-        raise ValueError(
-            f"y has length {y.shape[0]} but x has {m} rows; they must match "
-            f"(y.shape = {tuple(y.shape)})"
-        )
-    if net.loss == "cross_entropy":
-        if y.ndim == 1:
-            if kind not in "iu":
-                raise TypeError(
-                    f"class labels of shape (m,) must be integers in [0, {k}); got dtype "
-                    f"{y.dtype} (use y.astype(int), or pass one-hot rows of shape (m, {k}))"
-                )
-            if is_concrete(y):
-                yv = np.asarray(y)
-                bad = np.flatnonzero((yv < 0) | (yv >= k))
-                if bad.size:
-                    raise ValueError(
-                        f"class labels must be in [0, {k}) for a net with {k} outputs; "
-                        f"y[{bad[0]}] = {yv[bad[0]]} ({bad.size} label(s) out of range)"
-                    )
-            return y
-        if y.ndim != 2:
-            raise ValueError(
-                f"cross-entropy targets must be integer labels of shape (m,) or one-hot rows "
-                f"of shape (m, {k}); got rank {y.ndim} with shape {tuple(y.shape)}"
-            )
-        if y.shape[1] != k:
-            raise ValueError(
-                f"one-hot rows have width {y.shape[1]} but the net has {k} outputs; "
-                f"expected shape ({m}, {k}), got {tuple(y.shape)}"
-            )
-    else:
-        want = (m, k)
-        if not (tuple(y.shape) == want or (k == 1 and tuple(y.shape) == (m,))):
-            alt = f" or ({m},)" if k == 1 else ""
-            raise ValueError(
-                f"{net.loss} targets must have shape {want}{alt}, one column per output; "
-                f"got {tuple(y.shape)}"
-            )
-    if kind == "f":
-        _check_finite("y", y)
-    if net.loss == "binary_cross_entropy" and is_concrete(y):
-        yv = np.asarray(y)
-        if yv.size and (yv.min() < 0 or yv.max() > 1):
-            raise ValueError(
-                f"binary cross-entropy targets must be in [0, 1]; got values in "
-                f"[{yv.min()}, {yv.max()}]"
-            )
-    return prepare_targets(net.loss, y, k, dtype)
 
 
 # ---------------------------------------------------------------------------- trees
@@ -306,16 +157,6 @@ def check_leaf_dtypes(name: str, tree: Any, reference: Any, ref_name: str = "par
             )
 
 
-def _jax_flags(leaves: list) -> list[bool]:
-    """Which leaves are jax arrays (or tracers). NumPy arrays are recognised by type
-    first, because ``isinstance(leaf, jax.Array)`` costs about a microsecond each."""
-    if "jax" not in sys.modules:
-        return [False] * len(leaves)
-    import jax
-
-    return [type(leaf) is not np.ndarray and isinstance(leaf, jax.Array) for leaf in leaves]
-
-
 def same_numpy_layout(ref: Any, *trees: Any) -> bool:
     """Fast path of the optimizer checks: True when ``ref`` is a tree of NumPy float arrays
     and every tree has its containers and, leaf by leaf, the same shape and dtype.
@@ -347,82 +188,3 @@ def check_update(params: Any, grads: Any, state: Any, fields: tuple[str, ...]) -
         for leaf, ref in zip(tree_leaves(tree), p, strict=True):
             if getattr(leaf, "dtype", None) != ref.dtype:
                 check_leaf_dtypes(name, tree, params)
-
-
-def check_same_backend(params: Any, **others: Any) -> str:
-    """The backend of a call, ``"numpy"`` or ``"jax"``; ``TypeError`` when it mixes backends.
-
-    ``params`` must be all NumPy or all jax arrays. NumPy values in ``others`` (data,
-    grads, optimizer state) may go with jax params (they are moved to jax), but a jax
-    array may not go with NumPy params: that would pull device arrays to the host in
-    the middle of a NumPy computation. The message names the argument and leaf path.
-    """
-    if "jax" not in sys.modules:
-        return "numpy"
-    flags = _jax_flags(tree_leaves(params))
-    if any(flags) and not all(flags):
-        paths = [path for path, _ in tree_paths(params)]
-        on_jax = paths[flags.index(True)]
-        on_numpy = paths[flags.index(False)]
-        raise TypeError(
-            f"mixed backends: params{on_jax} is a jax array but params{on_numpy} is not; "
-            "convert them with funcnn.to_backend(params, 'jax') (or 'numpy')"
-        )
-    if flags and flags[0]:
-        return "jax"
-    for name, tree in others.items():
-        if any(_jax_flags(tree_leaves(tree))):
-            if not flags:  # no params leaves: the others decide
-                return "jax"
-            path = next(p for p, leaf in tree_paths(tree) if _jax_flags([leaf])[0])
-            raise TypeError(
-                f"mixed backends: the params are NumPy arrays but {name}{path} is a jax "
-                f"array; convert with funcnn.to_backend({name}, 'numpy'), or move the "
-                "params to jax with funcnn.to_backend(params, 'jax')"
-            )
-    return "numpy"
-
-
-# ---------------------------------------------------------------------------- mlp pieces
-
-
-def check_cache(net: Any, cache: Any, dtype: Any) -> None:
-    """Raise unless a forward ``Cache`` has the layer shapes of ``net`` and the params' dtype."""
-    n = net.n_layers
-    lengths = tuple(len(part) for part in (cache.inputs, cache.zs, cache.hidden, cache.masks))
-    if lengths != (n, n, n - 1, n - 1):
-        raise ValueError(
-            f"cache comes from a net with {lengths[0]} layers, not from this net with {n} "
-            f"layers ({net.sizes}); pass the cache that funcnn.forward returned for this net"
-        )
-    m = cache.inputs[0].shape[0] if cache.inputs[0].ndim == 2 else None
-    for l, (n_in, n_out) in enumerate(zip(net.sizes[:-1], net.sizes[1:], strict=True)):
-        for what, arr, width in (("inputs", cache.inputs[l], n_in), ("zs", cache.zs[l], n_out)):
-            if tuple(arr.shape) != (m, width):
-                raise ValueError(
-                    f"cache.{what}[{l}] has shape {tuple(arr.shape)}; a net with sizes "
-                    f"{net.sizes} on a batch of {m} expects ({m}, {width}); pass the cache "
-                    "that funcnn.forward returned for these params"
-                )
-    if cache.out.dtype != dtype:
-        raise TypeError(
-            f"cache holds {cache.out.dtype} arrays but the params are {np.dtype(dtype)}; "
-            "run funcnn.forward with these params"
-        )
-
-
-def check_initialized(net: Any, params: Any, dtype: Any, init: Any) -> None:
-    """Raise unless an initializer gave each layer a weight of the right shape, dtype, backend."""
-    backend = "jax" if is_jax_array(params[0].b) else "numpy"
-    for l, (layer, n_in, n_out) in enumerate(
-        zip(params, net.sizes[:-1], net.sizes[1:], strict=True)
-    ):
-        W = layer.W
-        got = (tuple(getattr(W, "shape", ())), getattr(W, "dtype", None))
-        if got != ((n_in, n_out), dtype) or is_jax_array(W) != (backend == "jax"):
-            kind = "jax" if is_jax_array(W) else type(W).__name__
-            raise ValueError(
-                f"the initializer {init!r} returned a {kind} of shape {got[0]} and dtype "
-                f"{got[1]} for params[{l}].W; expected a {backend} array of shape "
-                f"({n_in}, {n_out}) and dtype {np.dtype(dtype)}"
-            )

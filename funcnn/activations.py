@@ -5,6 +5,13 @@ Every activation is a pair ``(fn, grad)``: ``a = fn(z)`` and
 already computed ``a``, whichever is cheaper (``sigmoid' = a (1 - a)``).
 All are written against the array's own namespace, so they work on NumPy
 arrays, jax arrays and under ``jax.jit``, and keep the input dtype.
+
+Each ``fn`` is also written so that ``jax.grad`` of it is the true derivative
+everywhere, at ``z = 0`` too (stable forms through ``logaddexp`` and ``where``
+arrangements whose untaken branch is never differentiated): autodiff of
+``funcnn.loss`` is a fair referee for the hand-written ``grad``. ReLU and leaky
+ReLU have a true kink at 0, where both take the right-hand derivative's
+neighbour convention of ``jax.nn.relu`` (0, and 0.01).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from funcnn.backend import array_namespace
 
 __all__ = [
     "ACTIVATIONS",
+    "OUTPUTS",
     "Activation",
     "elu",
     "gelu",
@@ -65,9 +73,10 @@ def leaky_relu_grad(z, a):
 
 
 # elu: a = z if z > 0 else alpha (e^z - 1);  a' = 1 or a + alpha
+# (expm1 sees where(z > 0, 0, z), not minimum(z, 0): jax.grad of minimum halves at 0)
 def elu(z):
     xp = array_namespace(z)
-    return xp.where(z > 0, z, ELU_ALPHA * xp.expm1(xp.minimum(z, 0)))
+    return xp.where(z > 0, z, ELU_ALPHA * xp.expm1(xp.where(z > 0, 0, z)))
 
 
 def elu_grad(z, a):
@@ -106,10 +115,10 @@ def sigmoid_grad(z, a):
     return a * (1 - a)
 
 
-# softplus: a = log(1 + e^z) = max(z, 0) + log1p(e^-|z|);  a' = sigmoid(z)
+# softplus: a = log(1 + e^z) = logaddexp(0, z) (stable, and its jax.grad is right at 0,
+# where max(z, 0) + log1p(e^-|z|) differentiates to 0);  a' = sigmoid(z)
 def softplus(z):
-    xp = array_namespace(z)
-    return xp.maximum(z, 0) + xp.log1p(xp.exp(-xp.abs(z)))
+    return array_namespace(z).logaddexp(z, 0)
 
 
 def softplus_grad(z, a):
@@ -125,7 +134,7 @@ def identity_grad(z, a):
     return array_namespace(z).ones_like(z)
 
 
-# softmax over the last axis (an output, not elementwise: its Jacobian-vector
+# softmax over the last axis (an output only, not elementwise: its Jacobian-vector
 # product lives in funcnn.losses).
 def softmax(z):
     xp = array_namespace(z)
@@ -146,6 +155,10 @@ ACTIVATIONS: dict[str, Activation] = {
         Activation("identity", identity, identity_grad),
     )
 }
+
+
+OUTPUTS: tuple[str, ...] = ("softmax", *ACTIVATIONS)
+"""Output activations: softmax, or any elementwise activation."""
 
 
 def get_activation(name: str) -> Activation:

@@ -19,11 +19,16 @@ from typing import Any
 
 import numpy as np
 
+from funcnn.tree import tree_leaves, tree_map, tree_paths
+
 __all__ = [
     "BACKENDS",
     "array_namespace",
     "backend_of",
+    "check_same_backend",
+    "concrete_value",
     "get_backend",
+    "is_concrete",
     "is_jax_array",
     "jax_available",
     "namespace",
@@ -118,14 +123,81 @@ def array_namespace(*xs: Any) -> ModuleType:
     return np
 
 
+def is_concrete(x: Any) -> bool:
+    """False for jax tracers (values unknown while tracing), True otherwise."""
+    if "jax" not in sys.modules:
+        return True
+    import jax
+
+    return not isinstance(x, jax.core.Tracer)
+
+
+def concrete_value(x: Any) -> np.ndarray | None:
+    """``x`` as a NumPy array when its values are known here, else ``None``.
+
+    ``None`` for a tracer, and also for a concrete jax array seen while ``jax.jit``
+    traces (a constant closed over by a jitted function): any reduction of it would be
+    traced, so value checks must not look at it there.
+    """
+    if not is_concrete(x):
+        return None
+    if is_jax_array(x):
+        probe = x.reshape(-1)[:0].sum()  # a traced value inside a trace, concrete outside
+        if not is_concrete(probe):
+            return None
+    return np.asarray(x)
+
+
+def _jax_flags(leaves: list) -> list[bool]:
+    """Which leaves are jax arrays (or tracers). NumPy arrays are recognised by type
+    first, because ``isinstance(leaf, jax.Array)`` costs about a microsecond each."""
+    if "jax" not in sys.modules:
+        return [False] * len(leaves)
+    import jax
+
+    return [type(leaf) is not np.ndarray and isinstance(leaf, jax.Array) for leaf in leaves]
+
+
+def check_same_backend(params: Any, **others: Any) -> str:
+    """The backend of a call, ``"numpy"`` or ``"jax"``; ``TypeError`` when it mixes backends.
+
+    ``params`` must be all NumPy or all jax arrays. NumPy values in ``others`` (data,
+    grads, optimizer state) may go with jax params (they are moved to jax), but a jax
+    array may not go with NumPy params: that would pull device arrays to the host in
+    the middle of a NumPy computation. The message names the argument and leaf path.
+    """
+    if "jax" not in sys.modules:
+        return "numpy"
+    flags = _jax_flags(tree_leaves(params))
+    if any(flags) and not all(flags):
+        paths = [path for path, _ in tree_paths(params)]
+        on_jax = paths[flags.index(True)]
+        on_numpy = paths[flags.index(False)]
+        raise TypeError(
+            f"mixed backends: params{on_jax} is a jax array but params{on_numpy} is not; "
+            "convert them with funcnn.to_backend(params, 'jax') (or 'numpy')"
+        )
+    if flags and flags[0]:
+        return "jax"
+    for name, tree in others.items():
+        if any(_jax_flags(tree_leaves(tree))):
+            if not flags:  # no params leaves: the others decide
+                return "jax"
+            path = next(p for p, leaf in tree_paths(tree) if _jax_flags([leaf])[0])
+            raise TypeError(
+                f"mixed backends: the params are NumPy arrays but {name}{path} is a jax "
+                f"array; convert with funcnn.to_backend({name}, 'numpy'), or move the "
+                "params to jax with funcnn.to_backend(params, 'jax')"
+            )
+    return "numpy"
+
+
 def backend_of(*trees: Any) -> str:
     """The backend of the array leaves of ``trees``; the first tree plays the params.
 
     NumPy arrays in later trees mix freely with jax params, but a jax array meeting
-    NumPy params raises ``TypeError`` (see ``funcnn._checks.check_same_backend``).
+    NumPy params raises ``TypeError`` (see :func:`check_same_backend`).
     """
-    from funcnn._checks import check_same_backend
-
     if not trees:
         return "numpy"
     return check_same_backend(trees[0], **{f"trees[{i}]": t for i, t in enumerate(trees[1:], 1)})
@@ -134,13 +206,18 @@ def backend_of(*trees: Any) -> str:
 def to_backend(tree: Any, name: str, dtype: Any = None) -> Any:
     """Convert every array leaf of ``tree`` to backend ``name`` (optionally to ``dtype``).
 
-    Containers (tuples, NamedTuples, lists, dicts) keep their types.
+    Containers (tuples, NamedTuples, lists, dicts) keep their types. A 64-bit ``dtype``
+    on jax needs ``jax_enable_x64`` (jax would silently give 32 bits): ``ValueError``.
     """
-    from funcnn.tree import tree_map
-
     name = _check_name(name)
     if name == "jax":
-        jnp = _import_jax()[1]
+        jax, jnp = _import_jax()
+        if dtype is not None and np.dtype(dtype).itemsize == 8 and not jax.config.jax_enable_x64:
+            raise ValueError(
+                f"to_backend(..., 'jax', {np.dtype(dtype).name!r}) needs 64-bit jax: call "
+                "jax.config.update('jax_enable_x64', True) first (without it jax would "
+                "silently give 32-bit arrays)"
+            )
 
         def convert(leaf):
             return jnp.asarray(leaf, dtype=dtype)

@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from funcnn.activations import get_activation
+from funcnn.activations import get_activation, softplus
 from funcnn.backend import array_namespace
 
 __all__ = [
@@ -40,11 +40,10 @@ __all__ = [
     "default_loss",
     "get_loss",
     "mse",
+    "one_hot",
     "prepare_targets",
 ]
 
-OUTPUTS = ("softmax", "sigmoid", "identity", "relu", "leaky_relu", "elu", "gelu", "tanh",
-           "softplus")
 _DEFAULT_LOSS = {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy"}
 
 
@@ -60,9 +59,14 @@ class Loss(NamedTuple):
     outputs: tuple[str, ...] | None
 
 
-def _one_hot(y, k, dtype):
+def one_hot(y, k, dtype):
+    """Rows ``(..., k)`` with a 1 at each label of ``y`` (shape ``(...)``), no checks.
+
+    A label outside ``[0, k)`` gives a row of zeros (``funcnn.data.one_hot`` checks them).
+    """
     xp = array_namespace(y)
-    return (y[:, None] == xp.arange(k)[None, :]).astype(dtype)
+    classes = xp.arange(k).reshape((1,) * y.ndim + (k,))
+    return (y[..., None] == classes).astype(dtype)
 
 
 def _logsumexp(z):
@@ -85,16 +89,18 @@ def cross_entropy(output, z, a, y):
 def cross_entropy_delta(output, z, a, y):
     m, k = z.shape
     if y.ndim == 1:
-        return (a - _one_hot(y, k, z.dtype)) * (1.0 / m)
+        # A label outside [0, k) (possible only under jit, where it cannot be checked)
+        # makes its row NaN, as jax makes the loss NaN, instead of a silently wrong gradient.
+        xp = array_namespace(z)
+        valid = ((y >= 0) & (y < k))[:, None]
+        return xp.where(valid, a - one_hot(y, k, z.dtype), xp.nan) * (1.0 / m)
     # rows that need not sum to 1 (unnormalised weights): dL/dz = (p * sum(Y) - Y) / m
     return (a * array_namespace(y).sum(y, axis=1, keepdims=True) - y) * (1.0 / m)
 
 
 # binary cross-entropy on sigmoid: L = mean_ij [softplus(z) - y z];  dL/dz = (p - y) / (m k)
 def binary_cross_entropy(output, z, a, y):
-    xp = array_namespace(z)
-    softplus = xp.maximum(z, 0) + xp.log1p(xp.exp(-xp.abs(z)))
-    return xp.sum(softplus - y * z) / z.size
+    return array_namespace(z).sum(softplus(z) - y * z) / z.size
 
 
 def binary_cross_entropy_delta(output, z, a, y):

@@ -1,20 +1,26 @@
 """The multilayer perceptron: spec, initialisation, forward pass, loss and backward pass.
 
-Notation for layer ``l = 1..L`` on a batch of ``m`` rows (batch first)::
+Notation, 0-based as in the code, for layer ``l = 0 .. L-1`` on a batch of ``m`` rows
+(batch first); the names are the fields of :class:`Cache`::
 
-    a_0 = x                         (m, n_0)
-    z_l = a_{l-1} @ W_l + b_l       (m, n_l)      W_l: (n_{l-1}, n_l), b_l: (n_l,)
-    a_l = g(z_l) * mask_l           hidden layers (inverted dropout mask, 0 or 1/(1-p))
-    out = f(z_L)                    output activation (softmax, sigmoid, identity, ...)
+    inputs[0]   = x                          (m, n_0)
+    zs[l]       = inputs[l] @ W[l] + b[l]    (m, n_{l+1});  W[l]: (n_l, n_{l+1}), b[l]: (n_{l+1},)
+    hidden[l]   = g(zs[l])                   hidden layers, l < L-1
+    inputs[l+1] = hidden[l] * masks[l]       inverted dropout: 0 or 1/(1-p) (no mask: as is)
+    out         = f(zs[L-1])                 output activation (softmax, sigmoid, ...)
 
-and the backward pass, the exact gradient of the mean loss ``L``::
+and the backward pass, the exact gradient of the mean loss::
 
-    dz_L = dL/dz_L                  fused with the loss, e.g. (p - Y) / m
-    dW_l = a_{l-1}.T @ dz_l         db_l = sum_rows(dz_l)
-    da   = dz_l @ W_l.T * mask_{l-1}
-    dz_{l-1} = da * g'(z_{l-1})
+    dz    = dL/dzs[L-1]                  fused with the loss, e.g. (p - Y) / m
+    dW[l] = inputs[l].T @ dz             (n_l, n_{l+1})
+    db[l] = dz.sum(axis=0)               (n_{l+1},)
+    da    = dz @ W[l].T * masks[l-1]     (m, n_l): into the layer below
+    dz    = da * g'(zs[l-1])             and on to layer l-1
 
-Parameters are a tuple of :class:`Dense` NamedTuples, one per layer.
+Parameters are a tuple of :class:`Dense` NamedTuples, one per layer. :func:`apply` and
+:func:`backward` are the bare forward and backward passes, with no checks: what a jitted
+loop calls once its inputs are known to be right (``forward``, ``loss``, ``backprop``
+and ``value_and_grad`` check their arguments first, then call them).
 """
 
 from __future__ import annotations
@@ -25,25 +31,22 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from funcnn import random
-from funcnn._checks import (
-    check_cache,
-    check_initialized,
-    check_params_like,
-    check_same_backend,
-    check_x,
-    check_y,
-)
-from funcnn.activations import ACTIVATIONS, get_activation, softmax
-from funcnn.backend import get_backend, is_jax_array, namespace
+from funcnn._checks import check_params_like
+from funcnn._mlp_checks import check_cache, check_initialized, check_x, check_y
+from funcnn.activations import ACTIVATIONS, OUTPUTS, get_activation, softmax
+from funcnn.backend import check_same_backend, get_backend, is_jax_array, namespace
 from funcnn.initializers import default_initializer, get_initializer, initialize
-from funcnn.losses import OUTPUTS, default_loss, get_loss
+from funcnn.losses import default_loss, get_loss
 from funcnn.tree import tree_paths
 
 __all__ = [
     "MLP",
     "Cache",
     "Dense",
+    "apply",
     "backprop",
+    "backward",
+    "expected_params",
     "forward",
     "init_params",
     "loss",
@@ -60,12 +63,13 @@ class Dense(NamedTuple):
 
 
 class Cache(NamedTuple):
-    """What the backward pass needs from the forward pass (one entry per layer).
+    """What the backward pass needs from the forward pass, 0-based by layer.
 
-    ``inputs[l]`` is the input of layer ``l`` (after dropout), ``zs[l]`` its
-    pre-activation, ``hidden[l]`` the hidden activation before dropout and
-    ``masks[l]`` the scaled dropout mask (``None`` without dropout); ``out`` is
-    the output activation.
+    For a net of ``L`` layers: ``inputs[l]`` (``L`` entries) is the input of layer ``l``
+    (``x`` for ``l = 0``, after dropout for the others), ``zs[l]`` (``L`` entries) its
+    pre-activation; ``hidden[l]`` (``L - 1`` entries) is the hidden activation
+    ``g(zs[l])`` before dropout and ``masks[l]`` (``L - 1`` entries) its scaled dropout
+    mask (``None`` without dropout); ``out`` is the output activation ``f(zs[L-1])``.
     """
 
     inputs: tuple
@@ -121,7 +125,8 @@ class MLP:
             raise ValueError("a softmax output needs at least 2 units; use output='sigmoid'")
         object.__setattr__(self, "loss", loss_name)
         p = self.dropout
-        if isinstance(p, bool) or not isinstance(p, int | float) or not 0 <= p < 1:
+        real = isinstance(p, int | float | np.integer | np.floating)
+        if isinstance(p, bool | np.bool_) or not real or not 0 <= p < 1:
             raise ValueError(f"dropout is the probability of dropping a unit, in [0, 1); got {p!r}")
         object.__setattr__(self, "dropout", float(p))
 
@@ -183,6 +188,14 @@ def _check_dtype(dtype: Any, backend: str) -> np.dtype:
     return dt
 
 
+def expected_params(net: MLP, dtype: Any = "float32") -> tuple[Dense, ...]:
+    """Zero-filled params with the shapes of ``net``: the template params are checked against."""
+    return tuple(
+        Dense(np.zeros((i, o), dtype), np.zeros((o,), dtype))
+        for i, o in zip(net.sizes[:-1], net.sizes[1:], strict=True)
+    )
+
+
 def _params_fit(net: MLP, params: Any) -> bool:
     return (
         type(params) is tuple and len(params) == net.n_layers
@@ -195,11 +208,7 @@ def _params_fit(net: MLP, params: Any) -> bool:
 def check_params(net: MLP, params: Any) -> Any:
     """The dtype of valid params for ``net``; raises with a structure diff otherwise."""
     if not _params_fit(net, params):
-        expected = tuple(
-            Dense(np.empty((i, o), np.float32), np.empty((o,), np.float32))
-            for i, o in zip(net.sizes[:-1], net.sizes[1:], strict=True)
-        )
-        check_params_like("params", params, expected, f"the params of {net.sizes}")
+        check_params_like("params", params, expected_params(net), f"the params of {net.sizes}")
     dtype = params[0].W.dtype
     if np.dtype(dtype) not in (np.float32, np.float64):
         raise TypeError(f"params must be float32 or float64; params[0].W is {dtype}")
@@ -265,8 +274,10 @@ def prepare_inputs(net: MLP, params: Any, x: Any, key: Any, train: bool):
 def forward(net: MLP, params: tuple, x: Any, *, key: Any = None, train: bool = False):
     """Run the net on ``x`` of shape ``(m, n_in)``; return ``(out, cache)``.
 
-    ``out`` is the output activation (probabilities for softmax and sigmoid).
-    Dropout is applied only with ``train=True`` and a ``key``.
+    ``out`` is the output activation (probabilities for softmax and sigmoid), shape
+    ``(m, n_out)``. With ``train=True`` and dropout in the net, units are dropped with
+    masks drawn from ``key`` (required then: ``ValueError`` without it); otherwise
+    nothing is dropped.
     """
     x, masks, _ = prepare_inputs(net, params, x, key, train)
     cache = apply(net, params, x, masks)

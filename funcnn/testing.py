@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from funcnn import mlp
-from funcnn._checks import check_x, check_y
+from funcnn._mlp_checks import check_x, check_y
 from funcnn.backend import backend_of, to_backend
 from funcnn.tree import tree_leaves, tree_paths, tree_structure, tree_unflatten
 

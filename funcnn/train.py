@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 
 from funcnn import random
-from funcnn._checks import check_positive, check_same_backend, check_x, check_y
-from funcnn.backend import array_namespace, is_jax_array, namespace
+from funcnn._checks import check_positive
+from funcnn._mlp_checks import check_x, check_y
+from funcnn.backend import array_namespace, check_same_backend, is_jax_array, namespace
 from funcnn.batching import epoch_order
 from funcnn.mlp import MLP, apply, backward, check_net, check_params, dropout_masks, loss_from_cache
 from funcnn.optim import Optimizer

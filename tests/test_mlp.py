@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 import funcnn
-from funcnn.activations import ACTIVATIONS
+from funcnn.activations import ACTIVATIONS, OUTPUTS
 from funcnn.initializers import INITIALIZERS
-from funcnn.losses import LOSSES, OUTPUTS
+from funcnn.losses import LOSSES
 from funcnn.tree import tree_leaves
 
 HIDDEN = tuple(ACTIVATIONS)

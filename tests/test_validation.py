@@ -27,10 +27,10 @@ from hypothesis import strategies as st
 
 import funcnn
 from funcnn import optim
-from funcnn.activations import ACTIVATIONS
+from funcnn.activations import ACTIVATIONS, OUTPUTS
 from funcnn.backend import BACKENDS
 from funcnn.initializers import INITIALIZERS
-from funcnn.losses import LOSSES, OUTPUTS
+from funcnn.losses import LOSSES
 from funcnn.tree import describe
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,21 +9,10 @@ from typing import Any
 import numpy as np
 
 from funcnn import random as fnr
-from funcnn.backend import array_namespace, is_jax_array
+from funcnn.backend import array_namespace, concrete_value
+from funcnn.losses import one_hot as _one_hot_rows
 
 __all__ = ["one_hot", "standardize", "train_val_split"]
-
-
-def _concrete(x: Any) -> np.ndarray | None:
-    """``x`` as a NumPy array, or None for a jax tracer (whose values are unknown)."""
-    if not is_jax_array(x):
-        return np.asarray(x)
-    import jax
-
-    try:
-        return np.asarray(x)
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-        return None
 
 
 def one_hot(labels: Any, k: int, dtype: Any = "float32") -> Any:
@@ -44,15 +33,14 @@ def one_hot(labels: Any, k: int, dtype: Any = "float32") -> Any:
             f"labels must have an integer dtype; got {labels.dtype} "
             "(use labels.astype(int) if they hold whole numbers)"
         )
-    values = _concrete(labels)
+    values = concrete_value(labels)
     if values is not None:
         bad = (values < 0) | (values >= k)
         if bad.any():
             index = tuple(int(i) for i in np.argwhere(bad)[0])
             where = index[0] if len(index) == 1 else index
             raise ValueError(f"labels must be in [0, {k}); labels[{where}] = {values[index]}")
-    classes = xp.arange(k).reshape((1,) * labels.ndim + (k,))
-    return (labels.reshape(labels.shape + (1,)) == classes).astype(dtype)
+    return _one_hot_rows(labels, k, dtype)
 
 
 def standardize(

@@ -21,8 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import funcnn
-import funcnn.checkpoint as ckpt
-from funcnn import optim
+from funcnn import _files, optim, serialization
 from funcnn.checkpoint import Checkpoint, CheckpointError, load, register, save
 from funcnn.mlp import Dense
 
@@ -350,7 +349,7 @@ class EMAState(NamedTuple):
 
 @pytest.fixture
 def empty_registry(monkeypatch):
-    monkeypatch.setattr(ckpt, "_registry", {})
+    monkeypatch.setattr(serialization, "_registry", {})
 
 
 def test_unregistered_namedtuple_is_refused_until_registered(tmp_path, empty_registry):
@@ -469,7 +468,7 @@ FORGERIES = {
     ),
     "object member": (
         _members(lambda m: m.update({"params/0": np.array([None, 1], dtype=object)})),
-        "damaged archive member",
+        "holds Python objects",
     ),
     "key used twice": (_leaf(1, key="params/0", shape=[4, 6]), "another leaf uses"),
     "unknown node": (_leaf(0, node="set"), "unknown node type 'set'"),
@@ -521,6 +520,50 @@ def test_header_that_does_not_match_the_arrays_is_refused(tmp_path, empty_regist
     assert str(info.value).startswith(f"cannot load checkpoint {str(path)!r}: ")
 
 
+def _replace_member(path: Path, name: str, raw: bytes) -> None:
+    """Rewrite the archive at ``path`` with the member ``name`` replaced by the bytes ``raw``."""
+    with zipfile.ZipFile(path) as zf:
+        members = {info.filename: zf.read(info) for info in zf.infolist()}
+    members[name] = raw
+    with zipfile.ZipFile(path, "w") as zf:
+        for member, data in members.items():
+            zf.writestr(member, data)
+
+
+def _npy_header(shape, descr="<f4") -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("where", ["member only", "member and header"])
+def test_a_crafted_huge_size_is_refused_before_anything_is_allocated(tmp_path, where):
+    # params/0 (W of shape (4, 6)) claims 2**40 float32 (4 TiB) but holds its 96 bytes
+    path = tmp_path / "huge.npz"
+    good_checkpoint(path)
+    with zipfile.ZipFile(path) as zf:
+        data = zf.read("params/0.npy")[-96:]
+    if where == "member and header":
+        rewrite(path, _leaf(0, shape=[2**40]))
+    _replace_member(path, "params/0.npy", _npy_header((2**40,)) + data)
+    with pytest.raises(CheckpointError, match=r"promises shape \(1099511627776,\)") as info:
+        load(path)
+    assert str(info.value).startswith(f"cannot load checkpoint {str(path)!r}: ")
+    assert "'params/0'" in str(info.value)
+
+
+def test_a_directory_entry_bigger_than_the_file_is_refused(tmp_path):
+    path = tmp_path / "dir.npz"
+    good_checkpoint(path)
+    raw = bytearray(path.read_bytes())
+    entry = raw.index(b"PK\x01\x02")  # the first central directory entry
+    raw[entry + 20:entry + 28] = (2**31 - 1).to_bytes(4, "little") * 2  # both of its sizes
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="a size .* that the file does not hold"):
+        load(path)
+
+
 def test_missing_file(tmp_path):
     path = tmp_path / "nope.npz"
     with pytest.raises(FileNotFoundError, match=re.escape(str(path))):
@@ -536,7 +579,7 @@ def test_missing_file(tmp_path):
         (lambda f: np.savez(f, weights=np.arange(3)), "without the funcnn header"),
         (lambda f: f.write(b"PK\x05\x06" + bytes(18)), "without the funcnn header"),
         (lambda f: zipfile.ZipFile(f, "w").writestr("__funcnn__.npy", b"{}"),
-         "not a 1-d uint8 array"),
+         "'__funcnn__' is not a .npy array"),
     ],
 )
 def test_foreign_files_are_refused(tmp_path, writer, fragment):
@@ -611,7 +654,7 @@ class Boom(Exception):
 
 
 def _partial_then(exc):
-    def writer(f, arrays):
+    def writer(f, *args):
         f.write(b"PK\x03\x04 half of an archive")
         raise exc
 
@@ -628,8 +671,8 @@ def _raise(exc):
 @pytest.mark.parametrize(
     ("target", "replacement", "exc_type"),
     [
-        ("_write_npz", _partial_then(OSError(errno.ENOSPC, "No space left")), OSError),
-        ("_write_npz", _partial_then(KeyboardInterrupt()), KeyboardInterrupt),
+        ("write_npz", _partial_then(OSError(errno.ENOSPC, "No space left")), OSError),
+        ("write_npz", _partial_then(KeyboardInterrupt()), KeyboardInterrupt),
         ("fsync", _raise(OSError(errno.EIO, "I/O error")), OSError),
         ("replace", _raise(Boom("rename failed")), Boom),
     ],
@@ -639,7 +682,7 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, target
     path = tmp_path / "ckpt.npz"
     old = good_checkpoint(path)
     before = path.read_bytes()
-    owner = ckpt if target.startswith("_") else ckpt.os
+    owner = serialization if target == "write_npz" else _files.os
     monkeypatch.setattr(owner, target, replacement)
     new_params = funcnn.to_backend(old.params, "numpy", dtype="float64")
     with pytest.raises(exc_type):
@@ -651,10 +694,88 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, target
 
 
 def test_failed_first_save_leaves_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(ckpt, "_write_npz", _partial_then(OSError(errno.ENOSPC, "full")))
+    monkeypatch.setattr(serialization, "write_npz", _partial_then(OSError(errno.ENOSPC, "full")))
     with pytest.raises(OSError, match="full"):
         save(tmp_path / "ckpt.npz", trained("sgd")[0])
     assert list(tmp_path.iterdir()) == []
+
+
+def _unwritable_paths(tmp_path: Path) -> dict[str, Path]:
+    """Checkpoint paths that cannot be written, even by root: a missing folder, a file
+    standing where the folder should be, and a folder in the way of the file."""
+    (tmp_path / "a_file").write_text("not a folder")
+    (tmp_path / "a_folder").mkdir()
+    return {"missing folder": tmp_path / "no" / "such" / "ckpt.npz",
+            "under a file": tmp_path / "a_file" / "ckpt.npz",
+            "a folder": tmp_path / "a_folder"}
+
+
+WRITERS = {
+    "save": lambda path: save(path, trained("sgd")[0]),
+    "write_idx": lambda path: funcnn.data.idx.write_idx(path, np.zeros((2, 2), np.uint8)),
+    "check_writable": _files.check_writable,
+}
+
+
+@pytest.mark.parametrize("writer", list(WRITERS))
+@pytest.mark.parametrize("case", ["missing folder", "under a file", "a folder"])
+def test_a_path_that_cannot_be_written_is_named_in_the_error(tmp_path, writer, case):
+    path = _unwritable_paths(tmp_path)[case]
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(OSError) as info:
+        WRITERS[writer](path)
+    message = str(info.value)
+    assert info.value.filename == str(path), message
+    assert ".tmp" not in message  # the path the caller gave, never the temporary file
+    if case != "a folder":
+        assert f"the folder {str(path.parent)!r}" in message
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing left behind
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_a_read_only_folder_is_refused_unless_the_user_may_write_anyway(tmp_path):
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        # root (as in CI) may write into a 0o500 folder; then writing must simply work
+        try:
+            (folder / "probe").write_bytes(b"")
+        except PermissionError:
+            writable = False
+        else:
+            writable = True
+            (folder / "probe").unlink()
+        path = folder / "ckpt.npz"
+        for writer in WRITERS.values():
+            if writable:
+                writer(path)
+                assert path.exists() or writer is _files.check_writable
+            else:
+                with pytest.raises(PermissionError) as info:
+                    writer(path)
+                assert info.value.filename == str(path)
+                assert "cannot create files in the folder" in str(info.value)
+        assert sorted(p.name for p in folder.iterdir()) == (["ckpt.npz"] if writable else [])
+    finally:
+        folder.chmod(0o700)
+
+
+@pytest.mark.parametrize("writer", list(WRITERS))
+def test_a_permission_error_names_the_path_not_the_temporary_file(tmp_path, monkeypatch,
+                                                                  writer):
+    # what a read-only folder gives a user who is not root, whoever runs the test
+    def refuse(*, prefix, suffix, dir):
+        raise PermissionError(errno.EACCES, "Permission denied",
+                              os.path.join(dir, f"{prefix}x1y2z3{suffix}"))
+
+    monkeypatch.setattr(_files.tempfile, "mkstemp", refuse)
+    path = tmp_path / "ckpt.npz"
+    with pytest.raises(PermissionError) as info:
+        WRITERS[writer](path)
+    assert info.value.filename == str(path)
+    assert "x1y2z3" not in str(info.value)
+    assert f"cannot create files in the folder {str(tmp_path)!r}" in str(info.value)
 
 
 CHILD = """

@@ -20,12 +20,12 @@ import gzip
 import math
 import os
 import struct
-import tempfile
 import zlib
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from funcnn._files import write_bytes
 
 __all__ = ["IDXError", "read_idx", "write_idx"]
 
@@ -117,25 +117,6 @@ def _code_of(dtype: np.dtype) -> int:
     raise TypeError(f"IDX cannot store dtype {dtype}; supported: {names}")
 
 
-def _write_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and os.replace."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def write_idx(path: str | os.PathLike, array: Any, *, compress: bool | None = None) -> None:
     """Write ``array`` (uint8, int8, int16, int32, float32 or float64) as an IDX file.
 
@@ -155,4 +136,4 @@ def write_idx(path: str | os.PathLike, array: Any, *, compress: bool | None = No
         compress = os.fspath(path).endswith(".gz")
     if compress:
         data = gzip.compress(data, compresslevel=6, mtime=0)
-    _write_atomic(path, data)
+    write_bytes(path, data)

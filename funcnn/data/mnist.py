@@ -23,7 +23,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from funcnn.data.idx import _write_atomic, read_idx
+from funcnn._files import write_bytes
+from funcnn.data.idx import read_idx
 
 __all__ = ["FILES", "MD5", "MIRRORS", "MNIST", "ChecksumError", "load_mnist"]
 
@@ -158,7 +159,7 @@ def _download(folder: Path, names: list[str]) -> list[str]:
         return failures
     folder.mkdir(parents=True, exist_ok=True)
     for name, data in fetched.items():
-        _write_atomic(folder / f"{name}.gz", data)
+        write_bytes(folder / f"{name}.gz", data)
     return []
 
 

@@ -38,6 +38,7 @@ from funcnn.backend import check_same_backend, get_backend, is_jax_array, namesp
 from funcnn.initializers import default_initializer, get_initializer, initialize
 from funcnn.losses import default_loss, get_loss
 from funcnn.tree import tree_paths
+from funcnn.types import Array, Grads, Key, Params
 
 __all__ = [
     "MLP",
@@ -140,7 +141,7 @@ class MLP:
 
 
 def init_params(
-    net: MLP, key: Any, *, backend: str | None = None, dtype: Any = "float32", init: Any = None
+    net: MLP, key: Key, *, backend: str | None = None, dtype: Any = "float32", init: Any = None
 ) -> tuple[Dense, ...]:
     """Initial parameters: weights from ``init`` (He or Glorot by default), zero biases.
 
@@ -236,7 +237,7 @@ def dropout_masks(net: MLP, key: Any, m: int, dtype: Any, backend: str) -> tuple
     )
 
 
-def apply(net: MLP, params: tuple, x: Any, masks: tuple) -> Cache:
+def apply(net: MLP, params: Params, x: Array, masks: tuple) -> Cache:
     """The forward pass with given dropout masks (no checks); returns the cache."""
     g = get_activation(net.hidden).fn
     inputs, zs, hidden = [], [], []
@@ -271,7 +272,7 @@ def prepare_inputs(net: MLP, params: Any, x: Any, key: Any, train: bool):
     return x, masks, dtype
 
 
-def forward(net: MLP, params: tuple, x: Any, *, key: Any = None, train: bool = False):
+def forward(net: MLP, params: Params, x: Array, *, key: Key | None = None, train: bool = False):
     """Run the net on ``x`` of shape ``(m, n_in)``; return ``(out, cache)``.
 
     ``out`` is the output activation (probabilities for softmax and sigmoid), shape
@@ -284,7 +285,7 @@ def forward(net: MLP, params: tuple, x: Any, *, key: Any = None, train: bool = F
     return cache.out, cache
 
 
-def predict(net: MLP, params: tuple, x: Any) -> Any:
+def predict(net: MLP, params: Params, x: Array) -> Array:
     """The output activation on ``x`` (no dropout)."""
     return forward(net, params, x)[0]
 
@@ -297,7 +298,9 @@ def loss_from_cache(net: MLP, cache: Cache, y: Any) -> Any:
     return get_loss(net.loss).value(net.output, cache.zs[-1], cache.out, y)
 
 
-def loss(net: MLP, params: tuple, x: Any, y: Any, *, key: Any = None, train: bool = False):
+def loss(
+    net: MLP, params: Params, x: Array, y: Array, *, key: Key | None = None, train: bool = False
+) -> Array:
     """The mean loss over the batch, computed from the logits in a stable fused form."""
     x, masks, dtype = prepare_inputs(net, params, x, key, train)
     check_same_backend(params, y=y)
@@ -308,7 +311,7 @@ def loss(net: MLP, params: tuple, x: Any, y: Any, *, key: Any = None, train: boo
 # ---------------------------------------------------------------------------- backward
 
 
-def backward(net: MLP, params: tuple, cache: Cache, y: Any) -> tuple[Dense, ...]:
+def backward(net: MLP, params: Params, cache: Cache, y: Array) -> Grads:
     """The hand-written backward pass on prepared targets (no checks)."""
     g_grad = get_activation(net.hidden).grad
     dz = get_loss(net.loss).delta(net.output, cache.zs[-1], cache.out, y)
@@ -326,7 +329,7 @@ def backward(net: MLP, params: tuple, cache: Cache, y: Any) -> tuple[Dense, ...]
     return tuple(grads)
 
 
-def backprop(net: MLP, params: tuple, cache: Cache, y: Any) -> tuple[Dense, ...]:
+def backprop(net: MLP, params: Params, cache: Cache, y: Array) -> Grads:
     """Gradients of :func:`loss` w.r.t. ``params`` from a forward ``cache``; same tree as params."""
     check_net(net)
     dtype = check_params(net, params)
@@ -339,7 +342,7 @@ def backprop(net: MLP, params: tuple, cache: Cache, y: Any) -> tuple[Dense, ...]
 
 
 def value_and_grad(
-    net: MLP, params: tuple, x: Any, y: Any, *, key: Any = None, train: bool = False
+    net: MLP, params: Params, x: Array, y: Array, *, key: Key | None = None, train: bool = False
 ):
     """``(loss, grads)`` from one forward and one backward pass."""
     x, masks, dtype = prepare_inputs(net, params, x, key, train)

@@ -40,16 +40,6 @@ def _children(node: Any) -> list[tuple[str, Any]] | None:
     return None
 
 
-def _rebuild(node: Any, children: list[Any]) -> Any:
-    if node is None:
-        return None
-    if _is_namedtuple(node):
-        return type(node)(*children)
-    if isinstance(node, tuple | list):
-        return type(node)(children)
-    return type(node)(zip(sorted(node), children, strict=True))
-
-
 def _collect(node: Any, out: list[Any]) -> None:
     if type(node) is tuple or isinstance(node, tuple | list):  # NamedTuples too
         for child in node:

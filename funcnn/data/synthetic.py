@@ -7,30 +7,25 @@ and int64 class labels (or float32 regression targets).
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any
 
 import numpy as np
 
 from funcnn import random as fnr
+from funcnn._checks import check_positive
 
 __all__ = ["regression", "spirals", "xor"]
 
 
 def _check_int(name: str, value: Any, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int; got {type(value).__name__} {value!r}")
+    check_positive(name, value, integer=True)
     if value < low:
         raise ValueError(f"{name} must be at least {low}; got {value}")
     return int(value)
 
 
 def _check_noise(noise: Any) -> float:
-    if isinstance(noise, bool) or not isinstance(noise, numbers.Real):
-        raise TypeError(f"noise must be a number; got {type(noise).__name__} {noise!r}")
-    if not 0 <= noise < math.inf:
-        raise ValueError(f"noise must be finite and non-negative; got {noise}")
+    check_positive("noise", noise, allow_zero=True)
     return float(noise)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from funcnn.activations import name_of
 from funcnn.backend import array_namespace, concrete_value, is_concrete, is_jax_array
 from funcnn.losses import prepare_targets
 
@@ -163,7 +164,7 @@ def check_y(net: Any, y: Any, m: int, dtype: Any) -> Any:
         if not (tuple(y.shape) == want or (k == 1 and tuple(y.shape) == (m,))):
             alt = f" or ({m},)" if k == 1 else ""
             raise ValueError(
-                f"{net.loss} targets must have shape {want}{alt}, one column per output; "
+                f"{name_of(net.loss)} targets must have shape {want}{alt}, one column per output; "
                 f"got {tuple(y.shape)}"
             )
     if kind == "f":

@@ -29,6 +29,7 @@ __all__ = [
     "elu",
     "gelu",
     "get_activation",
+    "name_of",
     "identity",
     "leaky_relu",
     "relu",
@@ -45,7 +46,25 @@ _GELU_K = 0.044715
 
 
 class Activation(NamedTuple):
-    """An elementwise activation: ``fn(z) -> a`` and ``grad(z, a) -> da/dz``."""
+    """An elementwise activation: ``fn(z) -> a`` and ``grad(z, a) -> da/dz``.
+
+    Write your own and pass it to ``funcnn.MLP(hidden=..., output=...)``::
+
+        def swish(z):
+            return z * funcnn.activations.sigmoid(z)
+
+        def swish_grad(z, a):
+            s = funcnn.activations.sigmoid(z)
+            return s + a * (1 - s)                 # d/dz z s(z) = s + z s (1 - s)
+
+        act = funcnn.activations.Activation("swish", swish, swish_grad)
+        funcnn.testing.check_activation(act)       # the derivative against jax.grad
+
+    Both functions take and return arrays of ``z``'s shape and dtype, on NumPy and jax
+    alike (use ``funcnn.backend.array_namespace(z)`` for the namespace). Two activations
+    made of the same name and functions are equal and hash equal, so a jitted loop is
+    compiled once for them.
+    """
 
     name: str
     fn: Callable[[Any], Any]
@@ -161,11 +180,39 @@ OUTPUTS: tuple[str, ...] = ("softmax", *ACTIVATIONS)
 """Output activations: softmax, or any elementwise activation."""
 
 
-def get_activation(name: str) -> Activation:
-    """Look up an elementwise activation by name."""
+def name_of(piece: Any) -> str:
+    """The name of an activation or loss given by name or as an object."""
+    return piece if isinstance(piece, str) else piece.name
+
+
+def get_activation(piece: str | Activation) -> Activation:
+    """An elementwise activation, from its name or an :class:`Activation` of your own."""
+    if isinstance(piece, Activation):
+        return check_piece(piece, "activation", ACTIVATIONS, ("fn", "grad"))
     try:
-        return ACTIVATIONS[name]
+        return ACTIVATIONS[piece]
     except (KeyError, TypeError):
         raise ValueError(
-            f"unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)}"
+            f"unknown activation {piece!r}; expected one of {', '.join(ACTIVATIONS)} or a "
+            "funcnn.activations.Activation(name, fn, grad) of your own"
         ) from None
+
+
+def check_piece(piece: Any, kind: str, builtins: dict, functions: tuple[str, ...]) -> Any:
+    """Raise unless a user-written activation or loss has a name and callable parts, and
+    its name is not taken by a different built-in piece."""
+    name = piece.name
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"a custom {kind} needs a non-empty str name; got {name!r}")
+    for field in functions:
+        if not callable(getattr(piece, field)):
+            raise TypeError(
+                f"the custom {kind} {name!r} needs a callable {field}; got "
+                f"{type(getattr(piece, field)).__name__}"
+            )
+    if name in builtins and builtins[name] != piece:
+        raise ValueError(
+            f"the custom {kind} is named {name!r}, the name of a built-in {kind}; give it "
+            "another name (checkpoints and reports know pieces by name)"
+        )
+    return piece

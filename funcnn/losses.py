@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from funcnn.activations import get_activation, softplus
+from funcnn.activations import check_piece, get_activation, softplus
 from funcnn.backend import array_namespace
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "cross_entropy",
     "default_loss",
     "get_loss",
+    "is_classification",
     "mse",
     "one_hot",
     "prepare_targets",
@@ -50,13 +51,18 @@ _DEFAULT_LOSS = {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy"}
 class Loss(NamedTuple):
     """A loss: ``value(output, z, a, y) -> scalar`` and ``delta(output, z, a, y) -> dL/dz``.
 
-    ``outputs`` lists the output activations it accepts (``None``: any).
+    ``z`` are the output layer's logits ``(m, k)``, ``a`` the output activation of them,
+    ``output`` the net's output activation (a name or an ``Activation``) and ``y`` the
+    targets ``(m, k)``. ``value`` is the mean over the batch and ``delta`` its exact
+    gradient with respect to ``z`` (so it carries the ``1/m``). ``outputs`` lists the
+    output activations it accepts by name (``None``: any). A loss of your own goes to
+    ``funcnn.MLP(loss=...)`` and is checked with ``funcnn.testing.check_loss``.
     """
 
     name: str
     value: Callable[..., Any]
     delta: Callable[..., Any]
-    outputs: tuple[str, ...] | None
+    outputs: tuple[str, ...] | None = None
 
 
 def one_hot(y, k, dtype):
@@ -129,17 +135,27 @@ LOSSES: dict[str, Loss] = {
 }
 
 
-def get_loss(name: str) -> Loss:
-    """Look up a loss by name."""
+def get_loss(piece: str | Loss) -> Loss:
+    """A loss, from its name or a :class:`Loss` of your own."""
+    if isinstance(piece, Loss):
+        return check_piece(piece, "loss", LOSSES, ("value", "delta"))
     try:
-        return LOSSES[name]
+        return LOSSES[piece]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(LOSSES)}") from None
+        raise ValueError(
+            f"unknown loss {piece!r}; expected one of {', '.join(LOSSES)} or a "
+            "funcnn.losses.Loss(name, value, delta) of your own"
+        ) from None
 
 
-def default_loss(output: str) -> str:
+def is_classification(loss: Any) -> bool:
+    """True for the losses whose targets are classes (accuracy means something for them)."""
+    return isinstance(loss, str) and loss in ("cross_entropy", "binary_cross_entropy")
+
+
+def default_loss(output: Any) -> str:
     """The loss that goes with an output: softmax -> cross-entropy, sigmoid -> BCE, else MSE."""
-    return _DEFAULT_LOSS.get(output, "mse")
+    return _DEFAULT_LOSS.get(output, "mse") if isinstance(output, str) else "mse"
 
 
 def prepare_targets(loss: str, y: Any, k: int, dtype: Any) -> Any:

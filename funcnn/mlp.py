@@ -33,10 +33,10 @@ import numpy as np
 from funcnn import random
 from funcnn._checks import check_params_like
 from funcnn._mlp_checks import check_cache, check_initialized, check_x, check_y
-from funcnn.activations import ACTIVATIONS, OUTPUTS, get_activation, softmax
+from funcnn.activations import ACTIVATIONS, OUTPUTS, Activation, get_activation, name_of, softmax
 from funcnn.backend import check_same_backend, get_backend, is_jax_array, namespace
 from funcnn.initializers import default_initializer, get_initializer, initialize
-from funcnn.losses import default_loss, get_loss
+from funcnn.losses import LOSSES, Loss, default_loss, get_loss
 from funcnn.tree import tree_paths
 from funcnn.types import Array, Grads, Key, Params
 
@@ -86,17 +86,21 @@ class MLP:
 
     Args:
       sizes: layer widths ``(n_in, n_hidden..., n_out)``, at least two.
-      hidden: activation of the hidden layers (see ``funcnn.activations.ACTIVATIONS``).
-      output: output activation: ``softmax``, ``sigmoid``, ``identity`` or any hidden one.
-      loss: ``cross_entropy``, ``binary_cross_entropy`` or ``mse``; by default
-        softmax -> cross-entropy, sigmoid -> binary cross-entropy, otherwise MSE.
+      hidden: activation of the hidden layers: a name from
+        ``funcnn.activations.ACTIVATIONS`` or an ``Activation(name, fn, grad)`` of your own.
+      output: output activation: ``softmax``, or any hidden one (by name or object).
+      loss: ``cross_entropy``, ``binary_cross_entropy``, ``mse`` or a ``Loss`` of your own;
+        by default softmax -> cross-entropy, sigmoid -> binary cross-entropy, else MSE.
       dropout: probability of dropping a hidden unit while training, in ``[0, 1)``.
+
+    Built-in pieces are stored by name (``MLP(hidden=ACTIVATIONS["tanh"]).hidden`` is
+    ``"tanh"``); custom ones as the objects, so equal specs hash equal.
     """
 
     sizes: tuple[int, ...]
-    hidden: str = "relu"
-    output: str = "softmax"
-    loss: str | None = None
+    hidden: str | Activation = "relu"
+    output: str | Activation = "softmax"
+    loss: str | Loss | None = None
     dropout: float = 0.0
 
     def __post_init__(self):
@@ -110,21 +114,26 @@ class MLP:
             if isinstance(s, bool) or not isinstance(s, int | np.integer) or s <= 0:
                 raise ValueError(f"layer widths must be positive integers; got {sizes}")
         object.__setattr__(self, "sizes", tuple(int(s) for s in sizes))
-        get_activation(self.hidden)
-        if self.output not in OUTPUTS:
+        object.__setattr__(self, "hidden", _builtin_or_custom(self.hidden, ACTIVATIONS))
+        output = self.output
+        if output != "softmax":
+            if not isinstance(output, Activation) and output not in OUTPUTS:
+                raise ValueError(
+                    f"unknown output activation {output!r}; expected one of {', '.join(OUTPUTS)}"
+                    " or a funcnn.activations.Activation of your own"
+                )
+            output = _builtin_or_custom(output, ACTIVATIONS)
+        object.__setattr__(self, "output", output)
+        loss = default_loss(output) if self.loss is None else self.loss
+        spec = get_loss(loss)
+        if spec.outputs is not None and name_of(output) not in spec.outputs:
             raise ValueError(
-                f"unknown output activation {self.output!r}; expected one of {', '.join(OUTPUTS)}"
+                f"loss {spec.name!r} needs output {' or '.join(spec.outputs)}; got output "
+                f"{name_of(output)!r} (use loss='mse' or change the output)"
             )
-        loss_name = default_loss(self.output) if self.loss is None else self.loss
-        spec = get_loss(loss_name)
-        if spec.outputs is not None and self.output not in spec.outputs:
-            raise ValueError(
-                f"loss {loss_name!r} needs output {' or '.join(spec.outputs)}; got output "
-                f"{self.output!r} (use loss='mse' or change the output)"
-            )
-        if self.output == "softmax" and self.sizes[-1] < 2:
+        if output == "softmax" and self.sizes[-1] < 2:
             raise ValueError("a softmax output needs at least 2 units; use output='sigmoid'")
-        object.__setattr__(self, "loss", loss_name)
+        object.__setattr__(self, "loss", _builtin_or_custom(loss, LOSSES))
         p = self.dropout
         real = isinstance(p, int | float | np.integer | np.floating)
         if isinstance(p, bool | np.bool_) or not real or not 0 <= p < 1:
@@ -135,6 +144,12 @@ class MLP:
     def n_layers(self) -> int:
         """The number of weight layers, ``len(sizes) - 1``."""
         return len(self.sizes) - 1
+
+
+def _builtin_or_custom(piece: Any, builtins: dict) -> Any:
+    """A built-in piece by its name (also when given as the object); a custom one as itself."""
+    checked = get_activation(piece) if builtins is ACTIVATIONS else get_loss(piece)
+    return checked.name if checked.name in builtins else checked
 
 
 # ---------------------------------------------------------------------------- init
@@ -252,7 +267,7 @@ def apply(net: MLP, params: Params, x: Array, masks: tuple) -> Cache:
     inputs.append(a)
     z = a @ params[-1].W + params[-1].b[None, :]
     zs.append(z)
-    out = softmax(z) if net.output == "softmax" else ACTIVATIONS[net.output].fn(z)
+    out = softmax(z) if net.output == "softmax" else get_activation(net.output).fn(z)
     return Cache(tuple(inputs), tuple(zs), tuple(hidden), tuple(masks), out)
 
 

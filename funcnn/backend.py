@@ -27,6 +27,7 @@ __all__ = [
     "backend_of",
     "check_same_backend",
     "concrete_value",
+    "float_dtype",
     "get_backend",
     "is_concrete",
     "is_jax_array",
@@ -201,6 +202,23 @@ def backend_of(*trees: Any) -> str:
     if not trees:
         return "numpy"
     return check_same_backend(trees[0], **{f"trees[{i}]": t for i, t in enumerate(trees[1:], 1)})
+
+
+def float_dtype(dtype: Any, backend: str) -> np.dtype:
+    """``dtype`` as float32 or float64, refused otherwise, and refused as float64 on a jax
+    without ``jax_enable_x64`` (where jax would silently give float32)."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be float32 or float64; got {dtype!r}")
+    if backend == "jax" and dt == np.float64 and not _import_jax()[0].config.jax_enable_x64:
+        raise ValueError(
+            "float64 on the jax backend needs jax.config.update('jax_enable_x64', True) "
+            "before any array is created (without it jax would silently give float32)"
+        )
+    return dt
 
 
 def to_backend(tree: Any, name: str, dtype: Any = None) -> Any:

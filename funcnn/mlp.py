@@ -34,7 +34,7 @@ from funcnn import random
 from funcnn._checks import check_params_like
 from funcnn._mlp_checks import check_cache, check_initialized, check_x, check_y
 from funcnn.activations import ACTIVATIONS, OUTPUTS, Activation, get_activation, name_of, softmax
-from funcnn.backend import check_same_backend, get_backend, is_jax_array, namespace
+from funcnn.backend import check_same_backend, float_dtype, get_backend, is_jax_array, namespace
 from funcnn.initializers import default_initializer, get_initializer, initialize
 from funcnn.losses import LOSSES, Loss, default_loss, get_loss
 from funcnn.tree import tree_paths
@@ -167,7 +167,7 @@ def init_params(
     if backend is None and is_jax_array(key):
         backend = "jax"
     backend = get_backend(backend)
-    dtype = _check_dtype(dtype, backend)
+    dtype = float_dtype(dtype, backend)
     init = default_initializer(net.hidden) if init is None else init
     if not callable(init):
         get_initializer(init)
@@ -184,24 +184,6 @@ def init_params(
 def check_net(net: Any) -> None:
     if not isinstance(net, MLP):
         raise TypeError(f"net must be a funcnn.MLP; got {type(net).__name__}")
-
-
-def _check_dtype(dtype: Any, backend: str) -> np.dtype:
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt not in (np.float32, np.float64):
-        raise ValueError(f"dtype must be float32 or float64; got {dtype!r}")
-    if backend == "jax" and dt == np.float64:
-        import jax
-
-        if not jax.config.jax_enable_x64:
-            raise ValueError(
-                "float64 on the jax backend needs jax.config.update('jax_enable_x64', True) "
-                "before any array is created"
-            )
-    return dt
 
 
 def expected_params(net: MLP, dtype: Any = "float32") -> tuple[Dense, ...]:

@@ -6,6 +6,7 @@ against ``jax.grad`` and finite differences (``funcnn.testing``).
 """
 
 from funcnn import activations as activations
+from funcnn import callbacks as callbacks
 from funcnn import data as data
 from funcnn import losses as losses
 from funcnn import optim as optim

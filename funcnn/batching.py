@@ -16,24 +16,49 @@ every k-th epoch.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from funcnn import random
 from funcnn._checks import check_positive
 
-__all__ = ["batches", "epoch_order", "num_batches"]
+__all__ = ["BatchSplit", "batches", "epoch_order", "num_batches", "split_batches"]
+
+
+class BatchSplit(NamedTuple):
+    """How one epoch of ``n`` rows splits: ``full`` batches of ``size`` rows, then a short
+    batch of ``tail`` rows (0 when there is none or it is dropped)."""
+
+    size: int
+    full: int
+    tail: int
+
+    @property
+    def count(self) -> int:
+        """How many batches the epoch has."""
+        return self.full + (1 if self.tail else 0)
+
+    @property
+    def rows(self) -> int:
+        """How many rows the epoch uses."""
+        return self.full * self.size + self.tail
+
+
+def split_batches(n: int, batch_size: int | None, drop_last: bool = False) -> BatchSplit:
+    """The one rule for batch sizes: ``batch_size=None`` (or ``>= n``) is one full batch,
+    and the last ``n % batch_size`` rows form a short batch unless ``drop_last``."""
+    check_positive("n", n, integer=True)
+    if batch_size is not None:
+        check_positive("batch_size", batch_size, integer=True)
+    size = n if batch_size is None else min(batch_size, n)
+    full, rest = divmod(n, size)
+    return BatchSplit(size, full, 0 if drop_last else rest)
 
 
 def num_batches(n: int, batch_size: int | None, drop_last: bool = False) -> int:
     """How many batches one epoch of ``n`` rows has."""
-    check_positive("n", n, integer=True)
-    if batch_size is not None:
-        check_positive("batch_size", batch_size, integer=True)
-    if batch_size is None or batch_size >= n:
-        return 1
-    return n // batch_size if drop_last else -(-n // batch_size)
+    return split_batches(n, batch_size, drop_last).count
 
 
 def epoch_order(key: Any, n: int, *, epoch: int = 0, shuffle: bool = True,
@@ -56,10 +81,6 @@ def batches(
     ``key`` is an int seed or a ``funcnn.random`` key (ignored when ``shuffle=False``).
     Arguments are checked when ``batches`` is called, not when iteration starts.
     """
-    check_positive("n", n, integer=True)
-    if batch_size is not None:
-        check_positive("batch_size", batch_size, integer=True)
+    split = split_batches(n, batch_size, drop_last)
     order = epoch_order(key, n, epoch=epoch, shuffle=shuffle, shuffle_every=shuffle_every)
-    size = n if batch_size is None else min(batch_size, n)
-    stop = n - n % size if drop_last else n
-    return (order[start:start + size] for start in range(0, stop, size))
+    return (order[start:start + split.size] for start in range(0, split.rows, split.size))

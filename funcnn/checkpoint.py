@@ -40,11 +40,12 @@ import numpy as np
 from funcnn import serialization
 from funcnn._checks import check_params_like
 from funcnn._files import atomic_write
-from funcnn.backend import get_backend, namespace
+from funcnn.backend import get_backend, is_jax_array, namespace
 from funcnn.mlp import MLP, expected_params
 from funcnn.serialization import FormatError, register
+from funcnn.tree import tree_paths, tree_unflatten
 
-__all__ = ["Checkpoint", "CheckpointError", "load", "register", "save"]
+__all__ = ["Checkpoint", "CheckpointError", "convert", "load", "register", "save"]
 
 _ENTRIES = ("params", "opt_state", "net", "metadata")
 
@@ -133,8 +134,38 @@ def _encode_metadata(metadata: Any) -> dict[str, Any] | None:
         return None
     if type(metadata) is not dict:
         raise TypeError(f"metadata must be a dict or None; got {type(metadata).__name__}")
-    serialization.check_json(metadata, "metadata")
+    _check_json(metadata, "metadata")
     return metadata
+
+
+def _check_json(value: Any, path: str) -> None:
+    """Raise TypeError naming the first value under ``path`` that would not round-trip as JSON."""
+    cls = type(value)
+    if value is None or cls in (bool, int, float, str):
+        return
+    if cls is list:
+        for i, v in enumerate(value):
+            _check_json(v, f"{path}[{i}]")
+        return
+    if cls is dict:
+        for k, v in value.items():
+            if type(k) is not str:
+                raise TypeError(f"{path} has the key {k!r} of type {type(k).__name__}; "
+                                "metadata keys must be str")
+            _check_json(v, f"{path}[{k!r}]")
+        return
+    if cls is tuple:
+        hint = "; use a list (JSON has no tuples, so a tuple would come back as a list)"
+    elif isinstance(value, np.generic):
+        hint = "; convert it with .item()"
+    elif isinstance(value, np.ndarray) or is_jax_array(value):
+        hint = "; put arrays in params or opt_state, or convert small ones with .tolist()"
+    else:
+        hint = ""
+    raise TypeError(
+        f"{path} is a {cls.__name__}, which is not JSON-serialisable: metadata holds only "
+        f"dicts with str keys, lists, str, int, float, bool and None{hint}"
+    )
 
 
 # ---------------------------------------------------------------------------- load
@@ -189,6 +220,16 @@ def load(
         except ValueError as err:
             raise ValueError(f"checkpoint {source!r}: {err}") from None
     return ckpt
+
+
+def convert(tree: Any, backend: str, name: str = "tree") -> Any:
+    """``tree``, as :func:`load` gives it on NumPy, moved to ``backend`` the way
+    ``load(..., backend=backend)`` would: dtypes kept, Python scalars left as they are,
+    64-bit leaves on jax only with ``jax_enable_x64`` (else ``ValueError``)."""
+    to = _leaf_converter(get_backend(backend))
+    leaves = [leaf if type(leaf) in (bool, int, float) else to(leaf, f"{name}{path}")
+              for path, leaf in tree_paths(tree)]
+    return tree_unflatten(tree, leaves)
 
 
 def _leaf_converter(backend: str) -> Callable[[Any, str], Any]:

@@ -6,11 +6,12 @@ made of::
     step = funcnn.make_train_step(net, funcnn.optim.adam(1e-3))
     params, opt_state, loss = step(params, opt_state, xb, yb)          # or jax.jit(step)
 
-``fit`` runs whole epochs. On the jax backend it shuffles on the device and
-runs each epoch as one compiled ``lax.scan`` over the batches, donating the
-parameter and optimizer buffers; the compiled epoch is cached by (net,
-optimizer, shapes), so calling ``fit`` again does not recompile. On NumPy it
-runs the same pure step in a Python loop.
+``fit`` runs whole epochs, and only that: checkpoints, resume and progress are
+callbacks (:mod:`funcnn.callbacks`). On the jax backend it shuffles on the
+device and runs each epoch as one compiled ``lax.scan`` over the batches,
+donating the parameter and optimizer buffers; the compiled epoch is cached by
+(net, optimizer, shapes), so calling ``fit`` again does not recompile. On NumPy
+it runs the same pure step in a Python loop.
 
 Randomness comes from the one ``key``: it is split into a shuffling key and a
 dropout key, and epoch ``e`` uses ``fold_in(., e)`` of each, so a run resumed
@@ -21,18 +22,20 @@ from __future__ import annotations
 
 import functools
 import math
-import os
-import sys
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from funcnn import random
 from funcnn._checks import check_positive
+from funcnn._fit_checks import check_callbacks, check_hashable, check_optimizer
 from funcnn._mlp_checks import check_x, check_y
 from funcnn.backend import array_namespace, check_same_backend, is_jax_array, namespace
-from funcnn.batching import epoch_order
+from funcnn.batching import BatchSplit, epoch_order, split_batches
+from funcnn.callbacks import Best, FitInfo, FitState, progress_bar, stopped_early
+from funcnn.losses import is_classification
 from funcnn.mlp import MLP, apply, backward, check_net, check_params, dropout_masks, loss_from_cache
 from funcnn.optim import Optimizer
 from funcnn.tree import tree_map
@@ -64,8 +67,10 @@ def _n_correct(net: MLP, out: Any, y: Any) -> Any:
 
 
 def _step(net: MLP, optimizer: Optimizer, params, opt_state, x, y, key):
-    """One update on a prepared batch: ``(params, opt_state, loss, n_correct)``."""
-    if net.dropout > 0 and key is not None:
+    """One update on a prepared batch: ``(params, opt_state, loss, n_correct)``.
+
+    ``key`` draws the dropout masks; it is ``None`` only for a net without dropout."""
+    if net.dropout > 0:
         backend = "jax" if is_jax_array(x) else "numpy"
         masks = dropout_masks(net, key, x.shape[0], x.dtype, backend)
     else:
@@ -80,13 +85,20 @@ def _step(net: MLP, optimizer: Optimizer, params, opt_state, x, y, key):
 def make_train_step(net: MLP, optimizer: Optimizer):
     """A pure step ``(params, opt_state, x, y, key=None) -> (params, opt_state, loss)``.
 
-    It checks shapes and dtypes (also while ``jax.jit`` traces it) and applies dropout
-    when ``key`` is given and the net has dropout. Jit it with ``jax.jit(step)``.
+    It checks shapes and dtypes (also while ``jax.jit`` traces it). The step of a net
+    with dropout needs a ``key`` (a new one each step), as ``forward(train=True)`` does;
+    without one it raises ``ValueError``. Jit it with ``jax.jit(step)``.
     """
     check_net(net)
-    _check_optimizer(optimizer)
+    check_optimizer(optimizer)
 
     def step(params, opt_state, x, y, key=None):
+        if net.dropout > 0 and key is None:
+            raise ValueError(
+                f"the net has dropout {net.dropout}, so its train step needs a key: "
+                "step(params, opt_state, x, y, key), a new key each step (e.g. "
+                "funcnn.random.fold_in(key, step_number))"
+            )
         dtype = check_params(net, params)
         check_same_backend(params, x=x, y=y)
         x = check_x(net, x, dtype)
@@ -95,14 +107,6 @@ def make_train_step(net: MLP, optimizer: Optimizer):
         return params, opt_state, loss
 
     return step
-
-
-def _check_optimizer(optimizer: Any) -> None:
-    if not (isinstance(optimizer, tuple) and len(optimizer) == 2 and all(map(callable, optimizer))):
-        raise TypeError(
-            "optimizer must be a funcnn.optim.Optimizer(init, update), e.g. "
-            f"funcnn.optim.adam(1e-3); got {type(optimizer).__name__}"
-        )
 
 
 # ---------------------------------------------------------------------------- jax programs
@@ -169,7 +173,7 @@ def _evaluate(net, params, x, y, batch_size):
         total_loss += float(loss_sum)
         total_correct += float(correct)
     n = x.shape[0]
-    accuracy = None if net.loss == "mse" else total_correct / n
+    accuracy = total_correct / n if is_classification(net.loss) else None
     return {"loss": total_loss / n, "accuracy": accuracy}
 
 
@@ -198,14 +202,17 @@ def evaluate(net: MLP, params, x, y, *, batch_size: int = 10_000) -> dict:
 # ---------------------------------------------------------------------------- fit
 
 
-def _progress(total: int, enabled: bool, initial: int):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, initial=initial, unit="epoch", file=sys.stderr, dynamic_ncols=True)
+class _Run(NamedTuple):
+    """What one epoch needs besides the state."""
+
+    net: MLP
+    optimizer: Optimizer
+    x: Any
+    y: Any
+    validation: tuple | None
+    split: BatchSplit
+    order: dict  # shuffle, shuffle_every
+    keys: Any  # (shuffle key, dropout key)
 
 
 def _copy(tree):
@@ -224,41 +231,83 @@ def _raise_if_diverged(losses: np.ndarray, epoch: int) -> None:
         )
 
 
-def _run_epoch(net, optimizer, params, opt_state, x, y, order, drop_key, batch_size, drop_last):
-    """One epoch on either backend: ``(params, opt_state, step_losses, n_correct, n_seen)``."""
-    n = order.shape[0]
-    size = n if batch_size is None else min(batch_size, n)
-    n_full = n // size
-    tail = 0 if drop_last else n - n_full * size
-    keys = random.split(drop_key, n_full + 1) if net.dropout > 0 else [None] * (n_full + 1)
+def _run_epoch(run: _Run, params, opt_state, order, drop_key):
+    """One epoch on either backend: ``(params, opt_state, step_losses, n_correct)``."""
+    net, size = run.net, run.split.size
+    keys = random.split(drop_key, run.split.full + 1) if net.dropout > 0 else None
     if is_jax_array(params[0].W):
         params, opt_state, losses, correct = _jax_programs()[0](
-            params, opt_state, x, y, order[: n_full * size + tail],
-            None if keys[0] is None else keys, net=net, optimizer=optimizer, batch_size=size,
+            params, opt_state, run.x, run.y, order[: run.split.rows], keys,
+            net=net, optimizer=run.optimizer, batch_size=size,
         )
-        return params, opt_state, np.asarray(losses), float(np.sum(np.asarray(correct))), \
-            n_full * size + tail
-    losses = np.full(n_full + (1 if tail else 0), np.nan)
+        return params, opt_state, np.asarray(losses), float(np.sum(np.asarray(correct)))
+    losses = np.full(run.split.count, np.nan)
     n_correct = 0.0
     for j in range(losses.size):
         i = order[j * size:(j + 1) * size]
         # divergence is reported by TrainingDiverged (as on jax), not by NumPy's warnings
         with np.errstate(over="ignore", invalid="ignore"):
-            params, opt_state, loss, correct = _step(net, optimizer, params, opt_state, x[i],
-                                                     y[i], keys[j])
+            params, opt_state, loss, correct = _step(net, run.optimizer, params, opt_state,
+                                                     run.x[i], run.y[i],
+                                                     None if keys is None else keys[j])
         losses[j] = loss
         n_correct += float(correct)
         if not math.isfinite(losses[j]):
             break
-    return params, opt_state, losses, n_correct, n_full * size + tail
+    return params, opt_state, losses, n_correct
+
+
+def _train_epoch(run: _Run, state: FitState) -> FitState:
+    """``state`` after one more epoch; raises TrainingDiverged before changing anything."""
+    start, epoch = time.perf_counter(), state.epoch
+    order = epoch_order(run.keys[0], run.x.shape[0], epoch=epoch, **run.order)
+    if is_jax_array(run.x) and not is_jax_array(order):
+        order = namespace("jax").asarray(order)
+    params, opt_state, losses, n_correct = _run_epoch(
+        run, state.params, state.opt_state, order, random.fold_in(run.keys[1], epoch))
+    _raise_if_diverged(losses, epoch)
+    history = state.history
+    history["loss"].extend(losses.tolist())
+    sizes = [run.split.size] * run.split.full + [run.split.tail] * (run.split.tail > 0)
+    history["train_loss"].append(float(np.dot(losses, sizes) / run.split.rows))
+    history["train_accuracy"].append(n_correct / run.split.rows
+                                     if is_classification(run.net.loss) else None)
+    best = state.best
+    if run.validation is not None:
+        val = _evaluate(run.net, params, *run.validation, 10_000)
+        history["val_loss"].append(val["loss"])
+        history["val_accuracy"].append(val["accuracy"])
+        if best is not None and val["loss"] < best.loss:
+            best = Best(val["loss"], epoch, _copy(params), _copy(opt_state))
+    history["seconds"].append(time.perf_counter() - start)
+    return FitState(params, opt_state, epoch + 1, state.key, history, best)
+
+
+def _call(hooks: tuple, name: str, state: FitState, info: FitInfo) -> FitState:
+    """Call ``name`` on every hook; ``on_start`` may return a new state (checked)."""
+    for i, hook in enumerate(hooks):
+        fn = getattr(hook, name, None)
+        new = fn(state, info) if fn is not None else None
+        if name != "on_start" or new is None:
+            continue
+        if not isinstance(new, FitState):
+            raise TypeError(f"on_start of callback {i} returned a {type(new).__name__}; "
+                            "expected a funcnn.callbacks.FitState or None")
+        dtype, given = check_params(info.net, new.params), check_params(info.net, state.params)
+        if dtype != given or check_same_backend(new.params, opt_state=new.opt_state) \
+                != info.backend:
+            raise TypeError(f"on_start of callback {i} returned {dtype} params on another "
+                            f"backend or dtype than fit's {given} {info.backend} params")
+        state = new
+    return state
 
 
 def fit(
     net: MLP, params, optimizer: Optimizer, x, y, *, epochs: int, batch_size: int | None,
-    key: Any, opt_state=None, validation: tuple | None = None, progress: bool = True,
-    shuffle: bool = True, shuffle_every: int = 1, drop_last: bool = False,
-    early_stopping: int | None = None, initial_epoch: int = 0,
-    checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 1, resume: bool = False,
+    key: Any, opt_state=None, validation: tuple | None = None,
+    early_stopping: int | None = None, shuffle: bool = True, shuffle_every: int = 1,
+    drop_last: bool = False, initial_epoch: int = 0, callbacks: Sequence = (),
+    progress: bool = True,
 ):
     """Train for epochs ``initial_epoch .. epochs - 1``; return ``(params, opt_state, history)``.
 
@@ -267,27 +316,26 @@ def fit(
       batch_size: rows per step; ``None`` for full-batch gradient descent.
       opt_state: ``None`` starts a fresh optimizer state; pass one to continue it.
       validation: ``(x_val, y_val)`` evaluated after every epoch.
-      shuffle_every: draw a new row order every k-th epoch (and keep it in between).
       early_stopping: stop after this many epochs without a lower validation loss and
         return the best parameters (and their optimizer state).
-      checkpoint: a file that gets params, optimizer state, key, epoch and history every
-        ``checkpoint_every`` epochs and after the last one (written atomically).
-      resume: if ``checkpoint`` exists, continue from it: its params, optimizer state, key,
-        epoch and history replace the arguments, and training goes on to ``epochs``. The
-        result is bit-identical to a run that was never interrupted.
+      shuffle_every: draw a new row order every k-th epoch (and keep it in between).
       initial_epoch: the epoch to start from (its randomness is that of epoch ``e``).
+      callbacks: objects with ``on_start``, ``on_epoch_end`` or ``on_end`` (see
+        :mod:`funcnn.callbacks`), e.g. ``[funcnn.callbacks.checkpoint(path, resume=True)]``.
+      progress: a progress bar on stderr (one line per epoch without tqdm).
 
     ``history`` holds ``loss`` (every step), and per epoch ``train_loss``,
     ``train_accuracy`` (running, as Keras reports them), ``val_loss``, ``val_accuracy``
-    and ``seconds``. A NaN or infinite loss raises :class:`TrainingDiverged`.
+    and ``seconds`` (and ``best_epoch`` after early stopping). A NaN or infinite loss
+    raises :class:`TrainingDiverged`.
     """
     check_net(net)
-    _check_optimizer(optimizer)
+    check_optimizer(optimizer)
     dtype = check_params(net, params)
     check_positive("epochs", epochs, integer=True)
     if batch_size is not None:
         check_positive("batch_size", batch_size, integer=True)
-    check_positive("checkpoint_every", checkpoint_every, integer=True)
+    check_positive("shuffle_every", shuffle_every, integer=True)
     if early_stopping is not None:
         check_positive("early_stopping", early_stopping, integer=True)
         if validation is None:
@@ -295,116 +343,50 @@ def fit(
     check_positive("initial_epoch", initial_epoch, integer=True, allow_zero=True)
     if not 0 <= initial_epoch <= epochs:
         raise ValueError(f"initial_epoch must be in [0, epochs={epochs}]; got {initial_epoch}")
-    backend = check_same_backend(params, x=x, y=y, opt_state=opt_state,
-                                 validation=validation)
+    backend = check_same_backend(params, x=x, y=y, opt_state=opt_state, validation=validation)
+    if backend == "jax":
+        check_hashable(optimizer)
     x, y = _prepare_data(net, params, x, y, dtype, backend)
     if validation is not None:
         if not (isinstance(validation, tuple | list) and len(validation) == 2):
             raise TypeError("validation must be a pair (x_val, y_val)")
-        xv, yv = _prepare_data(net, params, *validation, dtype, backend)
-    history = _new_history()
-    if resume and checkpoint is not None and os.path.exists(checkpoint):
-        params, opt_state, key, initial_epoch, history = _resume(checkpoint, net, backend)
-        _check_resumed(checkpoint, net, params, dtype)
-    root = random.as_key(key, backend)
-    shuffle_key, dropout_key = random.split(root)
-    params = _copy(params)  # the jax programs donate their inputs; the caller's stay valid
-    opt_state = optimizer.init(params) if opt_state is None else _copy(opt_state)
-    best = (math.inf, params, opt_state, initial_epoch)
-    bar = _progress(epochs, progress, initial_epoch)
-    n = x.shape[0]
+        validation = _prepare_data(net, params, *validation, dtype, backend)
+    split = split_batches(x.shape[0], batch_size, drop_last)
+    hooks = check_callbacks(callbacks, progress)
+    hooks = (*hooks, progress_bar()) if progress else hooks
+    info = FitInfo(net, epochs, backend, early_stopping)
+    state = FitState(params, optimizer.init(params) if opt_state is None else opt_state,
+                     initial_epoch, random.as_key(key, backend), _new_history(), None)
     try:
-        for epoch in range(initial_epoch, epochs):
-            start = time.perf_counter()
-            order = epoch_order(shuffle_key, n, epoch=epoch, shuffle=shuffle,
-                                shuffle_every=shuffle_every)
-            if backend == "jax" and not is_jax_array(order):
-                order = namespace("jax").asarray(order)
-            params, opt_state, losses, n_correct, seen = _run_epoch(
-                net, optimizer, params, opt_state, x, y, order,
-                random.fold_in(dropout_key, epoch), batch_size, drop_last,
-            )
-            _raise_if_diverged(losses, epoch)
-            history["loss"].extend(float(v) for v in losses)
-            sizes = _batch_sizes(n, batch_size, drop_last)
-            history["train_loss"].append(float(np.dot(losses, sizes) / sizes.sum()))
-            history["train_accuracy"].append(None if net.loss == "mse" else n_correct / seen)
-            if validation is not None:
-                val = _evaluate(net, params, xv, yv, 10_000)
-                history["val_loss"].append(val["loss"])
-                history["val_accuracy"].append(val["accuracy"])
-            history["seconds"].append(time.perf_counter() - start)
-            stop = False
-            if early_stopping is not None:
-                if history["val_loss"][-1] < best[0]:
-                    best = (history["val_loss"][-1], _copy(params), _copy(opt_state), epoch + 1)
-                elif epoch + 1 - best[3] >= early_stopping:
-                    stop = True
-            if checkpoint is not None and ((epoch + 1) % checkpoint_every == 0 or stop
-                                           or epoch + 1 == epochs):
-                _save(checkpoint, net, params, opt_state, root, epoch + 1, history)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(_postfix(history), refresh=False)
-            if stop:
-                break
+        state = _call(hooks, "on_start", state, info)
+        state = _ready(state, early_stopping, backend)
+        run = _Run(net, optimizer, x, y, validation, split,
+                   {"shuffle": shuffle, "shuffle_every": shuffle_every},
+                   random.split(state.key))
+        while state.epoch < epochs and not stopped_early(state, early_stopping):
+            state = _train_epoch(run, state)
+            _call(hooks, "on_epoch_end", state, info)
     finally:
-        if bar is not None:
-            bar.close()
-    if early_stopping is not None and math.isfinite(best[0]):
-        params, opt_state = best[1], best[2]
-        history["best_epoch"] = [best[3] - 1]
+        _call(hooks, "on_end", state, info)
+    params, opt_state, history, best = state.params, state.opt_state, state.history, state.best
+    if best is not None and best.params is not None:
+        params, opt_state = best.params, best.opt_state
+        history["best_epoch"] = [best.epoch]
     return params, opt_state, history
+
+
+def _ready(state: FitState, early_stopping: int | None, backend: str) -> FitState:
+    """The state training starts from: private copies (the jax programs donate their
+    inputs, the caller's arrays stay valid), the key on the backend, early stopping's memory."""
+    best = state.best
+    if early_stopping is None:
+        best = None
+    elif best is None:
+        best = Best(math.inf, state.epoch - 1, None, None)
+    return FitState(_copy(state.params), _copy(state.opt_state), state.epoch,
+                    random.as_key(state.key, backend), state.history, best)
 
 
 def _new_history() -> dict:
     keys = ("loss", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
     return {k: [] for k in keys}
-
-
-def _batch_sizes(n: int, batch_size: int | None, drop_last: bool) -> np.ndarray:
-    size = n if batch_size is None else min(batch_size, n)
-    sizes = [size] * (n // size)
-    if not drop_last and n % size:
-        sizes.append(n % size)
-    return np.asarray(sizes, dtype=np.float64)
-
-
-def _postfix(history: dict) -> dict:
-    out = {"loss": f"{history['train_loss'][-1]:.4f}"}
-    if history["train_accuracy"][-1] is not None:
-        out["acc"] = f"{history['train_accuracy'][-1]:.4f}"
-    if history["val_loss"]:
-        out["val_loss"] = f"{history['val_loss'][-1]:.4f}"
-        if history["val_accuracy"][-1] is not None:
-            out["val_acc"] = f"{history['val_accuracy'][-1]:.4f}"
-    return out
-
-
-def _save(path, net, params, opt_state, key, epoch, history):
-    from funcnn.checkpoint import save
-
-    metadata = {"epoch": epoch, "key": [int(v) for v in np.asarray(key)], "history": history}
-    save(path, params, opt_state, net=net, metadata=metadata)
-
-
-def _check_resumed(path, net, params, dtype):
-    """The checkpoint's params must have the dtype the data were cast to."""
-    saved = check_params(net, params)
-    if saved != dtype:
-        raise TypeError(
-            f"checkpoint {os.fspath(path)!r} holds {saved} params but the params passed to fit "
-            f"are {dtype}; pass params of the checkpoint's dtype (the data are cast to it)"
-        )
-
-
-def _resume(path, net, backend):
-    from funcnn.checkpoint import load
-
-    ckpt = load(path, backend=backend, net=net)
-    meta = ckpt.metadata or {}
-    if not {"epoch", "key", "history"} <= set(meta):
-        raise ValueError(f"{os.fspath(path)} is not a checkpoint written by fit (no epoch/key)")
-    key = np.asarray(meta["key"], dtype=np.uint32)
-    history = {k: list(v) for k, v in meta["history"].items()}
-    return ckpt.params, ckpt.opt_state, key, int(meta["epoch"]), history

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import funcnn
 import funcnn.random as fnr
-from funcnn.batching import epoch_order, num_batches
+from funcnn.batching import epoch_order, num_batches, split_batches
 
 BACKENDS = ("numpy", "jax")
 # jax compiles a permutation for every distinct n (about a second each): jax tests share one n,
@@ -180,6 +180,17 @@ def test_invalid_arguments_raise_when_called(kwargs, error, match):
         funcnn.batches(key, n, batch_size, **args)
 
 
+@pytest.mark.parametrize("n, batch_size, error, match", [
+    (10, 0, ValueError, "batch_size must be positive"),
+    (10, 2.0, TypeError, "batch_size must be a positive integer"),
+    (0, 3, ValueError, "n must be positive"),
+    (10.0, 3, TypeError, "n must be a positive integer"),
+])
+def test_split_batches_checks_its_arguments_like_batches(n, batch_size, error, match):
+    with pytest.raises(error, match=match):
+        split_batches(n, batch_size)
+
+
 def test_a_bad_key_raises_a_clear_error():
     with pytest.raises(TypeError, match="expected an int seed or a key"):
         funcnn.batches(np.zeros(3, dtype=np.uint32), 10, 3)
@@ -203,6 +214,10 @@ def test_batches_property(n, batch_size, drop_last, seed, epoch):
     want_sizes = [size] * n_full + ([tail] if tail and not drop_last else [])
     assert [b.shape[0] for b in got] == want_sizes
     assert len(got) == num_batches(n, batch_size, drop_last)
+    # the one rule fit uses too: full batches of one size, then the tail (if kept)
+    split = split_batches(n, batch_size, drop_last)
+    assert [split.size] * split.full + [split.tail] * (split.tail > 0) == want_sizes
+    assert (split.count, split.rows) == (len(got), sum(want_sizes))
     flat = np.concatenate(got)
     # no row twice; without drop_last every row; with it, exactly n - tail rows
     assert np.unique(flat).size == flat.size

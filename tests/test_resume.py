@@ -11,6 +11,7 @@ files: params and optimizer state with ``np.array_equal`` leaf by leaf, historie
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -18,12 +19,21 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import funcnn
+from funcnn.callbacks import (
+    Best,
+    Callback,
+    FitState,
+    checkpoint,
+    load_fit_state,
+    save_fit_state,
+)
 from funcnn.tree import tree_leaves, tree_paths, tree_structure
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,8 +48,11 @@ import funcnn
 
 cfg = json.loads(sys.argv[1])
 net = funcnn.MLP(tuple(cfg["sizes"]), dropout=cfg["dropout"])
-x, y = funcnn.data.spirals(cfg["data_seed"], n=cfg["n"], classes=cfg["sizes"][-1])
-validation = funcnn.data.spirals(cfg["data_seed"] + 1, n=50, classes=cfg["sizes"][-1])
+classes = cfg["sizes"][-1]
+x, y = funcnn.data.spirals(cfg["data_seed"], n=cfg["n"], classes=classes)
+validation = funcnn.data.spirals(cfg["data_seed"] + 1, n=50, classes=classes)
+if cfg["flip_validation"]:  # the better the net fits, the worse this loss: it stops early
+    validation = (x, (y + 1) % classes)
 initial = funcnn.to_backend(funcnn.init_params(net, cfg["init_seed"]), cfg["backend"])
 schedule = funcnn.schedules.warmup_cosine_decay(1e-2, 5, 60, init_value=1e-3)
 optimizer = funcnn.optim.adam(schedule)
@@ -48,9 +61,11 @@ common = dict(batch_size=cfg["batch_size"], key=cfg["key"], progress=False,
 
 for run in cfg["runs"]:  # one after the other, each from the initial params
     if run["kind"] == "fit":
+        callbacks = [] if run["checkpoint"] is None else [
+            funcnn.callbacks.checkpoint(run["checkpoint"], resume=run["resume"])]
         params, state, history = funcnn.fit(
-            net, initial, optimizer, x, y, epochs=run["epochs"], checkpoint=run["checkpoint"],
-            checkpoint_every=1, resume=run["resume"], **common)
+            net, initial, optimizer, x, y, epochs=run["epochs"], callbacks=callbacks,
+            early_stopping=cfg["early_stopping"], **common)
         funcnn.save(run["out"], params, state, net=net, metadata={"history": history})
     else:  # "epochs": one fit per epoch, saving the params and state after each
         params, state = initial, None
@@ -76,7 +91,8 @@ def _fit_run(out: Path, epochs: int, checkpoint: Path | None = None, resume: boo
 
 def _config(backend: str, shape: dict, *runs: dict, **changes) -> dict:
     cfg = {**shape, "backend": backend, "data_seed": 0, "init_seed": 1, "key": 7,
-           "validation": True, "runs": list(runs)}
+           "validation": True, "flip_validation": False, "early_stopping": None,
+           "runs": list(runs)}
     return {**cfg, **changes}
 
 
@@ -160,28 +176,271 @@ def test_resume_in_a_fresh_process_is_bit_identical_to_an_uninterrupted_run(tmp_
     assert not np.array_equal(np.asarray(saved.params[0].W), np.asarray(want.params[0].W))
 
 
-def test_resume_without_a_checkpoint_file_starts_from_the_given_params(tmp_path):
+def test_resume_without_a_checkpoint_file_says_so_and_starts_from_the_given_params(
+        tmp_path, capsys):
     net = funcnn.MLP((2, 8, 2), dropout=0.2)
     x, y = funcnn.data.spirals(0, n=40)
     params = funcnn.init_params(net, 0)
     kwargs = {"epochs": 2, "batch_size": 16, "key": 3, "progress": False}
     plain = funcnn.fit(net, params, funcnn.optim.sgd(0.1), x, y, **kwargs)
     path = tmp_path / "new.ckpt"
-    fresh = funcnn.fit(net, params, funcnn.optim.sgd(0.1), x, y, checkpoint=path, resume=True,
-                       **kwargs)
+    assert capsys.readouterr().err == ""
+    fresh = funcnn.fit(net, params, funcnn.optim.sgd(0.1), x, y, **kwargs,
+                       callbacks=[checkpoint(path, resume=True)])
+    # a mistyped path must not start from scratch without a word
+    assert capsys.readouterr().err == f"no checkpoint at {path}; starting from scratch\n"
     _assert_trees_identical(fresh[0], plain[0], "params")
     assert funcnn.load(path).metadata["epoch"] == 2
+    # once the file exists, resuming says nothing
+    funcnn.fit(net, params, funcnn.optim.sgd(0.1), x, y, **kwargs,
+               callbacks=[checkpoint(path, resume=True)])
+    assert capsys.readouterr().err == ""
 
 
 def test_resume_refuses_params_of_another_dtype_than_the_checkpoint(tmp_path):
     net = funcnn.MLP((2, 8, 2))
     x, y = funcnn.data.spirals(0, n=40)
     path = tmp_path / "f32.ckpt"
-    kwargs = {"batch_size": 16, "key": 3, "progress": False, "checkpoint": path}
-    funcnn.fit(net, funcnn.init_params(net, 0), funcnn.optim.sgd(0.1), x, y, epochs=1, **kwargs)
+    kwargs = {"batch_size": 16, "key": 3, "progress": False}
+    funcnn.fit(net, funcnn.init_params(net, 0), funcnn.optim.sgd(0.1), x, y, epochs=1,
+               callbacks=[checkpoint(path)], **kwargs)
     p64 = funcnn.init_params(net, 0, dtype="float64")
     with pytest.raises(TypeError, match="float32 params but the params passed to fit are float64"):
-        funcnn.fit(net, p64, funcnn.optim.sgd(0.1), x, y, epochs=2, resume=True, **kwargs)
+        funcnn.fit(net, p64, funcnn.optim.sgd(0.1), x, y, epochs=2,
+                   callbacks=[checkpoint(path, resume=True)], **kwargs)
+
+
+# ---------------------------------------------------------------------------- early stopping
+
+# Validation on shifted labels gets worse as the net learns, so early stopping ends the run
+# within a few epochs; the run is cut after CUT epochs, between its best epoch and its stop.
+EARLY = {"flip_validation": True, "early_stopping": 3}
+CUT = 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_early_stopped_run_resumed_in_a_fresh_process_stops_at_the_same_epoch(tmp_path,
+                                                                                backend):
+    ckpt = tmp_path / "early.ckpt"
+    _run(tmp_path, _config(backend, SMALL, _fit_run(tmp_path / "first.npz", CUT, ckpt),
+                           _fit_run(tmp_path / "full.npz", 30), **EARLY))
+    want = funcnn.load(tmp_path / "full.npz")
+    history = want.metadata["history"]
+    stopped, best = len(history["val_loss"]), history["best_epoch"][0]
+    # what makes the test bite: the best epoch comes before the cut and the stop after it,
+    # so a resumed run that forgot the best epoch (or the patience spent) would go on
+    assert best < CUT < stopped < 30, (best, stopped)
+    assert stopped == best + EARLY["early_stopping"] + 1
+    saved = load_fit_state(ckpt, funcnn.MLP(tuple(SMALL["sizes"]), dropout=SMALL["dropout"]))
+    assert saved.epoch == CUT and saved.best.epoch == best
+    assert saved.best.loss == pytest.approx(min(history["val_loss"][:CUT]), rel=1e-12)
+
+    # a fresh process with other seeds resumes, then is launched once more on the
+    # finished run: both return what the uninterrupted run returned, bit for bit
+    _run(tmp_path, _config(backend, SMALL, _fit_run(tmp_path / "resumed.npz", 30, ckpt, True),
+                           _fit_run(tmp_path / "again.npz", 30, ckpt, True),
+                           init_seed=99, key=12345, **EARLY))
+    for name in ("resumed.npz", "again.npz"):
+        _assert_same_run(funcnn.load(tmp_path / name), want)
+    assert funcnn.load(ckpt).metadata["epoch"] == stopped
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_relaunching_a_finished_early_stopped_run_does_not_train_again(tmp_path, backend):
+    net = funcnn.MLP((2, 16, 2), dropout=0.1)
+    x, y = funcnn.data.spirals(0, n=64)
+    path = tmp_path / "done.ckpt"
+    epochs_seen = []
+    spy = Callback(on_epoch_end=lambda state, info: epochs_seen.append(state.epoch))
+    kwargs = {"epochs": 40, "batch_size": 16, "progress": False, "validation": (x, 1 - y),
+              "early_stopping": 2}
+
+    def launch(seed):
+        params = funcnn.to_backend(funcnn.init_params(net, seed), backend)
+        return funcnn.fit(net, params, funcnn.optim.adam(1e-2), x, y, key=seed, **kwargs,
+                          callbacks=[checkpoint(path, resume=True), spy])
+
+    first = launch(0)
+    stopped = len(first[2]["val_loss"])
+    assert stopped < 40 and epochs_seen == list(range(1, stopped + 1))
+    before = path.read_bytes()
+    epochs_seen.clear()
+    again = launch(1)  # other params and key: all it returns comes from the checkpoint
+    assert epochs_seen == [], "a finished run trained again"
+    assert path.read_bytes() == before
+    _assert_trees_identical(again[0], first[0], "params")
+    _assert_trees_identical(again[1], first[1], "opt_state")
+    _assert_same_history(again[2], first[2])
+    assert again[2]["best_epoch"] == [stopped - 3]
+
+
+# ---------------------------------------------------------------------------- the callback
+
+
+def _small_fit(path: Path | None = None, *extra_callbacks, epochs=3, backend="numpy", **kw):
+    net = funcnn.MLP((2, 8, 3), dropout=0.2)
+    x, y = funcnn.data.spirals(0, n=48, classes=3)
+    params = funcnn.to_backend(funcnn.init_params(net, 0), backend)
+    callbacks = ([] if path is None else [checkpoint(path, **kw)]) + list(extra_callbacks)
+    return net, funcnn.fit(net, params, funcnn.optim.adam(1e-2), x, y, epochs=epochs,
+                           batch_size=16, key=2, progress=False, callbacks=callbacks)
+
+
+def _unwritable(tmp_path: Path, case: str) -> Path:
+    (tmp_path / "a_file").write_text("not a folder")
+    return {"missing folder": tmp_path / "no" / "run.ckpt",
+            "under a file": tmp_path / "a_file" / "run.ckpt"}[case]
+
+
+@pytest.mark.parametrize("case", ["missing folder", "under a file"])
+@pytest.mark.parametrize("resume", [False, True])
+def test_an_unwritable_checkpoint_path_fails_before_the_first_epoch(tmp_path, case, resume):
+    path = _unwritable(tmp_path, case)
+    epochs_seen = []
+    spy = Callback(on_epoch_end=lambda state, info: epochs_seen.append(state.epoch))
+    with pytest.raises(OSError) as info:
+        _small_fit(path, spy, resume=resume)
+    assert epochs_seen == [], "training started before the checkpoint path was checked"
+    assert info.value.filename == str(path)  # the path the user gave, not a temporary file
+    assert f"the folder {str(path.parent)!r}" in str(info.value)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_a_read_only_checkpoint_folder_fails_before_the_first_epoch(tmp_path):
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    path = folder / "run.ckpt"
+    epochs_seen = []
+    spy = Callback(on_epoch_end=lambda state, info: epochs_seen.append(state.epoch))
+    try:
+        if os.access(folder, os.W_OK):  # root (as in CI): the folder is writable after all
+            _small_fit(path, spy)
+            assert epochs_seen == [1, 2, 3] and funcnn.load(path).metadata["epoch"] == 3
+        else:
+            with pytest.raises(PermissionError) as info:
+                _small_fit(path, spy)
+            assert epochs_seen == [] and info.value.filename == str(path)
+    finally:
+        folder.chmod(0o700)
+
+
+def test_a_read_only_folder_as_a_user_sees_it_fails_before_the_first_epoch(tmp_path,
+                                                                           monkeypatch):
+    # what a user who is not root gets from a read-only folder, whoever runs the test
+    def refuse(*, prefix, suffix, dir):
+        raise PermissionError(errno.EACCES, "Permission denied", os.path.join(dir, prefix))
+
+    monkeypatch.setattr(funcnn._files.tempfile, "mkstemp", refuse)
+    epochs_seen = []
+    spy = Callback(on_epoch_end=lambda state, info: epochs_seen.append(state.epoch))
+    with pytest.raises(PermissionError, match="cannot create files in the folder") as info:
+        _small_fit(tmp_path / "run.ckpt", spy)
+    assert epochs_seen == [] and info.value.filename == str(tmp_path / "run.ckpt")
+
+
+def test_checkpoints_every_k_epochs_and_after_the_last(tmp_path):
+    path = tmp_path / "every.ckpt"
+    seen = []
+
+    def look(state, info):  # runs after the checkpoint callback of the same epoch
+        seen.append(funcnn.load(path).metadata["epoch"] if path.exists() else None)
+
+    _small_fit(path, Callback(on_epoch_end=look), epochs=5, every=2)
+    assert seen == [None, 2, 2, 4, 5]
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"every": 0}, ValueError, "every must be positive"),
+    ({"every": 1.5}, TypeError, "every must be a positive integer"),
+    ({"resume": "yes"}, TypeError, "resume must be True or False"),
+])
+def test_the_checkpoint_callback_checks_its_arguments(tmp_path, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        checkpoint(tmp_path / "c.ckpt", **kwargs)
+
+
+# ---------------------------------------------------------------------------- the file
+
+
+def _fit_state(backend: str, steps: int) -> tuple[funcnn.MLP, FitState]:
+    net = funcnn.MLP((3, 5, 2))
+    params = funcnn.to_backend(funcnn.init_params(net, 4), backend)
+    opt_state = funcnn.optim.adam(1e-3).init(params)
+    rng = np.random.default_rng(9)
+    loss = rng.random(steps).astype(np.float32).tolist()  # as fit records them
+    loss[:4] = [-0.0, 5e-324, 1 / 3, 1e300]  # and values float32 could not hold
+    history = {"loss": loss, "train_loss": [0.5, 0.25], "train_accuracy": [0.5, None],
+               "val_loss": [0.75, 0.125], "val_accuracy": [0.5, 1.0], "seconds": [1.5, 2.0]}
+    best = Best(0.125, 1, funcnn.to_backend(params, backend, "float32"), opt_state)
+    return net, FitState(params, opt_state, 2, funcnn.random.key(3, backend), history, best)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_fit_state_round_trips_exactly(tmp_path, backend):
+    net, state = _fit_state(backend, 200_000)
+    path = tmp_path / "state.ckpt"
+    save_fit_state(path, net, state)
+    got = load_fit_state(path, net, backend)
+    assert type(got) is FitState and got.epoch == 2 and type(got.best) is Best
+    _assert_trees_identical((got.params, got.opt_state, got.key),
+                            (state.params, state.opt_state, state.key), "state")
+    _assert_trees_identical(got.best, state.best, "best")
+    assert got.best.loss == 0.125 and got.best.epoch == 1  # Python scalars stay Python
+    assert list(got.history) == list(state.history)
+    loss = np.asarray(got.history["loss"], dtype=np.float64)
+    assert loss.tobytes() == np.asarray(state.history["loss"], dtype=np.float64).tobytes()
+    assert all(type(v) is float for v in got.history["loss"][:10])
+    for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"):
+        assert got.history[name] == state.history[name], name
+
+
+def test_a_fit_checkpoint_stores_the_loss_history_as_an_array(tmp_path):
+    net, state = _fit_state("numpy", 1000)
+    path = tmp_path / "state.ckpt"
+    save_fit_state(path, net, state)
+    raw = funcnn.load(path, net=net)  # any funcnn.load reads it
+    per_epoch = {k: v for k, v in state.history.items() if k != "loss"}
+    assert raw.metadata == {"epoch": 2, "history": per_epoch}
+    assert set(raw.extra) == {"key", "loss", "best"}
+    assert raw.extra["loss"].dtype == np.float64 and raw.extra["loss"].shape == (1000,)
+    assert raw.extra["key"].dtype == np.uint32 and raw.extra["key"].shape == (2,)
+    with zipfile.ZipFile(path) as zf:
+        header = zf.read("__funcnn__.npy")
+    assert len(header) < 20_000  # the per-step history is not in the JSON header
+    # a checkpoint without a fit state is refused clearly
+    funcnn.save(tmp_path / "plain.ckpt", state.params, net=net)
+    with pytest.raises(funcnn.checkpoint.CheckpointError, match="holds no fit state"):
+        load_fit_state(tmp_path / "plain.ckpt", net)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_hand_written_loop_and_fit_continue_each_others_checkpoints(tmp_path, backend):
+    path = tmp_path / "shared.ckpt"
+    net, (params2, state2, history2) = _small_fit(path, epochs=2, backend=backend)
+    # the loop reads what fit wrote, trains one epoch its own way, and writes it back
+    state = load_fit_state(path, net, backend)
+    assert state.epoch == 2 and int(state.opt_state.count) == int(state2.count)
+    _assert_trees_identical(state.params, params2, "params")
+    x, y = funcnn.data.spirals(0, n=48, classes=3)
+    step = funcnn.make_train_step(net, funcnn.optim.adam(1e-2))
+    params, opt_state = state.params, state.opt_state
+    for i, idx in enumerate(funcnn.batches(7, 48, 16, epoch=2)):
+        params, opt_state, loss = step(params, opt_state, x[idx], y[idx],
+                                       funcnn.random.fold_in(funcnn.random.key(8, backend), i))
+        state.history["loss"].append(float(loss))
+    for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"):
+        state.history[name] += state.history[name][-1:]
+    save_fit_state(path, net, FitState(params, opt_state, 3, state.key, state.history, None))
+    # fit resumes from the loop's epoch 3 exactly as if it had been handed its results
+    _, resumed = _small_fit(path, epochs=5, backend=backend, resume=True)
+    want = funcnn.fit(net, params, funcnn.optim.adam(1e-2), x, y, epochs=5, batch_size=16,
+                      key=2, progress=False, opt_state=opt_state, initial_epoch=3)
+    _assert_trees_identical(resumed[0], want[0], "params")
+    _assert_trees_identical(resumed[1], want[1], "opt_state")
+    assert resumed[2]["loss"][:len(state.history["loss"])] == state.history["loss"]
+    assert resumed[2]["loss"][len(state.history["loss"]):] == want[2]["loss"]
+    assert len(resumed[2]["train_loss"]) == 5
 
 
 # ---------------------------------------------------------------------------- SIGKILL
@@ -237,9 +496,9 @@ def test_sigkill_while_writing_a_checkpoint_leaves_the_previous_one_loadable(tmp
         stray |= _tmp_files(tmp_path, ckpt.name)
         if not ckpt.exists():  # killed during the very first write: nothing to resume yet
             continue
-        saved = funcnn.load(ckpt, net=net)  # never a torn file
-        epoch = saved.metadata["epoch"]
-        history = saved.metadata["history"]
+        saved = load_fit_state(ckpt, net)  # never a torn file
+        epoch = saved.epoch
+        history = saved.history
         assert 1 <= epoch < epochs
         assert len(history["train_loss"]) == epoch == len(history["train_accuracy"])
         assert len(history["loss"]) == epoch * steps
@@ -274,16 +533,16 @@ def _mse_setup(backend):
 def test_a_huge_row_introduced_on_resume_stops_fit_at_its_epoch_and_step(tmp_path, backend):
     net, params, x, y = _mse_setup(backend)
     path = tmp_path / "mse.ckpt"
-    kwargs = {"batch_size": 10, "key": 0, "shuffle": False, "progress": False,
-              "checkpoint": path}
-    funcnn.fit(net, params, funcnn.optim.adam(1e-2), x, y, epochs=2, **kwargs)
+    kwargs = {"batch_size": 10, "key": 0, "shuffle": False, "progress": False}
+    funcnn.fit(net, params, funcnn.optim.adam(1e-2), x, y, epochs=2,
+               callbacks=[checkpoint(path)], **kwargs)
     before = funcnn.load(path)
     # finite, so validation lets it through; its squared error overflows float32
     bad = x.copy()
     bad[34] = 1e30
     with pytest.raises(funcnn.TrainingDiverged) as info:
-        funcnn.fit(net, params, funcnn.optim.adam(1e-2), bad, y, epochs=5, resume=True,
-                   **kwargs)
+        funcnn.fit(net, params, funcnn.optim.adam(1e-2), bad, y, epochs=5,
+                   callbacks=[checkpoint(path, resume=True)], **kwargs)
     # no shuffling: row 34 is in batch 3 (rows 30-39) of epoch 2, the first resumed epoch
     assert (info.value.epoch, info.value.step) == (2, 3)
     assert "epoch 2, step 3" in str(info.value)

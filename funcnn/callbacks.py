@@ -1,0 +1,242 @@
+"""What :func:`funcnn.fit` calls around its epochs: checkpoints, resume and progress.
+
+``fit`` only trains. Anything else is a callback: an object with any of the methods
+
+- ``on_start(state, info) -> FitState | None``: before the first epoch; a returned
+  state replaces the one ``fit`` was given (this is how a run resumes);
+- ``on_epoch_end(state, info)``: after each epoch, with the state after it;
+- ``on_end(state, info)``: once at the end, also when training raised.
+
+:class:`Callback` builds one from plain functions. ``state`` is a :class:`FitState`,
+everything needed to continue a run bit for bit; ``info`` is a :class:`FitInfo`.
+The arrays in ``state`` are valid during the call (on jax, the next epoch reuses
+their buffers): copy what you keep. Ready-made callbacks::
+
+    ckpt = funcnn.callbacks.checkpoint("run.ckpt", every=1, resume=True)
+    params, opt_state, history = funcnn.fit(net, params, opt, x, y, epochs=20,
+                                            batch_size=128, key=0, callbacks=[ckpt])
+
+A hand-written loop uses the same files with :func:`save_fit_state` and
+:func:`load_fit_state`. A fit checkpoint is a :func:`funcnn.save` file with the
+params, the optimizer state, the net, ``metadata = {"epoch": e, "history":
+{per-epoch lists}}`` and ``extra = {"key": uint32 (2,), "loss": float64 (steps,),
+"best": Best | None}``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from funcnn._checks import check_positive
+from funcnn._files import check_writable
+from funcnn.checkpoint import CheckpointError, convert, load, save
+from funcnn.mlp import MLP, check_params
+
+__all__ = [
+    "Best",
+    "Callback",
+    "FitInfo",
+    "FitState",
+    "checkpoint",
+    "is_last_epoch",
+    "load_fit_state",
+    "print_epochs",
+    "progress_bar",
+    "save_fit_state",
+    "stopped_early",
+]
+
+
+class Best(NamedTuple):
+    """Early stopping's memory: the lowest validation loss so far, the epoch (from 0)
+    that reached it, and the params and optimizer state after that epoch.
+
+    Before any epoch improved, ``loss`` is ``inf``, ``epoch`` is the epoch before the
+    first one trained, and ``params`` and ``opt_state`` are ``None``."""
+
+    loss: float
+    epoch: int
+    params: Any
+    opt_state: Any
+
+
+class FitState(NamedTuple):
+    """Everything a run needs to go on bit for bit.
+
+    ``epoch`` counts the epochs done (the next one to train); ``key`` is the run's root
+    key, from which each epoch's shuffling and dropout derive; ``history`` is the live
+    dict ``fit`` returns (``loss`` per step, the other lists per epoch); ``best`` is the
+    early-stopping state (``None`` without early stopping).
+    """
+
+    params: Any
+    opt_state: Any
+    epoch: int
+    key: Any
+    history: dict[str, list]
+    best: Best | None
+
+
+class FitInfo(NamedTuple):
+    """What stays fixed during a run: the net, the epoch to train up to, the backend
+    (``"numpy"`` or ``"jax"``) and the early-stopping patience (or ``None``)."""
+
+    net: MLP
+    epochs: int
+    backend: str
+    early_stopping: int | None
+
+
+class Callback(NamedTuple):
+    """A callback made of plain functions; leave out the hooks you do not need."""
+
+    on_start: Callable[[FitState, FitInfo], FitState | None] | None = None
+    on_epoch_end: Callable[[FitState, FitInfo], None] | None = None
+    on_end: Callable[[FitState, FitInfo], None] | None = None
+
+
+def stopped_early(state: FitState, patience: int | None) -> bool:
+    """True once ``patience`` epochs have passed without a lower validation loss."""
+    return (patience is not None and state.best is not None
+            and state.epoch - 1 - state.best.epoch >= patience)
+
+
+def is_last_epoch(state: FitState, info: FitInfo) -> bool:
+    """True when ``fit`` trains no epoch after ``state``."""
+    return state.epoch >= info.epochs or stopped_early(state, info.early_stopping)
+
+
+# ---------------------------------------------------------------------------- files
+
+_EXTRA = ("key", "loss", "best")
+
+
+def save_fit_state(path: str | os.PathLike, net: MLP, state: FitState) -> None:
+    """Write ``state`` atomically to ``path`` (a :func:`funcnn.save` file, see above)."""
+    if not isinstance(state, FitState):
+        raise TypeError(f"state must be a funcnn.callbacks.FitState; got {type(state).__name__}")
+    history = {k: v for k, v in state.history.items() if k != "loss"}
+    extra = {"key": np.asarray(state.key, dtype=np.uint32),
+             "loss": np.asarray(state.history.get("loss", []), dtype=np.float64),
+             "best": state.best}
+    save(path, state.params, state.opt_state, net=net, extra=extra,
+         metadata={"epoch": state.epoch, "history": history})
+
+
+def load_fit_state(path: str | os.PathLike, net: MLP, backend: str | None = None) -> FitState:
+    """The :class:`FitState` in a file written by :func:`save_fit_state`, on ``backend``.
+
+    Raises FileNotFoundError without a file, CheckpointError for a damaged file or a
+    checkpoint that is not a fit state, ValueError when it was saved for another net.
+    """
+    source = os.fspath(path)
+    ckpt = load(source, net=net)  # on NumPy: the float64 loss history needs no x64 on jax
+    extra, meta = ckpt.extra, ckpt.metadata
+    if not (type(extra) is dict and set(_EXTRA) <= set(extra) and type(meta) is dict
+            and type(meta.get("epoch")) is int and type(meta.get("history")) is dict):
+        raise CheckpointError(
+            f"checkpoint {source!r} holds no fit state (epoch, key, history); it was not "
+            "written by save_fit_state or funcnn.callbacks.checkpoint (funcnn.load reads it)"
+        )
+    best = extra["best"]
+    if best is not None and not isinstance(best, Best):
+        raise CheckpointError(f"checkpoint {source!r}: its early-stopping state is malformed")
+    backend = backend or "numpy"
+    history = {"loss": np.asarray(extra["loss"], dtype=np.float64).tolist(), **meta["history"]}
+    return FitState(
+        convert(ckpt.params, backend, "params"), convert(ckpt.opt_state, backend, "opt_state"),
+        meta["epoch"], convert(extra["key"], backend, "key"), history,
+        None if best is None else convert(best, backend, "best"),
+    )
+
+
+def checkpoint(path: str | os.PathLike, *, every: int = 1, resume: bool = False) -> Callback:
+    """Save the :class:`FitState` to ``path`` every ``every`` epochs and after the last.
+
+    Before training, the folder of ``path`` must be writable (an ``OSError`` naming
+    ``path`` otherwise). With ``resume=True`` a run starts from the state in ``path``
+    (params, optimizer state, key, epoch, history, early-stopping state), so that it
+    ends bit-identical to a run never interrupted; a run that had finished (or stopped
+    early) returns at once. Without a file it says so on stderr and starts afresh.
+    """
+    target = os.fspath(path)
+    check_positive("every", every, integer=True)
+    if type(resume) is not bool:
+        raise TypeError(f"resume must be True or False; got {type(resume).__name__}")
+
+    def on_start(state: FitState, info: FitInfo) -> FitState | None:
+        check_writable(target)
+        if not resume:
+            return None
+        if not os.path.exists(target):
+            print(f"no checkpoint at {target}; starting from scratch", file=sys.stderr)
+            return None
+        saved = load_fit_state(target, info.net, info.backend)
+        have, given = check_params(info.net, saved.params), check_params(info.net, state.params)
+        if have != given:
+            raise TypeError(
+                f"checkpoint {target!r} holds {have} params but the params passed to fit are "
+                f"{given}; pass params of the checkpoint's dtype (the data are cast to it)"
+            )
+        return saved
+
+    def on_epoch_end(state: FitState, info: FitInfo) -> None:
+        if state.epoch % every == 0 or is_last_epoch(state, info):
+            save_fit_state(target, info.net, state)
+
+    return Callback(on_start=on_start, on_epoch_end=on_epoch_end)
+
+
+# ---------------------------------------------------------------------------- progress
+
+
+def _numbers(history: dict[str, list]) -> list[tuple[str, float]]:
+    """The last epoch's loss and accuracy, train and validation, as (name, value) pairs."""
+    pairs = [("loss", history["train_loss"][-1]), ("acc", history["train_accuracy"][-1])]
+    if history["val_loss"]:
+        pairs += [("val_loss", history["val_loss"][-1]), ("val_acc", history["val_accuracy"][-1])]
+    return [(name, value) for name, value in pairs if value is not None]
+
+
+def print_epochs(file: Any = None) -> Callback:
+    """Print one line per epoch as it ends (to ``file``, by default ``sys.stderr``)::
+
+        epoch 3/10  loss 0.2154  acc 0.9371  val_loss 0.1893  val_acc 0.9452  2.1 s
+    """
+
+    def on_epoch_end(state: FitState, info: FitInfo) -> None:
+        numbers = "  ".join(f"{name} {value:.4f}" for name, value in _numbers(state.history))
+        print(f"epoch {state.epoch}/{info.epochs}  {numbers}  "
+              f"{state.history['seconds'][-1]:.1f} s", file=file or sys.stderr, flush=True)
+
+    return Callback(on_epoch_end=on_epoch_end)
+
+
+def progress_bar() -> Callback:
+    """A tqdm bar on stderr whose postfix shows the epoch just done; without tqdm,
+    :func:`print_epochs`. This is what ``fit(..., progress=True)`` adds."""
+    try:  # tqdm is optional (and slow to import), so it is imported when first needed
+        from tqdm.auto import tqdm
+    except ImportError:
+        return print_epochs()
+    bars: list[Any] = []
+
+    def on_start(state: FitState, info: FitInfo) -> None:
+        bars.append(tqdm(total=info.epochs, initial=min(state.epoch, info.epochs),
+                         unit="epoch", file=sys.stderr, dynamic_ncols=True))
+
+    def on_epoch_end(state: FitState, info: FitInfo) -> None:
+        bars[-1].set_postfix({name: f"{value:.4f}" for name, value in _numbers(state.history)},
+                             refresh=False)  # before update, which draws it with epoch k
+        bars[-1].update(1)
+
+    def on_end(state: FitState, info: FitInfo) -> None:
+        if bars:
+            bars.pop().close()
+
+    return Callback(on_start, on_epoch_end, on_end)

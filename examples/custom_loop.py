@@ -1,6 +1,6 @@
 """A training loop written by hand from funcnn's pure pieces and compiled with jax.jit.
 
-    python examples/custom_loop.py --data ../shared/data/mnist
+    python examples/custom_loop.py --data DIR         # DIR: a folder with the MNIST files
     python examples/custom_loop.py --synthetic        # two spirals: no files needed
 
 ``funcnn.fit`` does all of this for you. Written out, a loop is four pure
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import sys
 import time
 
 import jax
@@ -45,10 +46,23 @@ def load(args):
         x_train, y_train = funcnn.data.spirals(args.seed, n=20_000, noise=0.05)
         x_test, y_test = funcnn.data.spirals(args.seed + 1, n=2_000, noise=0.05)
     else:
-        x_train, y_train, x_test, y_test = funcnn.data.load_mnist(args.data)
+        x_train, y_train, x_test, y_test = load_mnist(args.data)
     if args.limit:
         x_train, y_train = x_train[: args.limit], y_train[: args.limit]
     return x_train, y_train, x_test, y_test
+
+
+def load_mnist(folder):
+    """MNIST from ``folder`` (default: $FUNCNN_DATA, the cache, a download); one line if not."""
+    try:
+        return funcnn.data.load_mnist(folder)
+    except FileNotFoundError:
+        looked = folder or "$FUNCNN_DATA or ~/.cache/funcnn/mnist (and the download failed)"
+        problem = f"no MNIST files in {looked}"
+    except ValueError as err:  # a truncated or malformed file, a checksum that differs
+        problem = f"cannot read the MNIST files: {str(err).splitlines()[0]}"
+    sys.exit(f"custom_loop.py: {problem}; pass --data DIR, a folder with "
+             "train-images-idx3-ubyte(.gz) and the three other MNIST files, or --synthetic")
 
 
 # The network spec is a frozen, hashable dataclass, so it can be a *static* argument

@@ -1,0 +1,66 @@
+"""The ``funcnn`` command: train on MNIST, evaluate a checkpoint, check gradients.
+
+    funcnn train --data DIR     # runs/mnist/: model.npz checkpoint.npz metrics.json curves.png
+    funcnn evaluate --checkpoint runs/mnist/model.npz
+    funcnn gradcheck --activation tanh
+
+Installed as the ``funcnn`` script and runnable as ``python -m funcnn``. Each command
+is a thin layer over the public API (``funcnn.fit``, ``funcnn.evaluate``,
+``funcnn.save``/``load``, ``funcnn.data.load_mnist``, ``funcnn.testing.check_grads``).
+A failure the user can fix is reported in one or two lines on stderr with exit code 2
+(the command line is wrong) or 1 (anything else: files, data, environment, training).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from funcnn.cli import _evaluate, _gradcheck, _train
+from funcnn.cli._common import CommandError, Parser, versions
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> Parser:
+    """The argument parser of ``funcnn`` and its three commands."""
+    v = versions()
+    parser = Parser(
+        prog="funcnn",
+        description="Functional multilayer perceptrons on NumPy and JAX: train one on MNIST, "
+                    "evaluate it, or check the hand-written gradients against autodiff.",
+        epilog="Run 'funcnn COMMAND --help' for the flags of a command.",
+    )
+    parser.add_argument(
+        "--version", action="version",
+        version=f"funcnn {v['funcnn']} (numpy {v['numpy']}, jax {v['jax'] or 'not installed'}, "
+                f"python {v['python']})",
+    )
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+    for module in (_train, _evaluate, _gradcheck):
+        module.add_parser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``funcnn`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version and usage errors
+        return exit_.code if isinstance(exit_.code, int) else 1
+    if args.command is None:
+        parser.print_usage(sys.stderr)
+        print("funcnn: error: choose a command: train, evaluate or gradcheck "
+              "(see 'funcnn --help')", file=sys.stderr)
+        return 2
+    try:
+        return args.run(args)
+    except BrokenPipeError:  # `funcnn ... | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except CommandError as err:
+        print(f"funcnn {args.command}: error: {err}", file=sys.stderr)
+        if err.hint:
+            print(f"  hint: {err.hint}", file=sys.stderr)
+        return err.code

@@ -1,0 +1,121 @@
+"""``funcnn evaluate``: a saved model on the MNIST test set, class by class."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import funcnn
+from funcnn.checkpoint import CheckpointError
+from funcnn.cli import _plots
+from funcnn.cli._common import CommandError, check_out, describe_net, load_data
+
+__all__ = ["add_parser", "confusion_matrix", "load_model", "run"]
+
+N_PIXELS, N_CLASSES = 784, 10
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "evaluate", help="a saved model on the MNIST test set: accuracy per class, confusion",
+        description="Evaluate a checkpoint on the 10000 MNIST test images: loss, accuracy, "
+                    "accuracy per class and the confusion matrix (printed, and drawn in "
+                    "confusion.png). The checkpoint holds the net spec: no architecture flags.",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="FILE",
+                   help="model.npz written by `funcnn train` (or its checkpoint.npz, or "
+                        "any funcnn.save(..., net=net) file)")
+    p.add_argument("--data", metavar="DIR",
+                   help="folder with the four MNIST files (default: $FUNCNN_DATA, then "
+                        "~/.cache/funcnn/mnist, then download)")
+    p.add_argument("--out", metavar="DIR",
+                   help="folder for confusion.png (default: the checkpoint's folder)")
+    p.set_defaults(run=run)
+    return p
+
+
+def load_model(path: str) -> tuple[funcnn.MLP, tuple]:
+    """The net and params of a checkpoint (on NumPy), or a CommandError saying what is wrong."""
+    try:
+        ckpt = funcnn.load(path)
+    except FileNotFoundError:
+        raise CommandError(f"no checkpoint file at {path}") from None
+    except CheckpointError as err:
+        raise CommandError(str(err).splitlines()[0],
+                           "is it a file written by `funcnn train` or funcnn.save?") from None
+    except OSError as err:
+        raise CommandError(f"cannot read the checkpoint {path}: {err.strerror or err}") from None
+    if ckpt.net is None:
+        raise CommandError(f"the checkpoint {path} holds no net spec",
+                           "save it with funcnn.save(path, params, net=net)")
+    return ckpt.net, ckpt.params
+
+
+def check_fits_mnist(net: funcnn.MLP, path: str) -> None:
+    if net.sizes[0] != N_PIXELS or net.sizes[-1] != N_CLASSES or net.loss != "cross_entropy":
+        raise CommandError(
+            f"the checkpoint {path} holds a {describe_net(net)} with {net.loss} loss",
+            f"MNIST needs {N_PIXELS} inputs, {N_CLASSES} softmax outputs and cross-entropy",
+        )
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, k: int) -> np.ndarray:
+    """``counts[i, j]``: how many examples of class ``i`` were predicted as ``j``."""
+    return np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
+
+
+def table(counts: np.ndarray) -> str:
+    """The confusion matrix with each class's image count and accuracy."""
+    k = counts.shape[0]
+    head = "true \\ predicted" + "".join(f"{j:>6d}" for j in range(k)) + "    images  accuracy"
+    rows = [head]
+    for i in range(k):
+        total = counts[i].sum()
+        acc = f"{100 * counts[i, i] / total:8.2f}%" if total else "       -"
+        rows.append(f"{i:>16d}" + "".join(f"{c:>6d}" for c in counts[i]) + f"{total:>10d}{acc}")
+    return "\n".join(rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    net, params = load_model(args.checkpoint)
+    check_fits_mnist(net, args.checkpoint)
+    out = check_out(args.out if args.out is not None
+                    else os.path.dirname(os.path.abspath(args.checkpoint)))
+    data = load_data(args.data)
+    test = funcnn.evaluate(net, params, data.x_test, data.y_test)
+    predicted = np.argmax(np.asarray(funcnn.predict(net, params, data.x_test)), axis=1)
+    counts = confusion_matrix(data.y_test, predicted, N_CLASSES)
+    per_class = np.diag(counts) / np.maximum(counts.sum(axis=1), 1)
+
+    dtype = np.asarray(params[0].W).dtype
+    print(f"checkpoint {args.checkpoint}: {describe_net(net)} ({dtype})")
+    print(f"MNIST test set, {len(data.y_test)} images: loss {test['loss']:.4f}, "
+          f"accuracy {100 * test['accuracy']:.2f}%\n")
+    print(table(counts))
+    figure = confusion_figure(counts, out / "confusion.png", net, test["accuracy"])
+    if figure is not None:
+        print(f"\nconfusion matrix drawn in {figure}")
+    print(json.dumps({
+        "checkpoint": str(args.checkpoint), "test_loss": round(test["loss"], 6),
+        "test_accuracy": round(test["accuracy"], 6),
+        "per_class_accuracy": [round(float(a), 6) for a in per_class],
+        "confusion": counts.tolist(), "plot": None if figure is None else str(figure),
+    }))
+    return 0
+
+
+def confusion_figure(counts, path: Path, net, accuracy) -> Path | None:
+    title = (f"MNIST test set ({counts.sum()} images): accuracy {100 * accuracy:.2f}%\n"
+             f"{describe_net(net)}")
+    try:
+        _plots.confusion_figure(counts, path, title=title)
+    except ImportError:
+        print("no confusion.png: matplotlib is missing (pip install 'funcnn[examples]')",
+              file=sys.stderr)
+        return None
+    return path

@@ -1,0 +1,301 @@
+"""``funcnn train``: the MNIST recipe of ``examples/mnist.py``, with files a person can read.
+
+Writes into ``--out``: ``model.npz`` (the trained params with the net spec, for
+``funcnn evaluate`` and ``funcnn.load``), ``checkpoint.npz`` (the whole fit state,
+written after every epoch by ``funcnn.callbacks.checkpoint``; ``--resume`` continues
+from it bit for bit), ``metrics.json`` (configuration, per-epoch history, test loss
+and accuracy, seconds, versions, machine) and ``curves.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import funcnn
+from funcnn.activations import ACTIVATIONS
+from funcnn.checkpoint import CheckpointError
+from funcnn.cli import _plots
+from funcnn.cli._common import (
+    CommandError,
+    check_out,
+    describe_net,
+    fraction,
+    load_data,
+    machine,
+    positive_float,
+    positive_int,
+    versions,
+    widths,
+    write_json,
+)
+from funcnn.train import TrainingDiverged
+
+__all__ = ["add_parser", "run"]
+
+DEFAULT_LR = {"adamw": 2e-3, "adam": 2e-3, "sgd": 0.05, "rmsprop": 1e-3, "adagrad": 1e-2}
+SCHEDULES = ("warmup_cosine", "cosine", "constant")
+MODEL, CHECKPOINT = "model.npz", "checkpoint.npz"
+METRICS, CURVES = "metrics.json", "curves.png"
+# Flags that may differ between a run and its --resume (they do not change the numbers).
+NOT_COMPARED = ("data", "out", "resume", "no_progress")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    jax_default = "jax" if funcnn.backend.jax_available() else "numpy"
+    p = subparsers.add_parser(
+        "train", help="train an MLP on MNIST; write a checkpoint, metrics and curves",
+        description="Train an MLP on MNIST with funcnn.fit. The defaults are the recipe of "
+                    "examples/mnist.py: 784-512-256-10 ReLU, dropout 0.2, AdamW (lr 2e-3, "
+                    "weight decay 1e-4 on the weights), one epoch of warm-up then cosine "
+                    "decay, batch 128, 20 epochs; 10% of the training images are held out "
+                    "for validation. Writes model.npz, checkpoint.npz, metrics.json and "
+                    "curves.png into --out and ends with one JSON line on stdout.",
+    )
+    g = p.add_argument_group("data")
+    g.add_argument("--data", metavar="DIR",
+                   help="folder with the four MNIST files, raw or .gz (default: "
+                        "$FUNCNN_DATA, then ~/.cache/funcnn/mnist, then download)")
+    g.add_argument("--limit", type=positive_int, metavar="N",
+                   help="train on the first N training images only (quick tries, CI)")
+    g.add_argument("--validation", type=fraction, default=0.1, metavar="FRACTION",
+                   help="share of the training images held out for validation, 0 for none "
+                        "(default: 0.1)")
+    g = p.add_argument_group("network")
+    g.add_argument("--hidden", type=widths, default=(512, 256), metavar="W,W",
+                   help="hidden widths, comma-separated; 'none' for no hidden layer "
+                        "(default: 512,256)")
+    g.add_argument("--activation", default="relu", choices=tuple(ACTIVATIONS), metavar="NAME",
+                   help=f"hidden activation: {', '.join(ACTIVATIONS)} (default: relu)")
+    g.add_argument("--dropout", type=fraction, default=0.2, metavar="P",
+                   help="probability of dropping a hidden unit while training (default: 0.2)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--optimizer", default="adamw", choices=tuple(DEFAULT_LR), metavar="NAME",
+                   help=f"{', '.join(DEFAULT_LR)} (default: adamw)")
+    g.add_argument("--lr", type=positive_float, metavar="LR",
+                   help="peak learning rate (default: 2e-3 for adamw and adam, 0.05 for sgd, "
+                        "1e-3 for rmsprop, 1e-2 for adagrad)")
+    g.add_argument("--weight-decay", type=fraction, default=1e-4, metavar="WD",
+                   help="adamw's decoupled weight decay, on the weights only (default: 1e-4)")
+    g.add_argument("--momentum", type=fraction, default=0.9, metavar="M",
+                   help="sgd's momentum (default: 0.9)")
+    g.add_argument("--schedule", default="warmup_cosine", choices=SCHEDULES, metavar="NAME",
+                   help="learning rate over the steps: warmup_cosine (linear warm-up, then "
+                        "cosine decay to 0), cosine (decay from the start) or constant "
+                        "(default: warmup_cosine)")
+    g.add_argument("--warmup-epochs", type=float, default=1.0, metavar="E",
+                   help="length of the warm-up, in epochs (default: 1)")
+    g.add_argument("--epochs", type=positive_int, default=20, metavar="N", help="(default: 20)")
+    g.add_argument("--batch-size", type=positive_int, default=128, metavar="N",
+                   help="(default: 128)")
+    g.add_argument("--early-stopping", type=positive_int, metavar="N",
+                   help="stop after N epochs without a lower validation loss and keep the "
+                        "best epoch's params")
+    g = p.add_argument_group("computation and output")
+    g.add_argument("--backend", default=jax_default, choices=funcnn.backend.BACKENDS,
+                   metavar="NAME", help="jax (each epoch one compiled program) or numpy "
+                   f"(default: jax when installed, else numpy; here {jax_default})")
+    g.add_argument("--dtype", default="float32", choices=("float32", "float64"),
+                   metavar="NAME", help="float32 or float64 (default: float32)")
+    g.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="the init uses SEED, shuffling and dropout SEED+1, the validation "
+                        "split SEED+2 (default: 0)")
+    g.add_argument("--out", default="runs/mnist", metavar="DIR",
+                   help="folder for model.npz, checkpoint.npz, metrics.json, curves.png "
+                        "(default: runs/mnist)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint, bit for bit")
+    g.add_argument("--no-progress", action="store_true",
+                   help="no progress bar: one line per epoch instead")
+    p.set_defaults(run=run)
+    return p
+
+
+# ---------------------------------------------------------------------------- set-up
+
+
+def config_of(args: argparse.Namespace) -> dict:
+    config = {k: v for k, v in vars(args).items() if k not in ("run", "command")}
+    config["hidden"] = list(args.hidden)
+    config["lr"] = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
+    return config
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.early_stopping is not None and args.validation == 0:
+        raise CommandError("--early-stopping needs a validation set (--validation > 0)", code=2)
+    if args.warmup_epochs < 0:
+        raise CommandError(f"--warmup-epochs must be >= 0; got {args.warmup_epochs:g}", code=2)
+    if args.backend == "jax":
+        if not funcnn.backend.jax_available():
+            raise CommandError("--backend jax needs jax, which is not installed",
+                               "pip install 'funcnn[jax]', or use --backend numpy")
+        if args.dtype == "float64":
+            import jax  # optional dependency; float64 on jax needs 64-bit mode
+
+            jax.config.update("jax_enable_x64", True)
+
+
+def check_resume(out: Path, config: dict) -> None:
+    """A resumed run must be the same run: the flags that change the numbers must agree."""
+    try:
+        saved = json.loads((out / METRICS).read_text())["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no record of the run: the checkpoint callback checks the net
+    changed = [k for k in config if k not in NOT_COMPARED and k in saved and saved[k] != config[k]]
+    if changed:
+        was = ", ".join(f"--{k.replace('_', '-')} {_flag(saved[k])} (now {_flag(config[k])})"
+                        for k in changed)
+        raise CommandError(f"--resume: the run in {out} was started with {was}",
+                           "resume with the same flags, or train into a new --out", code=2)
+
+
+def _flag(value) -> str:
+    """A configuration value as it is written on the command line."""
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "none"
+    return "unset" if value is None else str(value)
+
+
+def make_optimizer(args: argparse.Namespace, lr: float, steps_per_epoch: int):
+    total = args.epochs * steps_per_epoch
+    if args.schedule == "constant":
+        schedule = lr
+    elif args.schedule == "cosine":
+        schedule = funcnn.schedules.cosine_decay(lr, total)
+    else:
+        warmup = min(int(args.warmup_epochs * steps_per_epoch), total - 1)
+        schedule = funcnn.schedules.warmup_cosine_decay(lr, warmup, total)
+    if args.optimizer == "adamw":
+        return funcnn.optim.adamw(schedule, weight_decay=args.weight_decay,
+                                  mask=funcnn.optim.weights_only)
+    if args.optimizer == "sgd":
+        return funcnn.optim.sgd(schedule, momentum=args.momentum)
+    return getattr(funcnn.optim, args.optimizer)(schedule)
+
+
+def split_data(args: argparse.Namespace, data: funcnn.data.MNIST):
+    x, y = data.x_train, data.y_train
+    if args.limit is not None:
+        x, y = x[: args.limit], y[: args.limit]
+    if args.validation == 0:
+        return x, y, None
+    try:
+        x, y, x_val, y_val = funcnn.data.train_val_split(args.seed + 2, x, y, args.validation)
+    except ValueError as err:
+        raise CommandError(str(err), code=2) from None
+    return x, y, (x_val, y_val)
+
+
+# ---------------------------------------------------------------------------- run
+
+
+def run(args: argparse.Namespace) -> int:
+    check_args(args)
+    config = config_of(args)
+    out = check_out(args.out)
+    ckpt = out / CHECKPOINT
+    if args.resume:
+        check_resume(out, config)
+    elif ckpt.exists():
+        print(f"note: starting a new run in {out}, replacing its checkpoint "
+              "(--resume would continue it)", file=sys.stderr)
+    data = load_data(args.data)
+    x, y, validation = split_data(args, data)
+    net = funcnn.MLP((data.x_train.shape[1], *args.hidden, 10), hidden=args.activation,
+                     output="softmax", dropout=args.dropout)
+    steps_per_epoch = -(-len(x) // args.batch_size)
+    try:
+        optimizer = make_optimizer(args, config["lr"], steps_per_epoch)
+    except ValueError as err:
+        raise CommandError(str(err), code=2) from None
+    params = funcnn.init_params(net, args.seed, backend=args.backend, dtype=args.dtype)
+    rows = {"train": len(x), "validation": 0 if validation is None else len(validation[0]),
+            "test": len(data.x_test)}
+    write_json(out / METRICS, {"status": "running", "config": config, "rows": rows})
+
+    callbacks = [funcnn.callbacks.checkpoint(ckpt, every=1, resume=args.resume)]
+    if args.no_progress:
+        callbacks.append(funcnn.callbacks.print_epochs())
+    start = time.perf_counter()
+    try:
+        params, _, history = funcnn.fit(
+            net, params, optimizer, x, y, epochs=args.epochs, batch_size=args.batch_size,
+            key=args.seed + 1, validation=validation, early_stopping=args.early_stopping,
+            progress=not args.no_progress, callbacks=callbacks,
+        )
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {ckpt} holds the last finished epoch; run the same command "
+              "with --resume to continue", file=sys.stderr)
+        return 130
+    except TrainingDiverged as err:
+        raise CommandError(
+            f"training diverged: the loss became NaN or infinite in epoch {err.epoch + 1}, "
+            f"step {err.step + 1}", f"lower --lr (it was {config['lr']:g}) or check the data",
+        ) from None
+    except CheckpointError as err:
+        raise CommandError(str(err).splitlines()[0], "train into a new --out") from None
+    except (ValueError, TypeError) as err:
+        if not args.resume:
+            raise
+        raise CommandError(f"cannot resume from {ckpt}: {str(err).splitlines()[0]}",
+                           "resume with the flags of that run, or train into a new "
+                           "--out") from None
+    except OSError as err:
+        raise CommandError(f"cannot write {ckpt}: {err.strerror or err}") from None
+    session = time.perf_counter() - start
+
+    test = funcnn.evaluate(net, params, data.x_test, data.y_test)
+    trained = len(history["train_loss"])
+    per_epoch = {k: v for k, v in history.items() if k != "loss"}
+    best = history.get("best_epoch")
+    model = out / MODEL  # the params fit returned (the best epoch's, with early stopping)
+    funcnn.save(model, params, net=net, metadata={
+        "epochs": trained, "best_epoch": None if best is None else best[0] + 1,
+        "test_loss": test["loss"], "test_accuracy": test["accuracy"]})
+    curves = draw_curves(out / CURVES, history, net, args, rows, test)
+    write_json(out / METRICS, {
+        "status": "finished", "config": config, "rows": rows, "net": describe_net(net),
+        "sizes": list(net.sizes), "epochs_trained": trained, "history": per_epoch,
+        "test": {"loss": test["loss"], "accuracy": test["accuracy"]},
+        "seconds": {"training": sum(history["seconds"]), "this_session": session},
+        "versions": versions(), "machine": machine(),
+    })
+
+    print(f"trained a {describe_net(net)} on {rows['train']} MNIST images "
+          f"({rows['validation']} held out for validation): {trained} epoch"
+          f"{'s' if trained != 1 else ''}, "
+          f"{sum(history['seconds']):.1f} s ({args.backend}, {args.dtype})")
+    if best is not None:
+        stopped = f"stopped early after epoch {trained}; " if trained < args.epochs else ""
+        print(f"{stopped}kept the params of epoch {best[0] + 1}, the lowest validation loss")
+    print(f"test set, {rows['test']} images: loss {test['loss']:.4f}, "
+          f"accuracy {100 * test['accuracy']:.2f}%")
+    written = [model, ckpt, out / METRICS] + ([curves] if curves is not None else [])
+    print(f"wrote {', '.join(map(str, written))}")
+    print(f"next: funcnn evaluate --checkpoint {model}")
+    print(json.dumps({
+        "test_accuracy": round(test["accuracy"], 6), "test_loss": round(test["loss"], 6),
+        "epochs": trained, "seconds": round(sum(history["seconds"]), 2),
+        "backend": args.backend, "dtype": args.dtype, "sizes": list(net.sizes),
+        "train_rows": rows["train"], "validation_rows": rows["validation"],
+        "model": str(model), "checkpoint": str(ckpt), "metrics": str(out / METRICS),
+        "plot": None if curves is None else str(curves),
+    }))
+    return 0
+
+
+def draw_curves(path: Path, history: dict, net, args, rows: dict, test: dict) -> Path | None:
+    title = (f"MNIST, {rows['train']} training images: {describe_net(net)}, "
+             f"{args.optimizer}, batch {args.batch_size}\n"
+             f"test accuracy {100 * test['accuracy']:.2f}% ({rows['test']} images)")
+    try:
+        _plots.curves_figure(history, path, title=title, test=test)
+    except ImportError:
+        print(f"no {CURVES}: matplotlib is missing (pip install 'funcnn[examples]')",
+              file=sys.stderr)
+        return None
+    return path

@@ -1,0 +1,541 @@
+"""The ``funcnn`` command line: each command end to end, and every error a user can cause.
+
+Most tests run ``funcnn.cli.main`` in this process (reading its output with ``capsys``);
+a few run ``python -m funcnn`` and the installed ``funcnn`` script in a subprocess to
+prove the entry points. Training runs on small IDX files written here with
+``funcnn.data.write_idx`` (so they always run) and, when ``$FUNCNN_DATA`` holds them,
+on the first 2000 real MNIST images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _digits import write_digits
+
+import funcnn
+from funcnn.cli import main
+from funcnn.data.mnist import FILES as MNIST_FILES
+
+ROOT = Path(__file__).resolve().parents[1]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+QUICK = ["--hidden", "32", "--epochs", "1", "--no-progress"]  # a small, fast train
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """``main(argv)`` in this process: ``(exit code, stdout, stderr)``."""
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def last_json(stdout: str) -> dict:
+    lines = stdout.strip().splitlines()
+    assert lines, "nothing on stdout"
+    return json.loads(lines[-1])
+
+
+def assert_short_error(err: str, *needles: str) -> None:
+    """The failure is one or two lines on stderr, no traceback, naming what is wrong."""
+    lines = err.strip().splitlines()
+    assert 1 <= len(lines) <= 2, f"expected one or two lines on stderr, got:\n{err}"
+    assert "Traceback" not in err, err
+    assert lines[0].startswith("funcnn"), err
+    for needle in needles:
+        assert needle in err, f"{needle!r} not in:\n{err}"
+
+
+def run_module(*argv, env=None, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "funcnn", *map(str, argv)], capture_output=True,
+                          text=True, timeout=600, cwd=cwd or ROOT,
+                          env={**os.environ, "MPLBACKEND": "Agg", **(env or {})})
+
+
+BLOCKER = """\
+import sys
+
+class _NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {blocked!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+
+sys.meta_path.insert(0, _NotInstalled())
+"""
+
+
+def blocker(folder: Path, *modules: str) -> dict:
+    """Environment of a Python where ``modules`` are not installed (a sitecustomize shim
+    whose import hook refuses them, as a missing package would)."""
+    folder.mkdir(exist_ok=True)
+    (folder / "sitecustomize.py").write_text(BLOCKER.format(blocked=set(modules)))
+    return {"PYTHONPATH": os.pathsep.join([str(folder), str(ROOT)])}
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    return write_digits(tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture
+def mnist_dir() -> Path:
+    env = os.environ.get("FUNCNN_DATA", "")
+    for folder in ([Path(env), Path(env) / "mnist"] if env else []):
+        if all((folder / n).is_file() or (folder / f"{n}.gz").is_file() for n in MNIST_FILES):
+            return folder
+    pytest.skip("FUNCNN_DATA does not hold the four MNIST files (set it to run on real MNIST)")
+
+
+def numpy_predictions(params, x) -> np.ndarray:
+    """argmax of a ReLU/softmax MLP, written out in plain NumPy (independent of funcnn)."""
+    a = np.asarray(x, dtype=np.float64)
+    for layer in params[:-1]:
+        a = np.maximum(a @ np.asarray(layer.W, np.float64) + np.asarray(layer.b, np.float64), 0)
+    z = a @ np.asarray(params[-1].W, np.float64) + np.asarray(params[-1].b, np.float64)
+    return np.argmax(z, axis=1)
+
+
+# ---------------------------------------------------------------------------- help, version
+
+
+def test_help_lists_the_commands(capsys):
+    code, out, _ = run_cli(capsys, "--help")
+    assert code == 0
+    for command in ("train", "evaluate", "gradcheck"):
+        assert re.search(rf"^\s+{command}\b", out, re.M), out
+
+
+@pytest.mark.parametrize("command, flag", [("train", "--resume"), ("evaluate", "--checkpoint"),
+                                           ("gradcheck", "--reference")])
+def test_each_command_has_help(capsys, command, flag):
+    code, out, _ = run_cli(capsys, command, "--help")
+    assert code == 0 and out.startswith(f"usage: funcnn {command}") and flag in out
+
+
+def test_version(capsys):
+    code, out, _ = run_cli(capsys, "--version")
+    assert code == 0 and out.startswith(f"funcnn {funcnn.__version__} (numpy ")
+
+
+def test_no_command_is_a_usage_error(capsys):
+    code, _, err = run_cli(capsys)
+    assert code == 2 and "choose a command" in err and "Traceback" not in err
+
+
+def test_python_dash_m_funcnn():
+    proc = run_module("--help")
+    assert proc.returncode == 0 and "gradcheck" in proc.stdout, proc.stderr
+
+
+def test_the_funcnn_script_is_declared_and_installed():
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {"funcnn": "funcnn.cli:main"}
+    script = Path(sys.executable).parent / ("funcnn.exe" if os.name == "nt" else "funcnn")
+    assert script.exists(), f"no {script}: reinstall the package (pip install -e .)"
+    proc = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("funcnn "), proc.stderr
+
+
+# ---------------------------------------------------------------------------- usage errors
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--hidden", "512,x"], "--hidden"),
+    (["train", "--activation", "relu6"], "--activation"),
+    (["train", "--dropout", "1.5"], "--dropout"),
+    (["train", "--lr", "-1"], "--lr"),
+    (["train", "--epochs", "0"], "--epochs"),
+    (["train", "--backend", "torch"], "--backend"),
+    (["train", "--early-stopping", "3", "--validation", "0"], "--early-stopping"),
+    (["train", "--warmup-epochs", "-1"], "--warmup-epochs"),
+    (["train", "--bogus"], "--bogus"),
+    (["evaluate"], "--checkpoint"),
+    (["gradcheck", "--output", "identity", "--loss", "cross_entropy"], "cross_entropy"),
+    (["gradcheck", "--reference", "torch"], "--reference"),
+    (["fly"], "fly"),
+])
+def test_usage_errors_exit_2_in_two_lines(capsys, argv, needle):
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert_short_error(err, needle)
+    assert out == ""
+
+
+# ---------------------------------------------------------------------------- gradcheck
+
+
+def leaf_rows(stdout: str) -> list[list[str]]:
+    return [line.split() for line in stdout.splitlines() if line.startswith("params[")]
+
+
+@pytest.mark.parametrize("flags", [
+    [],
+    ["--activation", "tanh", "--output", "sigmoid"],
+    ["--activation", "elu", "--output", "identity", "--dropout", "0.3", "--hidden", "5"],
+    ["--activation", "relu", "--reference", "finite_differences", "--dtype", "float32"],
+])
+def test_gradcheck_passes_and_prints_a_row_per_leaf(capsys, flags):
+    code, out, err = run_cli(capsys, "gradcheck", *flags)
+    assert code == 0, err
+    result = last_json(out)
+    assert result["ok"] is True
+    sizes = result["sizes"]
+    shapes = [s for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True)
+              for s in ([n_in, n_out], [n_out])]
+    assert [leaf["shape"] for leaf in result["leaves"]] == shapes
+    rows = leaf_rows(out)
+    assert len(rows) == len(shapes) and all(row[-1] == "pass" for row in rows)
+    assert all(leaf["max_rel_error"] <= result["rtol"] for leaf in result["leaves"])
+    assert f"OK: {len(shapes)} of {len(shapes)} leaves agree" in out
+
+
+def test_gradcheck_reports_a_wrong_backward_pass(capsys, monkeypatch):
+    """A backward pass whose first-layer bias gradient is 1% off fails on that leaf only."""
+    right = funcnn.mlp.backward
+
+    def wrong(net, params, cache, y):
+        grads = right(net, params, cache, y)
+        return (funcnn.Dense(grads[0].W, grads[0].b * 1.01), *grads[1:])
+
+    monkeypatch.setattr(funcnn.mlp, "backward", wrong)
+    code, out, err = run_cli(capsys, "gradcheck", "--activation", "tanh")
+    assert code == 1
+    verdicts = {row[0]: row[-1] for row in leaf_rows(out)}
+    assert verdicts.pop("params[0].b") == "FAIL"
+    assert set(verdicts.values()) == {"pass"}
+    assert last_json(out)["ok"] is False
+    assert_short_error(err, "params[0].b", "jax.grad")
+
+
+def test_gradcheck_falls_back_to_finite_differences_without_jax(capsys, monkeypatch):
+    monkeypatch.setattr(funcnn.backend, "jax_available", lambda: False)
+    code, out, err = run_cli(capsys, "gradcheck")
+    assert code == 0
+    assert "jax is not installed" in err and "finite differences" in err
+    assert last_json(out)["reference"] == "finite_differences"
+
+
+def test_gradcheck_in_a_python_where_jax_cannot_be_imported(tmp_path):
+    proc = run_module("gradcheck", "--activation", "sigmoid",
+                      env=blocker(tmp_path / "shim", "jax"))
+    assert proc.returncode == 0, proc.stderr
+    assert "jax is not installed" in proc.stderr
+    assert last_json(proc.stdout)["reference"] == "finite_differences"
+
+
+# ---------------------------------------------------------------------------- train, evaluate
+
+
+def check_run(out_dir: Path, result: dict, *, epochs: int, train_rows: int, test_rows: int):
+    """What `funcnn train` writes: a loadable checkpoint with the net, metrics, curves."""
+    ckpt = funcnn.load(out_dir / "model.npz")
+    assert ckpt.net is not None and ckpt.net.sizes == tuple(result["sizes"])
+    assert ckpt.metadata["test_accuracy"] == pytest.approx(result["test_accuracy"], abs=1e-6)
+    assert funcnn.load(out_dir / "checkpoint.npz").metadata["epoch"] == epochs
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert metrics["status"] == "finished"
+    assert metrics["rows"] == {"train": train_rows, "validation": result["validation_rows"],
+                               "test": test_rows}
+    assert metrics["epochs_trained"] == epochs == result["epochs"]
+    for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"):
+        assert len(metrics["history"][name]) == epochs, name
+    assert metrics["test"]["accuracy"] == pytest.approx(result["test_accuracy"], abs=1e-6)
+    assert metrics["versions"]["funcnn"] == funcnn.__version__
+    assert metrics["versions"]["numpy"] == np.__version__
+    assert metrics["machine"]["cpus"] == os.cpu_count()
+    assert (out_dir / "curves.png").read_bytes()[:8] == PNG_MAGIC
+    return ckpt
+
+
+def test_train_then_evaluate_on_small_idx_files(capsys, digits, tmp_path):
+    out_dir = tmp_path / "run"
+    code, out, err = run_cli(capsys, "train", "--data", digits, "--limit", 2000, "--epochs", 1,
+                             "--out", out_dir, "--no-progress")
+    assert code == 0, err
+    result = last_json(out)
+    assert result["sizes"] == [784, 512, 256, 10]  # the recipe's net
+    assert result["train_rows"] == 1800 and result["validation_rows"] == 200
+    assert re.search(r"^epoch 1/1 ", err, re.M), err  # --no-progress: one line per epoch
+    ckpt = check_run(out_dir, result, epochs=1, train_rows=1800, test_rows=600)
+    data = funcnn.data.load_mnist(digits)
+    right = numpy_predictions(ckpt.params, data.x_test) == data.y_test
+    assert result["test_accuracy"] == pytest.approx(right.mean(), abs=1.5 / len(right))
+    assert result["test_accuracy"] > 0.5  # ten classes: chance is 0.1
+
+    code, out, err = run_cli(capsys, "evaluate", "--checkpoint", out_dir / "model.npz",
+                             "--data", digits)
+    assert code == 0, err
+    evaluation = last_json(out)
+    confusion = np.asarray(evaluation["confusion"])
+    assert confusion.shape == (10, 10) and confusion.sum() == len(data.y_test)
+    np.testing.assert_array_equal(confusion.sum(axis=1), np.bincount(data.y_test, minlength=10))
+    assert confusion.trace() / confusion.sum() == pytest.approx(evaluation["test_accuracy"])
+    assert evaluation["test_accuracy"] == pytest.approx(result["test_accuracy"], abs=1.5 / 600)
+    np.testing.assert_allclose(evaluation["per_class_accuracy"],
+                               np.diag(confusion) / confusion.sum(axis=1))
+    for c in range(10):  # the printed table: one row per class, ending in its accuracy
+        row = re.search(rf"^\s+{c}((?:\s+\d+){{11}})\s+([\d.]+)%$", out, re.M)
+        assert row, out
+        assert [int(v) for v in row[1].split()[:10]] == confusion[c].tolist()
+    assert (out_dir / "confusion.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_train_and_evaluate_on_real_mnist(capsys, mnist_dir, tmp_path):
+    code, out, err = run_cli(capsys, "train", "--data", mnist_dir, "--limit", 2000,
+                             "--epochs", 1, "--out", tmp_path, "--no-progress")
+    assert code == 0, err
+    result = last_json(out)
+    check_run(tmp_path, result, epochs=1, train_rows=1800, test_rows=10_000)
+    assert result["test_accuracy"] > 0.8  # one epoch on 1800 images
+    code, out, err = run_cli(capsys, "evaluate", "--checkpoint", tmp_path / "model.npz",
+                             "--data", mnist_dir)
+    assert code == 0, err
+    assert last_json(out)["test_accuracy"] == pytest.approx(result["test_accuracy"],
+                                                            abs=1.5e-4)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_resume_after_an_interruption_is_bit_identical(capsys, monkeypatch, digits, tmp_path,
+                                                       backend):
+    """Ctrl-C after epoch 1 of 2, then --resume: the same checkpoint as an unbroken run."""
+    flags = ["train", "--data", digits, "--limit", 600, "--hidden", "32", "--epochs", 2,
+             "--backend", backend, "--no-progress", "--early-stopping", 5]
+    code, out, err = run_cli(capsys, *flags, "--out", tmp_path / "whole")
+    assert code == 0, err
+    whole = last_json(out)
+
+    save = funcnn.callbacks.save_fit_state
+
+    def save_then_interrupt(path, net, state):
+        save(path, net, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(funcnn.callbacks, "save_fit_state", save_then_interrupt)
+    code, _, err = run_cli(capsys, *flags, "--out", tmp_path / "broken")
+    assert code == 130 and "--resume" in err and "Traceback" not in err
+    assert funcnn.load(tmp_path / "broken" / "checkpoint.npz").metadata["epoch"] == 1
+    monkeypatch.setattr(funcnn.callbacks, "save_fit_state", save)
+    code, out, err = run_cli(capsys, *flags, "--out", tmp_path / "broken", "--resume")
+    assert code == 0, err
+    resumed = last_json(out)
+
+    a = funcnn.load(tmp_path / "whole" / "checkpoint.npz")
+    b = funcnn.load(tmp_path / "broken" / "checkpoint.npz")
+    model_a = funcnn.load(tmp_path / "whole" / "model.npz")
+    model_b = funcnn.load(tmp_path / "broken" / "model.npz")
+    for got, want in zip(funcnn.tree.tree_leaves((b.params, b.opt_state, model_b.params)),
+                         funcnn.tree.tree_leaves((a.params, a.opt_state, model_a.params)),
+                         strict=True):
+        np.testing.assert_array_equal(got, want)  # bit for bit
+    assert b.metadata["epoch"] == a.metadata["epoch"] == 2
+    for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_array_equal(b.metadata["history"][name], a.metadata["history"][name])
+    np.testing.assert_array_equal([resumed["test_loss"], resumed["test_accuracy"]],
+                                  [whole["test_loss"], whole["test_accuracy"]])
+
+
+# ---------------------------------------------------------------------------- user errors
+
+
+def test_train_with_a_missing_data_folder(capsys, tmp_path):
+    code, out, err = run_cli(capsys, "train", "--data", tmp_path / "nowhere", *QUICK,
+                             "--out", tmp_path / "out")
+    assert code == 1 and out == ""
+    assert_short_error(err, "nowhere", "no such folder")
+
+
+def test_train_with_files_missing(capsys, digits, tmp_path):
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    for name in MNIST_FILES[:3]:
+        (partial / f"{name}.gz").write_bytes((digits / f"{name}.gz").read_bytes())
+    code, _, err = run_cli(capsys, "train", "--data", partial, *QUICK, "--out", tmp_path / "o")
+    assert code == 1
+    assert_short_error(err, "lacks", MNIST_FILES[3])
+
+
+def test_train_with_a_corrupt_file(capsys, digits, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in MNIST_FILES:
+        data = (digits / f"{name}.gz").read_bytes()
+        (broken / f"{name}.gz").write_bytes(data[: len(data) // 2] if "t10k-images" in name
+                                            else data)
+    code, _, err = run_cli(capsys, "train", "--data", broken, *QUICK, "--out", tmp_path / "o")
+    assert code == 1
+    assert_short_error(err, "cannot read the MNIST files", "t10k-images-idx3-ubyte.gz")
+
+
+def test_train_with_images_of_the_wrong_size(capsys, digits, tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    for name in MNIST_FILES:
+        (small / f"{name}.gz").write_bytes((digits / f"{name}.gz").read_bytes())
+    funcnn.data.write_idx(small / "train-images-idx3-ubyte.gz", np.zeros((5, 8, 8), np.uint8))
+    code, _, err = run_cli(capsys, "train", "--data", small, *QUICK, "--out", tmp_path / "o")
+    assert code == 1
+    assert_short_error(err, "(n, 28, 28)")
+
+
+def test_train_without_data_anywhere_and_no_network(capsys, monkeypatch, tmp_path):
+    def offline(url):
+        raise OSError("no network in this test")
+
+    monkeypatch.delenv("FUNCNN_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(funcnn.data.mnist, "_fetch", offline)
+    code, _, err = run_cli(capsys, "train", *QUICK, "--out", tmp_path / "o")
+    assert code == 1
+    assert_short_error(err, "MNIST files not found", "--data")
+
+
+def test_train_on_jax_without_jax(capsys, monkeypatch, digits, tmp_path):
+    monkeypatch.setattr(funcnn.backend, "jax_available", lambda: False)
+    code, _, err = run_cli(capsys, "train", "--data", digits, "--backend", "jax", *QUICK,
+                           "--out", tmp_path / "o")
+    assert code == 1
+    assert_short_error(err, "--backend jax needs jax", "--backend numpy")
+
+
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_train_into_an_unwritable_out(capsys, digits, tmp_path, where):
+    blocker_file = tmp_path / "taken"
+    blocker_file.write_text("not a folder")
+    out_dir = blocker_file if where == "a file" else blocker_file / "run"
+    code, _, err = run_cli(capsys, "train", "--data", digits, *QUICK, "--out", out_dir)
+    assert code == 1
+    assert_short_error(err, "--out", str(out_dir))
+
+
+def test_training_that_diverges(capsys, digits, tmp_path):
+    code, out, err = run_cli(capsys, "train", "--data", digits, "--limit", 600, *QUICK,
+                             "--backend", "numpy", "--optimizer", "sgd", "--lr", "1e30",
+                             "--schedule", "constant", "--out", tmp_path)
+    assert code == 1 and out == ""
+    assert_short_error(err, "training diverged", "--lr")
+
+
+def test_resume_with_other_flags_is_refused(capsys, digits, tmp_path):
+    code, _, err = run_cli(capsys, "train", "--data", digits, "--limit", 600, *QUICK,
+                           "--backend", "numpy", "--out", tmp_path)
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "train", "--data", digits, "--limit", 600, *QUICK,
+                           "--backend", "numpy", "--out", tmp_path, "--resume", "--lr", "0.1")
+    assert code == 2
+    assert_short_error(err, "--resume", "--lr 0.002 (now 0.1)")
+
+
+def test_resume_from_the_checkpoint_of_another_net(capsys, digits, tmp_path):
+    """No metrics.json to compare flags with: the checkpoint's own net spec is checked."""
+    net = funcnn.MLP((784, 7, 10))
+    funcnn.callbacks.save_fit_state(tmp_path / "checkpoint.npz", net, funcnn.callbacks.FitState(
+        funcnn.init_params(net, 0), None, 1, funcnn.random.key(0),
+        {"loss": [], "train_loss": [], "train_accuracy": [], "val_loss": [],
+         "val_accuracy": [], "seconds": []}, None))
+    code, _, err = run_cli(capsys, "train", "--data", digits, "--limit", 600, *QUICK,
+                           "--backend", "numpy", "--out", tmp_path, "--resume")
+    assert code == 1
+    assert_short_error(err, "cannot resume", "checkpoint.npz")
+
+
+def test_resume_without_a_checkpoint_says_so(capsys, digits, tmp_path):
+    code, out, err = run_cli(capsys, "train", "--data", digits, "--limit", 600, *QUICK,
+                             "--backend", "numpy", "--out", tmp_path, "--resume")
+    assert code == 0
+    assert "no checkpoint at" in err and "starting from scratch" in err
+    assert last_json(out)["epochs"] == 1
+
+
+def save_checkpoint(path: Path, net=None, sizes=(784, 16, 10)) -> Path:
+    params = funcnn.init_params(funcnn.MLP(sizes), 0)
+    funcnn.save(path, params, net=net)
+    return path
+
+
+@pytest.mark.parametrize("case, needles", [
+    ("missing", ["no checkpoint file", "missing.npz"]),
+    ("a folder", ["folder.npz"]),
+    ("garbage", ["garbage.npz"]),
+    ("truncated", ["truncated.npz"]),
+    ("no net", ["no net spec", "net=net"]),
+    ("another net", ["5-3 MLP", "784 inputs"]),
+])
+def test_evaluate_a_bad_checkpoint(capsys, digits, tmp_path, case, needles):
+    if case == "missing":
+        path = tmp_path / "missing.npz"
+    elif case == "a folder":
+        path = tmp_path / "folder.npz"
+        path.mkdir()
+    elif case == "garbage":
+        path = tmp_path / "garbage.npz"
+        path.write_bytes(b"this is not a checkpoint" * 10)
+    elif case == "truncated":
+        whole = save_checkpoint(tmp_path / "whole.npz", funcnn.MLP((784, 16, 10))).read_bytes()
+        path = tmp_path / "truncated.npz"
+        path.write_bytes(whole[: len(whole) // 2])
+    elif case == "no net":
+        path = save_checkpoint(tmp_path / "bare.npz")
+    else:
+        path = save_checkpoint(tmp_path / "small.npz", funcnn.MLP((5, 3)), sizes=(5, 3))
+    code, out, err = run_cli(capsys, "evaluate", "--checkpoint", path, "--data", digits)
+    assert code == 1 and out == ""
+    assert_short_error(err, *needles)
+
+
+def test_user_errors_through_python_dash_m(tmp_path):
+    proc = run_module("train", "--data", tmp_path / "nowhere", "--out", tmp_path / "o")
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert_short_error(proc.stderr, "no such folder")
+    proc = run_module("evaluate", "--checkpoint", tmp_path / "none.npz")
+    assert proc.returncode == 1
+    assert_short_error(proc.stderr, "no checkpoint file")
+    proc = run_module("train", "--dropout", "2")
+    assert proc.returncode == 2
+    assert_short_error(proc.stderr, "--dropout")
+
+
+def test_train_without_matplotlib_and_tqdm(digits, tmp_path):
+    """The jax extra alone: no curves.png (said on stderr), and epochs printed as lines."""
+    proc = run_module("train", "--data", digits, "--limit", 600, "--hidden", 32,
+                      "--epochs", 2, "--out", tmp_path,
+                      env=blocker(tmp_path / "shim", "matplotlib", "tqdm"))
+    assert proc.returncode == 0, proc.stderr
+    assert "no curves.png: matplotlib is missing" in proc.stderr
+    assert re.findall(r"^epoch (\d)/2 ", proc.stderr, re.M) == ["1", "2"]
+    assert last_json(proc.stdout)["plot"] is None
+    assert not (tmp_path / "curves.png").exists()
+    assert (tmp_path / "checkpoint.npz").exists() and (tmp_path / "metrics.json").exists()
+
+
+def test_early_stopping_keeps_the_best_epoch(capsys, digits, tmp_path):
+    """Adam at a high rate: the validation loss turns up, training stops and the model
+    written is the one of the lowest validation loss (whatever epoch that is)."""
+    patience, epochs = 2, 12
+    code, out, err = run_cli(capsys, "train", "--data", digits, "--limit", 1200, "--hidden", 32,
+                             "--epochs", epochs, "--early-stopping", patience, "--optimizer",
+                             "adam", "--lr", "0.2", "--schedule", "constant", "--seed", 1,
+                             "--backend", "numpy", "--no-progress", "--out", tmp_path)
+    assert code == 0, err
+    result = last_json(out)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    val_loss = metrics["history"]["val_loss"]
+    best = int(np.argmin(val_loss))
+    assert metrics["history"]["best_epoch"] == [best]
+    assert result["epochs"] == min(epochs, best + 1 + patience)
+    assert f"kept the params of epoch {best + 1}" in out
+    model = funcnn.load(tmp_path / "model.npz")
+    assert model.metadata["best_epoch"] == best + 1
+    code, out, err = run_cli(capsys, "evaluate", "--checkpoint", tmp_path / "model.npz",
+                             "--data", digits)
+    assert code == 0, err
+    assert last_json(out)["test_loss"] == pytest.approx(result["test_loss"], rel=1e-5)

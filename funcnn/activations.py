@@ -74,6 +74,7 @@ class Activation(NamedTuple):
 # relu: a = max(z, 0);  a' = 1[z > 0]  (0 at z = 0, as jax.nn.relu; written with
 # `where` so that jax.grad of it agrees at z = 0, where `maximum` would give 1/2)
 def relu(z):
+    """ReLU, ``max(z, 0)``, elementwise (derivative: ``relu_grad``)."""
     return array_namespace(z).where(z > 0, z, 0)
 
 
@@ -83,6 +84,7 @@ def relu_grad(z, a):
 
 # leaky_relu: a = z if z > 0 else 0.01 z;  a' = 1 or 0.01
 def leaky_relu(z):
+    """Leaky ReLU: ``z`` where ``z > 0``, else ``0.01 z``, elementwise."""
     return array_namespace(z).where(z > 0, z, LEAKY_SLOPE * z)
 
 
@@ -94,6 +96,7 @@ def leaky_relu_grad(z, a):
 # elu: a = z if z > 0 else alpha (e^z - 1);  a' = 1 or a + alpha
 # (expm1 sees where(z > 0, 0, z), not minimum(z, 0): jax.grad of minimum halves at 0)
 def elu(z):
+    """ELU: ``z`` where ``z > 0``, else ``exp(z) - 1`` (alpha 1), elementwise."""
     xp = array_namespace(z)
     return xp.where(z > 0, z, ELU_ALPHA * xp.expm1(xp.where(z > 0, 0, z)))
 
@@ -106,6 +109,7 @@ def elu_grad(z, a):
 # gelu (tanh form): a = z/2 (1 + tanh(u)),  u = c (z + k z^3)
 #                   a' = (1 + t)/2 + z/2 (1 - t^2) c (1 + 3 k z^2),  t = tanh(u)
 def gelu(z):
+    """GELU, tanh form: ``z/2 (1 + tanh(sqrt(2/pi) (z + 0.044715 z**3)))``."""
     xp = array_namespace(z)
     return 0.5 * z * (1 + xp.tanh(_GELU_C * (z + _GELU_K * z**3)))
 
@@ -118,6 +122,7 @@ def gelu_grad(z, a):
 
 # tanh: a = tanh(z);  a' = 1 - a^2
 def tanh(z):
+    """``tanh(z)``, elementwise."""
     return array_namespace(z).tanh(z)
 
 
@@ -127,6 +132,7 @@ def tanh_grad(z, a):
 
 # sigmoid: a = 1 / (1 + e^-z) = (1 + tanh(z/2)) / 2 (no overflow);  a' = a (1 - a)
 def sigmoid(z):
+    """The logistic function ``1 / (1 + exp(-z))``, elementwise, without overflow."""
     return 0.5 * (array_namespace(z).tanh(0.5 * z) + 1)
 
 
@@ -137,6 +143,7 @@ def sigmoid_grad(z, a):
 # softplus: a = log(1 + e^z) = logaddexp(0, z) (stable, and its jax.grad is right at 0,
 # where max(z, 0) + log1p(e^-|z|) differentiates to 0);  a' = sigmoid(z)
 def softplus(z):
+    """Softplus ``log(1 + exp(z))``, elementwise, without overflow."""
     return array_namespace(z).logaddexp(z, 0)
 
 
@@ -146,6 +153,7 @@ def softplus_grad(z, a):
 
 # identity: a = z;  a' = 1
 def identity(z):
+    """``z`` itself."""
     return z
 
 
@@ -156,6 +164,7 @@ def identity_grad(z, a):
 # softmax over the last axis (an output only, not elementwise: its Jacobian-vector
 # product lives in funcnn.losses).
 def softmax(z):
+    """Softmax over the last axis: each row of ``z`` becomes probabilities that sum to 1."""
     xp = array_namespace(z)
     e = xp.exp(z - xp.max(z, axis=-1, keepdims=True))
     return e / xp.sum(e, axis=-1, keepdims=True)

@@ -83,6 +83,7 @@ def _logsumexp(z):
 
 # cross-entropy on softmax: L = mean_i [logsumexp(z_i) - <Y_i, z_i>];  dL/dz = (p - Y) / m
 def cross_entropy(output, z, a, y):
+    """Mean cross-entropy of ``softmax(z)``, ``(m, k)``, against labels ``(m,)`` or rows."""
     xp = array_namespace(z)
     m = z.shape[0]
     logp = z - _logsumexp(z)
@@ -106,6 +107,7 @@ def cross_entropy_delta(output, z, a, y):
 
 # binary cross-entropy on sigmoid: L = mean_ij [softplus(z) - y z];  dL/dz = (p - y) / (m k)
 def binary_cross_entropy(output, z, a, y):
+    """Mean binary cross-entropy of ``sigmoid(z)`` against targets in [0, 1], both ``(m, k)``."""
     return array_namespace(z).sum(softplus(z) - y * z) / z.size
 
 
@@ -115,6 +117,7 @@ def binary_cross_entropy_delta(output, z, a, y):
 
 # mean squared error: L = mean_ij (a - y)^2;  dL/da = 2 (a - y) / (m k), then through the output
 def mse(output, z, a, y):
+    """Mean squared error of the output ``a`` against ``y``, both ``(m, k)``."""
     diff = a - y
     return array_namespace(z).sum(diff * diff) / z.size
 

@@ -76,22 +76,26 @@ class Optimizer(NamedTuple):
 
 
 class SGDState(NamedTuple):
+    """SGD's state: the step ``count`` and the ``velocity``, a tree like the params."""
     count: Any
     velocity: Any
 
 
 class AdamState(NamedTuple):
+    """Adam's and AdamW's state: the step ``count`` and the moments ``mu`` and ``nu``."""
     count: Any
     mu: Any
     nu: Any
 
 
 class RMSPropState(NamedTuple):
+    """RMSProp's state: the step ``count`` and ``nu``, the running mean of ``g**2``."""
     count: Any
     nu: Any
 
 
 class AdagradState(NamedTuple):
+    """Adagrad's state: the step ``count`` and ``sum_sq``, the running sum of ``g**2``."""
     count: Any
     sum_sq: Any
 

@@ -84,10 +84,11 @@ def save(
 
     Args:
       path: the checkpoint file; its folder must exist.
-      params, opt_state, extra: pytrees (tuples, lists, dicts with ``str`` keys,
-        NamedTuples, ``None``) whose leaves are NumPy or jax arrays, NumPy scalars, or
-        Python ``bool``/``int``/``float``, of bool, integer, float or complex dtype.
-        ``extra`` holds anything else worth keeping (``fit`` puts its key there).
+      params: a pytree (tuples, lists, dicts with ``str`` keys, NamedTuples, ``None``)
+        whose leaves are NumPy or jax arrays, NumPy scalars, or Python
+        ``bool``/``int``/``float``, of bool, integer, float or complex dtype.
+      opt_state: the optimizer state, a pytree of the same kinds.
+      extra: anything else worth keeping, a pytree of the same kinds (``fit`` puts its key there).
       net: the :class:`~funcnn.MLP` the params belong to; they must match its shapes.
       metadata: a dict of JSON values (dicts with ``str`` keys, lists, ``str``,
         ``int``, ``float``, ``bool``, ``None``), e.g. the epoch and the loss.

@@ -36,6 +36,7 @@ from funcnn._checks import check_positive
 from funcnn._files import check_writable
 from funcnn.checkpoint import CheckpointError, convert, load, save
 from funcnn.mlp import MLP, check_params
+from funcnn.parallel import is_main_process
 
 __all__ = [
     "Best",
@@ -163,6 +164,8 @@ def checkpoint(path: str | os.PathLike, *, every: int = 1, resume: bool = False)
     (params, optimizer state, key, epoch, history, early-stopping state), so that it
     ends bit-identical to a run never interrupted; a run that had finished (or stopped
     early) returns at once. Without a file it says so on stderr and starts afresh.
+    With several processes (:mod:`funcnn.parallel`) only process 0 writes, and every
+    process resumes from the file, which must be on a file system they all see.
     """
     target = os.fspath(path)
     check_positive("every", every, integer=True)
@@ -186,7 +189,7 @@ def checkpoint(path: str | os.PathLike, *, every: int = 1, resume: bool = False)
         return saved
 
     def on_epoch_end(state: FitState, info: FitInfo) -> None:
-        if state.epoch % every == 0 or is_last_epoch(state, info):
+        if (state.epoch % every == 0 or is_last_epoch(state, info)) and is_main_process():
             save_fit_state(target, info.net, state)
 
     return Callback(on_start=on_start, on_epoch_end=on_epoch_end)
@@ -204,12 +207,15 @@ def _numbers(history: dict[str, list]) -> list[tuple[str, float]]:
 
 
 def print_epochs(file: Any = None) -> Callback:
-    """Print one line per epoch as it ends (to ``file``, by default ``sys.stderr``)::
+    """Print one line per epoch as it ends (to ``file``, by default ``sys.stderr``; in
+    process 0 only when several processes train together)::
 
         epoch 3/10  loss 0.2154  acc 0.9371  val_loss 0.1893  val_acc 0.9452  2.1 s
     """
 
     def on_epoch_end(state: FitState, info: FitInfo) -> None:
+        if not is_main_process():
+            return
         numbers = "  ".join(f"{name} {value:.4f}" for name, value in _numbers(state.history))
         print(f"epoch {state.epoch}/{info.epochs}  {numbers}  "
               f"{state.history['seconds'][-1]:.1f} s", file=file or sys.stderr, flush=True)
@@ -220,6 +226,8 @@ def print_epochs(file: Any = None) -> Callback:
 def progress_bar() -> Callback:
     """A tqdm bar on stderr whose postfix shows the epoch just done; without tqdm,
     :func:`print_epochs`. This is what ``fit(..., progress=True)`` adds."""
+    if not is_main_process():
+        return Callback()
     try:  # tqdm is optional (and slow to import), so it is imported when first needed
         from tqdm.auto import tqdm
     except ImportError:

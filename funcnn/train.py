@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from funcnn import random
+from funcnn import parallel, random
 from funcnn._checks import check_positive
 from funcnn._fit_checks import check_callbacks, check_hashable, check_optimizer
 from funcnn._mlp_checks import check_x, check_y
@@ -112,7 +112,7 @@ def make_train_step(net: MLP, optimizer: Optimizer):
 # ---------------------------------------------------------------------------- jax programs
 
 
-def _epoch_scan(params, opt_state, x, y, order, keys, *, net, optimizer, batch_size):
+def _epoch_scan(params, opt_state, x, y, order, keys, *, net, optimizer, batch_size, mesh):
     """One epoch as one program: a ``lax.scan`` over the full batches, then the short
     last batch (if ``order`` has one); returns per-step losses and counts.
 
@@ -127,7 +127,8 @@ def _epoch_scan(params, opt_state, x, y, order, keys, *, net, optimizer, batch_s
     def body(carry, inputs):
         p, s = carry
         i, k = inputs
-        p, s, loss, correct = _step(net, optimizer, p, s, x[i], y[i], k)
+        batch = parallel.constrain_batch((x[i], y[i]), mesh)  # rows split over the devices
+        p, s, loss, correct = _step(net, optimizer, p, s, *batch, k)
         return (p, s), (loss, correct)
 
     scan_keys = None if keys is None else keys[:n_full]
@@ -137,7 +138,8 @@ def _epoch_scan(params, opt_state, x, y, order, keys, *, net, optimizer, batch_s
     if order.shape[0] > n_full * batch_size:  # static: the tail is compiled in, not apart
         i = order[n_full * batch_size:]
         k = None if keys is None else keys[n_full]
-        params, opt_state, loss, n = _step(net, optimizer, params, opt_state, x[i], y[i], k)
+        batch = parallel.constrain_batch((x[i], y[i]), mesh)
+        params, opt_state, loss, n = _step(net, optimizer, params, opt_state, *batch, k)
         losses = jnp.append(losses, loss)
         correct = jnp.append(correct, n)
     return params, opt_state, losses, correct
@@ -152,7 +154,7 @@ def _eval_batch(params, x, y, *, net):
 def _jax_programs():
     import jax
 
-    epoch = jax.jit(_epoch_scan, static_argnames=("net", "optimizer", "batch_size"),
+    epoch = jax.jit(_epoch_scan, static_argnames=("net", "optimizer", "batch_size", "mesh"),
                     donate_argnums=(0, 1))
     evaluate_batch = jax.jit(_eval_batch, static_argnames=("net",))
     return epoch, evaluate_batch
@@ -213,6 +215,7 @@ class _Run(NamedTuple):
     split: BatchSplit
     order: dict  # shuffle, shuffle_every
     keys: Any  # (shuffle key, dropout key)
+    mesh: Any  # None, or the jax Mesh of a data-parallel fit
 
 
 def _copy(tree):
@@ -238,7 +241,7 @@ def _run_epoch(run: _Run, params, opt_state, order, drop_key):
     if is_jax_array(params[0].W):
         params, opt_state, losses, correct = _jax_programs()[0](
             params, opt_state, run.x, run.y, order[: run.split.rows], keys,
-            net=net, optimizer=run.optimizer, batch_size=size,
+            net=net, optimizer=run.optimizer, batch_size=size, mesh=run.mesh,
         )
         return params, opt_state, np.asarray(losses), float(np.sum(np.asarray(correct)))
     losses = np.full(run.split.count, np.nan)
@@ -307,7 +310,7 @@ def fit(
     key: Any, opt_state=None, validation: tuple | None = None,
     early_stopping: int | None = None, shuffle: bool = True, shuffle_every: int = 1,
     drop_last: bool = False, initial_epoch: int = 0, callbacks: Sequence = (),
-    progress: bool = True,
+    progress: bool = True, devices: Any = None,
 ):
     """Train for epochs ``initial_epoch .. epochs - 1``; return ``(params, opt_state, history)``.
 
@@ -323,6 +326,8 @@ def fit(
       callbacks: objects with ``on_start``, ``on_epoch_end`` or ``on_end`` (see
         :mod:`funcnn.callbacks`), e.g. ``[funcnn.callbacks.checkpoint(path, resume=True)]``.
       progress: a progress bar on stderr (one line per epoch without tqdm).
+      devices: ``None`` (one device), or jax devices or a ``Mesh`` with a ``"data"`` axis
+        to split every batch over (data parallelism, see :mod:`funcnn.parallel`).
 
     ``history`` holds ``loss`` (every step), and per epoch ``train_loss``,
     ``train_accuracy`` (running, as Keras reports them), ``val_loss``, ``val_accuracy``
@@ -352,6 +357,7 @@ def fit(
             raise TypeError("validation must be a pair (x_val, y_val)")
         validation = _prepare_data(net, params, *validation, dtype, backend)
     split = split_batches(x.shape[0], batch_size, drop_last)
+    mesh = parallel.fit_mesh(devices, split, x.shape[0], backend)
     hooks = check_callbacks(callbacks, progress)
     hooks = (*hooks, progress_bar()) if progress else hooks
     info = FitInfo(net, epochs, backend, early_stopping)
@@ -360,9 +366,10 @@ def fit(
     try:
         state = _call(hooks, "on_start", state, info)
         state = _ready(state, early_stopping, backend)
+        state, (x, y, validation) = parallel.place_fit(mesh, state, (x, y, validation))
         run = _Run(net, optimizer, x, y, validation, split,
                    {"shuffle": shuffle, "shuffle_every": shuffle_every},
-                   random.split(state.key))
+                   random.split(state.key), mesh)
         while state.epoch < epochs and not stopped_early(state, early_stopping):
             state = _train_epoch(run, state)
             _call(hooks, "on_epoch_end", state, info)

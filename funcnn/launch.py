@@ -1,0 +1,161 @@
+"""Start a multi-process run on this machine: ``python -m funcnn.launch``.
+
+::
+
+    python -m funcnn.launch --processes 2 --devices-per-process 2 -- python train.py --epochs 5
+
+starts the command ``--processes`` times. Process ``i`` gets ``$FUNCNN_PROCESS_ID=i``,
+``$FUNCNN_NUM_PROCESSES`` and ``$FUNCNN_COORDINATOR=localhost:PORT`` (a free port,
+or ``--port``), which :func:`funcnn.parallel.initialize` reads; with
+``--devices-per-process D`` its ``XLA_FLAGS`` also ask for ``D`` CPU devices. The
+processes share this terminal. When one of them fails, the launcher stops the others
+and exits with the failed process's code (1 when it was killed by a signal); after
+``--timeout`` seconds it stops them all and exits with 124. It exits 0 when all did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+from funcnn.parallel import ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID
+
+__all__ = ["free_port", "launch", "main", "worker_env"]
+
+_DEVICE_FLAG = "--xla_force_host_platform_device_count"
+TIMED_OUT = 124  # as coreutils' timeout
+_GRACE = 5.0  # seconds between SIGTERM and SIGKILL
+
+
+def free_port(host: str = "localhost") -> int:
+    """A TCP port that was free a moment ago on ``host`` (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def worker_env(base: dict, process_id: int, processes: int, coordinator: str,
+               devices_per_process: int | None) -> dict:
+    """The environment of process ``process_id``: ``base`` plus the run's variables."""
+    env = dict(base)
+    env.update({ENV_COORDINATOR: coordinator, ENV_NUM_PROCESSES: str(processes),
+                ENV_PROCESS_ID: str(process_id)})
+    if devices_per_process is not None:
+        flags = re.sub(rf"{_DEVICE_FLAG}=\S*", "", env.get("XLA_FLAGS", "")).split()
+        env["XLA_FLAGS"] = " ".join([*flags, f"{_DEVICE_FLAG}={devices_per_process}"])
+    return env
+
+
+def _say(message: str) -> None:
+    print(f"funcnn.launch: {message}", file=sys.stderr, flush=True)
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM to every running process group, SIGKILL to those alive after a grace period."""
+    for sig, wait in ((signal.SIGTERM, _GRACE), (signal.SIGKILL, _GRACE)):
+        live = [p for p in procs if p.poll() is None]
+        for p in live:
+            try:
+                os.killpg(p.pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        for p in live:
+            try:
+                p.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def launch(command: Sequence[str], processes: int, *, devices_per_process: int | None = None,
+           port: int | None = None, timeout: float = 86_400.0, poll: float = 0.05) -> int:
+    """Run ``command`` as ``processes`` local processes of one run; return the exit code.
+
+    Each process runs in its own process group, so stopping it stops its children too.
+    """
+    if not command:
+        raise ValueError("no command to launch: put it after `--`, e.g. "
+                         "python -m funcnn.launch --processes 2 -- python train.py")
+    if type(processes) is not int or processes < 1:
+        raise ValueError(f"processes must be a positive integer; got {processes!r}")
+    if devices_per_process is not None and (type(devices_per_process) is not int
+                                            or devices_per_process < 1):
+        raise ValueError(f"devices_per_process must be a positive integer; "
+                         f"got {devices_per_process!r}")
+    if not timeout > 0:
+        raise ValueError(f"timeout must be positive seconds; got {timeout!r}")
+    coordinator = f"localhost:{free_port() if port is None else port}"
+    procs: list[subprocess.Popen] = []
+    try:
+        for i in range(processes):
+            env = worker_env(os.environ, i, processes, coordinator, devices_per_process)
+            procs.append(subprocess.Popen(list(command), env=env, start_new_session=True))
+        deadline = time.monotonic() + timeout
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
+            if failed:
+                i, code = failed[0]
+                how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+                running = sum(c is None for c in codes)
+                _say(f"process {i} of {processes} {how}; stopping the other {running} "
+                     f"running process(es)")
+                _stop(procs)
+                return code if code > 0 else 1
+            if all(c == 0 for c in codes):
+                return 0
+            if time.monotonic() > deadline:
+                running = [i for i, c in enumerate(codes) if c is None]
+                _say(f"timed out after {timeout:g} s with process(es) {running} still running; "
+                     "stopping them")
+                _stop(procs)
+                return TIMED_OUT
+            time.sleep(poll)
+    except KeyboardInterrupt:
+        _say("interrupted; stopping every process")
+        _stop(procs)
+        return 130
+    except BaseException:
+        _stop(procs)
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; see the module docstring."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, command = argv[:cut], argv[cut + 1:]
+    p = argparse.ArgumentParser(
+        prog="python -m funcnn.launch",
+        description="Run COMMAND as several local processes of one jax.distributed run "
+                    "(funcnn.parallel.initialize() reads the settings).",
+        usage="%(prog)s --processes N [--devices-per-process D] [--port P] [--timeout S] "
+              "-- COMMAND ...")
+    p.add_argument("--processes", type=int, required=True, help="how many processes")
+    p.add_argument("--devices-per-process", type=int, metavar="D",
+                   help="CPU devices of each process (sets XLA_FLAGS)")
+    p.add_argument("--port", type=int, help="the coordinator's port (default: a free one)")
+    p.add_argument("--timeout", type=float, default=86_400.0,
+                   help="stop everything after this many seconds (default 86400)")
+    args = p.parse_args(argv)
+    if not command:
+        p.error("no command: put it after `--`, e.g. -- python train.py")
+    try:
+        return launch(command, args.processes, devices_per_process=args.devices_per_process,
+                      port=args.port, timeout=args.timeout)
+    except (ValueError, OSError) as err:
+        _say(str(err))
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

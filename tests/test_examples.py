@@ -7,6 +7,7 @@ run on synthetic data and always run.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _digits import write_digits
 
 import funcnn
 from funcnn.data.mnist import FILES as MNIST_FILES
@@ -124,6 +126,58 @@ def test_custom_loop_mnist(mnist_dir):
     assert result["data"] == "mnist" and result["train_rows"] == 3000
     assert result["steps"] == 3000 // 128
     assert result["test_accuracy"] > 0.5
+
+
+# ---------------------------------------------------------------------------- on small IDX files
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    """MNIST-layout files written here: the MNIST examples run on them without MNIST."""
+    return write_digits(tmp_path_factory.mktemp("digits"))
+
+
+def load_example(name: str):
+    """Import ``examples/<name>.py`` as a module, to call its ``main`` in this process."""
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("how", ["--no-progress", "without tqdm"])
+def test_mnist_example_prints_each_epoch_as_it_ends(capsys, monkeypatch, digits, tmp_path, how):
+    """Not all at the end: when epoch k ends, the line of epoch k-1 is already out."""
+    if how == "without tqdm":
+        monkeypatch.setitem(sys.modules, "tqdm", None)
+        monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    printed_by_epoch = []
+    fit = funcnn.fit
+
+    def fit_with_probe(*args, callbacks=(), **kwargs):
+        probe = funcnn.callbacks.Callback(
+            on_epoch_end=lambda state, info: printed_by_epoch.append(capsys.readouterr().err))
+        return fit(*args, callbacks=[*callbacks, probe], **kwargs)
+
+    monkeypatch.setattr(funcnn, "fit", fit_with_probe)
+    argv = ["--data", str(digits), "--limit", "600", "--hidden", "32", "--epochs", "3",
+            "--backend", "numpy", "--out", str(tmp_path)]
+    load_example("mnist").main(argv + (["--no-progress"] if how == "--no-progress" else []))
+    printed = "".join(printed_by_epoch) + capsys.readouterr().err
+    assert re.findall(r"^epoch (\d)/3 ", printed, re.M) == ["1", "2", "3"], printed
+    for k in (2, 3):  # by the end of epoch k, epoch k-1 was printed
+        assert f"epoch {k - 1}/3 " in "".join(printed_by_epoch[:k]), printed_by_epoch
+
+
+def test_seed_runs_labels_its_progress_bars(capsys, digits, tmp_path):
+    load_example("seed_runs").main(["--data", str(digits), "--limit", "600", "--epochs", "2",
+                                    "--backend", "numpy", "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    for name in ("full_batch_gd", "minibatch_sgd", "minibatch_adam"):
+        assert re.search(rf"{name}: +\d+%\|", err), err  # tqdm's "name:  50%|" prefix
+    result = json.loads(out.strip().splitlines()[-1])
+    assert set(result["test_accuracy"]) == {"full_batch_gd", "minibatch_sgd", "minibatch_adam"}
+    assert_png(tmp_path / "seed_runs.png")
 
 
 # ---------------------------------------------------------------------------- synthetic examples

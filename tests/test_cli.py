@@ -507,7 +507,7 @@ def test_user_errors_through_python_dash_m(tmp_path):
 def test_train_without_matplotlib_and_tqdm(digits, tmp_path):
     """The jax extra alone: no curves.png (said on stderr), and epochs printed as lines."""
     proc = run_module("train", "--data", digits, "--limit", 600, "--hidden", 32,
-                      "--epochs", 2, "--out", tmp_path,
+                      "--epochs", 2, "--backend", "numpy", "--out", tmp_path,
                       env=blocker(tmp_path / "shim", "matplotlib", "tqdm"))
     assert proc.returncode == 0, proc.stderr
     assert "no curves.png: matplotlib is missing" in proc.stderr

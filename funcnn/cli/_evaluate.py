@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -84,8 +83,7 @@ def table(counts: np.ndarray) -> str:
 def run(args: argparse.Namespace) -> int:
     net, params = load_model(args.checkpoint)
     check_fits_mnist(net, args.checkpoint)
-    out = check_out(args.out if args.out is not None
-                    else os.path.dirname(os.path.abspath(args.checkpoint)))
+    out = check_out(args.out if args.out is not None else str(Path(args.checkpoint).parent))
     data = load_data(args.data)
     test = funcnn.evaluate(net, params, data.x_test, data.y_test)
     predicted = np.argmax(np.asarray(funcnn.predict(net, params, data.x_test)), axis=1)

@@ -228,8 +228,13 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress, callbacks=callbacks,
         )
     except KeyboardInterrupt:
-        print(f"\ninterrupted: {ckpt} holds the last finished epoch; run the same command "
-              "with --resume to continue", file=sys.stderr)
+        write_json(out / METRICS, {"status": "interrupted", "config": config, "rows": rows})
+        if ckpt.exists():
+            print(f"\ninterrupted: {ckpt} holds the last finished epoch; run the same "
+                  "command with --resume to continue", file=sys.stderr)
+        else:
+            print("\ninterrupted before the first epoch ended: nothing to resume from",
+                  file=sys.stderr)
         return 130
     except TrainingDiverged as err:
         raise CommandError(

@@ -3,6 +3,7 @@
     python benchmarks/mlp_epoch.py                       # main + small config, all contenders
     python benchmarks/mlp_epoch.py --tiny                # a few seconds, for CI
     python benchmarks/mlp_epoch.py --only gemm-floor,torch-eager --json out.json --plot out.png
+    python benchmarks/mlp_epoch.py --parallel --no-small  # data-parallel fit, in subprocesses
 
 The network is ``sizes`` (default 784-256-128-10) with ReLU hidden layers and a
 softmax + cross-entropy output, trained by Adam (lr 1e-3) on mini-batches. The
@@ -12,6 +13,10 @@ data are 60000 uniform random "images" with random labels, drawn from a fixed
 (``first_epoch_s``, compilation included for jax), then ``--repeats`` timed
 epochs; the ratio column divides the median by the ``gemm-floor`` median of
 the same configuration, i.e. by the cost of the matrix products alone.
+
+``--parallel`` times ``funcnn.fit(..., devices=...)`` instead: on 1, 2 and 4 virtual
+CPU devices and on 2 processes of 1 device, each setting in its own subprocess (jax
+fixes its device count when it starts), against ``fit`` on one device.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 import tracemalloc
@@ -32,7 +39,15 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-from _baselines import BASELINES, Config, Contender, jax_data, jax_step_epochs, nbytes
+from _baselines import (
+    BASELINES,
+    Config,
+    Contender,
+    jax_data,
+    jax_step_epochs,
+    nbytes,
+    permutation,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -98,11 +113,100 @@ def build_funcnn_jax_step(cfg: Config, x: np.ndarray, y: np.ndarray) -> Contende
     return Contender(epoch, cfg.dtype, cfg.samples // cfg.batch_size, held, "rss", "jit per step")
 
 
+# --------------------------------------------------------------------------- per-example gradients
+
+DP_MAX_NORM, DP_NOISE = 1.0, 1.1
+# contender -> what its step computes (all: forward, that gradient, Adam; one jitted lax.scan
+# over the epoch's full batches, so only the gradient differs between them)
+PER_EXAMPLE = {
+    "pe-plain": "funcnn backward (the plain step the others are compared with)",
+    "pe-norms": "funcnn: gradient + per-example norms from one pass",
+    "pe-dp": "funcnn: DP-SGD clipped + noised gradient (the hook)",
+    "vmap-grad-norms": "jax.vmap(jax.grad): per-example grads, norms, mean",
+    "vmap-grad-dp": "jax.vmap(jax.grad): per-example grads, clip, sum, noise",
+}
+
+
+def _per_example_grad(kind: str, net, params, cache, xb, yb, key):
+    """``(gradient, per-step output)`` of one contender's step on a prepared batch."""
+    import jax
+    import jax.numpy as jnp
+
+    from funcnn import per_example as pe
+    from funcnn.mlp import apply, backward, loss_from_cache
+
+    if kind == "pe-plain":
+        return backward(net, params, cache, yb), loss_from_cache(net, cache, yb)
+    if kind == "pe-norms":
+        return pe.grad_and_norms_from_cache(net, params, cache, yb)
+    if kind == "pe-dp":
+        return pe.dp_gradient(DP_MAX_NORM, DP_NOISE)(net, params, cache, yb, key), cache.out[0]
+    no_masks = (None,) * (net.n_layers - 1)
+
+    def one(p, xi, yi):  # the loss of one example, on the same net
+        return loss_from_cache(net, apply(net, p, xi[None], no_masks), yi[None])
+
+    per = jax.vmap(jax.grad(one), in_axes=(None, 0, 0))(params, xb, yb)
+    leaves = jax.tree.leaves(per)
+    norms = jnp.sqrt(sum(jnp.sum(g.reshape(g.shape[0], -1) ** 2, axis=1) for g in leaves))
+    if kind == "vmap-grad-norms":
+        return jax.tree.map(lambda g: g.mean(axis=0), per), norms
+    m = xb.shape[0]
+    scale = DP_MAX_NORM / jnp.maximum(norms, DP_MAX_NORM)
+    keys = iter(jax.random.split(key, len(leaves)))
+    std = DP_NOISE * DP_MAX_NORM
+
+    def clip_sum_noise(g):
+        total = jnp.einsum("m,m...->...", scale, g)
+        return (total + std * jax.random.normal(next(keys), total.shape, total.dtype)) / m
+
+    return jax.tree.map(clip_sum_noise, per), norms
+
+
+def build_per_example(kind: str, cfg: Config, x: np.ndarray, y: np.ndarray) -> Contender:
+    import jax
+    import jax.numpy as jnp
+
+    funcnn, net, params, opt = _funcnn(cfg, "jax")
+    from funcnn.mlp import apply
+
+    xd, yd = jax_data(cfg, x, y)
+    bs, steps = cfg.batch_size, cfg.samples // cfg.batch_size
+    no_masks = (None,) * (net.n_layers - 1)
+
+    def run_epoch(params, state, xd, yd, perm, keys):
+        def body(carry, batch):
+            p, s = carry
+            xb, yb, key = batch
+            cache = apply(net, p, xb, no_masks)
+            grads, out = _per_example_grad(kind, net, p, cache, xb, yb, key)
+            p, s = opt.update(p, grads, s)
+            return (p, s), out
+
+        batches = (xd[perm].reshape(steps, bs, -1), yd[perm].reshape(steps, bs), keys)
+        (params, state), outs = jax.lax.scan(body, (params, state), batches)
+        return params, state, outs
+
+    run_epoch = jax.jit(run_epoch, donate_argnums=(0, 1))
+    carry = [params, opt.init(params)]
+
+    def epoch(i: int) -> None:
+        perm = jnp.asarray(permutation(cfg, i)[: steps * bs])
+        keys = jax.random.split(jax.random.PRNGKey(cfg.seed * 1_000_003 + i), steps)
+        p, s, outs = run_epoch(*carry, xd, yd, perm, keys)
+        carry[:] = [p, s]
+        jax.block_until_ready(outs)
+
+    held = nbytes(xd, yd, *(leaf for layer in params for leaf in layer))
+    return Contender(epoch, cfg.dtype, steps, held, "rss", PER_EXAMPLE[kind])
+
+
 CONTENDERS: dict[str, Callable[[Config, np.ndarray, np.ndarray], Contender]] = {
     **BASELINES,
     "funcnn-numpy": build_funcnn_numpy,
     "funcnn-jax-scan": build_funcnn_jax_scan,
     "funcnn-jax-step": build_funcnn_jax_step,
+    **{kind: partial(build_per_example, kind) for kind in PER_EXAMPLE},
 }
 
 
@@ -229,6 +333,109 @@ def run_config(cfg: Config, names: list[str], x: np.ndarray, y: np.ndarray, budg
     return list(rows.values())
 
 
+# --------------------------------------------------------------------------- data parallel
+
+# (name, processes, devices per process); each runs in a subprocess of its own
+PARALLEL = (("dp-1-device", 1, 1), ("dp-2-devices", 1, 2), ("dp-4-devices", 1, 4),
+            ("dp-2-processes", 2, 1))
+
+
+def parallel_worker(spec: dict) -> None:
+    """In the subprocess: time ``fit`` on one device and data-parallel on every device
+    of every process, one epoch of each per round; process 0 writes the times. With
+    several processes, process 0 alone trains on one device while the others wait."""
+    import funcnn
+
+    funcnn.parallel.initialize()
+    import jax
+    from jax.experimental.multihost_utils import sync_global_devices
+
+    cfg = Config(**{**spec["config"], "sizes": tuple(spec["config"]["sizes"])})
+    _, net, params, opt = _funcnn(cfg, "jax")
+    x, y = jax_data(cfg, *load_data(cfg, spec["data"]))
+    mesh = funcnn.parallel.data_mesh()
+    modes = {"data-parallel": (funcnn.parallel.replicate((x, y), mesh), mesh),
+             "one device": ((x, y), None)}
+    carry = {name: [params, None] for name in modes}
+
+    def epoch(name: str, i: int) -> None:
+        if modes[name][1] is None and jax.process_count() > 1:
+            if funcnn.parallel.is_main_process():
+                epoch_alone(i)
+            sync_global_devices(f"one-device epoch {i}")
+            return
+        epoch_alone(i, name)
+
+    def epoch_alone(i: int, name: str = "one device") -> None:
+        (xm, ym), devices = modes[name]
+        p, s, _ = funcnn.fit(net, carry[name][0], opt, xm, ym, epochs=1, devices=devices,
+                             batch_size=cfg.batch_size, key=cfg.seed * 1_000_003 + i,
+                             opt_state=carry[name][1], progress=False)
+        carry[name][:] = jax.block_until_ready([p, s])
+
+    result = {name: {"first_epoch_s": timed(partial(epoch, name), 0)[0], "times_s": []}
+              for name in modes}
+    for name in modes:  # a second warm-up: fit's private copies of sharded inputs compile
+        epoch(name, 0)
+    for r in range(cfg.repeats):
+        for name in modes:
+            result[name]["times_s"].append(timed(partial(epoch, name), r + 1)[0])
+    if funcnn.parallel.is_main_process():
+        Path(spec["out"]).write_text(json.dumps(result))
+
+
+def run_parallel(cfg: Config, data_dir: str | None, timeout: float) -> list[dict]:
+    """Rows of data-parallel ``fit`` timings; ``x one device`` divides by ``fit`` on one
+    device, timed in the same subprocess (in process 0)."""
+    rows = []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
+        str(ROOT), os.environ.get("PYTHONPATH")]))}
+    for name, processes, devices in PARALLEL:
+        print(f"[{cfg.name}] {name} ...", end=" ", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            spec = {"config": cfg._asdict(), "data": data_dir, "out": f"{tmp}/out.json"}
+            command = [sys.executable, __file__, "--parallel-worker", json.dumps(spec)]
+            if processes > 1:
+                command = [sys.executable, "-m", "funcnn.launch", "--processes",
+                           str(processes), "--timeout", str(timeout), "--", *command]
+            flags = f"--xla_force_host_platform_device_count={devices}"
+            try:
+                subprocess.run(command, env={**env, "XLA_FLAGS": flags}, check=True,
+                               timeout=timeout + 30, capture_output=True, text=True)
+                result = json.loads(Path(spec["out"]).read_text())
+            except (subprocess.SubprocessError, OSError) as e:
+                tail = (getattr(e, "stderr", None) or "").strip().splitlines()[-1:]
+                rows.append({"name": name, "skipped": _reason(e, "failed: ") + " ".join(tail)})
+                print(rows[-1]["skipped"], flush=True)
+                continue
+        dp = result["data-parallel"]
+        one = result["one device"]["times_s"]
+        row = {"name": name, "processes": processes, "devices": processes * devices,
+               "first_epoch_s": dp["first_epoch_s"], "median_s": statistics.median(dp["times_s"]),
+               "min_s": min(dp["times_s"]), "repeats": len(dp["times_s"]),
+               "one_device_median_s": statistics.median(one)}
+        row["ratio"] = row["median_s"] / row["one_device_median_s"]
+        rows.append(row)
+        print(f"{row['median_s']:.3f} s", flush=True)
+    return rows
+
+
+def print_parallel_table(cfg: Config, rows: list[dict]) -> None:
+    sizes = "-".join(map(str, cfg.sizes))
+    print(f"\n[{cfg.name}] data-parallel fit, {sizes}, batch {cfg.batch_size}, "
+          f"{cfg.samples} samples, {cfg.dtype} (each setting in its own subprocess)")
+    fmt = "{:<16} {:>7} {:>8} {:>9} {:>8} {:>13} {:>13}"
+    print(fmt.format("setting", "devices", "first_s", "median_s", "min_s", "1 device med",
+                     "x one device"))
+    for r in rows:
+        if "skipped" in r:
+            print(f"{r['name']:<16} skipped: {r['skipped']}")
+            continue
+        print(fmt.format(r["name"], r["devices"], f"{r['first_epoch_s']:.3f}",
+                         f"{r['median_s']:.3f}", f"{r['min_s']:.3f}",
+                         f"{r['one_device_median_s']:.3f}", f"{r['ratio']:.2f}"))
+
+
 # --------------------------------------------------------------------------- data and machine
 
 
@@ -342,6 +549,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="also write everything as JSON")
     p.add_argument("--plot", metavar="PNG", help="also draw the ratios (needs matplotlib)")
+    p.add_argument("--parallel", action="store_true",
+                   help="time data-parallel fit on 1, 2, 4 devices and 2 processes instead")
+    p.add_argument("--parallel-worker", metavar="JSON", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -398,6 +608,11 @@ def targets(rows: list[dict]) -> list[tuple[str, str, bool | None]]:
     if med("jax-gemm-floor") is not None and med(FLOOR) is not None:
         out.append(("(context) XLA's matmuls alone vs gemm-floor",
                     f"{med('jax-gemm-floor') / med(FLOOR):.2f} x", None))
+    for name, base in (("pe-norms", "pe-plain"), ("pe-dp", "pe-plain"),
+                       ("vmap-grad-norms", "pe-plain"), ("vmap-grad-dp", "pe-plain"),
+                       ("vmap-grad-norms", "pe-norms"), ("vmap-grad-dp", "pe-dp")):
+        if med(name) is not None and med(base) is not None:  # per-example gradients
+            out.append((f"(context) {name} vs {base}", f"{med(name) / med(base):.2f} x", None))
     return out
 
 
@@ -411,6 +626,9 @@ def print_targets(cfg: Config, rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.parallel_worker:
+        parallel_worker(json.loads(args.parallel_worker))
+        return {}
     if args.repeats is not None and args.repeats < 1:
         raise SystemExit("--repeats must be at least 1")
     names = list(CONTENDERS)
@@ -423,6 +641,10 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     report = {"configs": [], "load_before": os.getloadavg()}
     for cfg in configs(args):
+        if args.parallel:
+            report["configs"].append({"config": cfg._asdict(), "data": args.data or "synthetic",
+                                      "parallel": run_parallel(cfg, args.data, 600.0)})
+            continue
         x, y = load_data(cfg, args.data)
         rows = run_config(cfg, names, x, y, args.budget)
         report["configs"].append(
@@ -438,16 +660,19 @@ def main(argv: list[str] | None = None) -> dict:
             "competes for the cores and threaded BLAS on small matrices suffers most"
         )
     for entry in report["configs"]:
-        print_table(Config(**entry["config"]), entry["results"])
+        if "parallel" in entry:
+            print_parallel_table(Config(**entry["config"]), entry["parallel"])
+        else:
+            print_table(Config(**entry["config"]), entry["results"])
     for entry in report["configs"]:
-        if entry["config"]["name"] == "main":
+        if entry["config"]["name"] == "main" and "results" in entry:
             print_targets(Config(**entry["config"]), entry["results"])
             entry["targets"] = targets(entry["results"])
     print(f"\ntotal {report['total_s']:.1f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")
-    if args.plot:
+    if args.plot and not args.parallel:
         from plot import plot_ratios
 
         plot_ratios(report, args.plot)

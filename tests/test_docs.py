@@ -483,9 +483,10 @@ def test_shown_example_output_is_what_the_example_prints():
 
 
 def test_code_lines_fit_the_page():
-    """Code wider than 100 characters scrolls sideways on a 1280-pixel screen."""
-    long = [f"{page.name}: {line}" for page in PAGES for _, title, code in fenced_blocks(page)
-            if not title.startswith("output") for line in code.splitlines() if len(line) > 100]
+    """Code wider than 100 characters scrolls sideways on a 1280-pixel screen (printed
+    output is shown as it is)."""
+    long = [f"{page.name}: {line}" for page in PAGES for lang, _, code in fenced_blocks(page)
+            if lang in ("python", "bash") for line in code.splitlines() if len(line) > 100]
     assert not long, "lines over 100 characters:\n" + "\n".join(long)
 
 
@@ -493,7 +494,8 @@ def test_pages_are_in_the_nav_and_have_a_title():
     nav = (ROOT / "mkdocs.yml").read_text()
     for page in PAGES:
         rel = str(page.relative_to(DOCS))
-        assert rel in nav, f"{rel} is not in the nav of mkdocs.yml"
+        assert re.search(rf"^\s*- (?:[^\n]*: )?{re.escape(rel)}$", nav, re.M), (
+            f"{rel} is not in the nav of mkdocs.yml")
         assert page.read_text().startswith("# "), f"{rel} does not start with a title"
 
 

@@ -9,6 +9,7 @@ on the first 2000 real MNIST images.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -22,7 +23,7 @@ import pytest
 from _digits import write_digits
 
 import funcnn
-from funcnn.cli import main
+from funcnn.cli import build_parser, main
 from funcnn.data.mnist import FILES as MNIST_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -539,3 +540,20 @@ def test_early_stopping_keeps_the_best_epoch(capsys, digits, tmp_path):
                              "--data", digits)
     assert code == 0, err
     assert last_json(out)["test_loss"] == pytest.approx(result["test_loss"], rel=1e-5)
+
+
+# ---------------------------------------------------------------------------- documentation
+
+
+def test_the_docs_page_explains_every_flag():
+    """docs/cli.md has a table row for every flag of every command (no drift)."""
+    page = (ROOT / "docs" / "cli.md").read_text()
+    sections = dict(re.findall(r"^## `funcnn (\w+)`\n(.*?)(?=^## )", page, re.S | re.M))
+    commands = next(a for a in build_parser()._actions
+                    if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(sections) == set(commands)
+    for name, parser in commands.items():
+        flags = [s for a in parser._actions for s in a.option_strings
+                 if s.startswith("--") and s != "--help"]
+        missing = [f for f in flags if not re.search(rf"^\| `{f}[ `]", sections[name], re.M)]
+        assert not missing, f"docs/cli.md, funcnn {name}: no row for {missing}"

@@ -21,7 +21,7 @@ N_PIXELS, N_CLASSES = 784, 10
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "evaluate", help="a saved model on the MNIST test set: accuracy per class, confusion",
+        "evaluate", help="test a saved model: accuracy per class, confusion matrix",
         description="Evaluate a checkpoint on the 10000 MNIST test images: loss, accuracy, "
                     "accuracy per class and the confusion matrix (printed, and drawn in "
                     "confusion.png). The checkpoint holds the net spec: no architecture flags.",

@@ -31,36 +31,41 @@ REFERENCE_NAME = {"jax": "jax.grad", "finite_differences": "finite differences"}
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "gradcheck", help="check the hand-written gradients against jax.grad, leaf by leaf",
+        "gradcheck", help="hand-written gradients against jax.grad, leaf by leaf",
         description="Draw a small random network and batch, compute the gradient of the loss "
                     "with funcnn's hand-written backward pass and compare every leaf with "
                     "jax.grad (or finite differences), all in float64. Exit code 1 on a "
                     "mismatch.",
     )
     p.add_argument("--hidden", type=widths, default=(16, 8), metavar="W,W",
-                   help="hidden widths, comma-separated (default: 16,8)")
-    p.add_argument("--activation", default="relu", choices=tuple(ACTIVATIONS),
-                   help="hidden activation (default: relu)")
-    p.add_argument("--output", default="softmax", choices=OUTPUTS,
-                   help="output activation (default: softmax)")
-    p.add_argument("--loss", default=None, choices=tuple(LOSSES),
-                   help="loss (default: cross_entropy for softmax, binary_cross_entropy for "
-                        "sigmoid, mse otherwise)")
-    p.add_argument("--dropout", type=fraction, default=0.0,
-                   help="dropout probability; masks are drawn from the seed (default: 0)")
-    p.add_argument("--n-in", type=positive_int, default=6, help="input width (default: 6)")
-    p.add_argument("--n-out", type=positive_int, default=4, help="output width (default: 4)")
-    p.add_argument("--rows", type=positive_int, default=8, help="batch rows (default: 8)")
-    p.add_argument("--reference", default="jax", choices=tuple(DEFAULT_RTOL),
+                   help="hidden widths, comma-separated; 'none' for no hidden layer "
+                        "(default: 16,8)")
+    p.add_argument("--activation", default="relu", choices=tuple(ACTIVATIONS), metavar="NAME",
+                   help=f"hidden activation: {', '.join(ACTIVATIONS)} (default: relu)")
+    p.add_argument("--output", default="softmax", choices=OUTPUTS, metavar="NAME",
+                   help="output activation: softmax or any hidden one (default: softmax)")
+    p.add_argument("--loss", default=None, choices=tuple(LOSSES), metavar="NAME",
+                   help=f"{', '.join(LOSSES)} (default: cross_entropy for softmax, "
+                        "binary_cross_entropy for sigmoid, mse otherwise)")
+    p.add_argument("--dropout", type=fraction, default=0.0, metavar="P",
+                   help="dropout probability; the masks are drawn from the seed (default: 0)")
+    p.add_argument("--n-in", type=positive_int, default=6, metavar="N",
+                   help="input width (default: 6)")
+    p.add_argument("--n-out", type=positive_int, default=4, metavar="N",
+                   help="output width (default: 4)")
+    p.add_argument("--rows", type=positive_int, default=8, metavar="N",
+                   help="rows in the batch (default: 8)")
+    p.add_argument("--reference", default="jax", choices=tuple(DEFAULT_RTOL), metavar="NAME",
                    help="jax (jax.grad) or finite_differences; without jax installed, "
-                        "finite differences are used (default: jax)")
-    p.add_argument("--rtol", type=positive_float, default=None,
+                        "finite differences are used, and said so (default: jax)")
+    p.add_argument("--rtol", type=positive_float, default=None, metavar="R",
                    help="largest relative error that passes (default: 1e-7 against jax, "
                         "1e-5 against finite differences)")
     p.add_argument("--dtype", default="float64", choices=("float32", "float64"),
-                   help="dtype the random params and data are drawn in; the check itself "
-                        "computes in float64 (default: float64)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the network and batch")
+                   metavar="NAME", help="float32 or float64: the dtype the params and data "
+                   "are drawn in; the check itself computes in float64 (default: float64)")
+    p.add_argument("--seed", type=int, default=0, metavar="N",
+                   help="seed of the network, the batch and the dropout masks (default: 0)")
     p.set_defaults(run=run)
     return p
 

@@ -47,7 +47,7 @@ NOT_COMPARED = ("data", "out", "resume", "no_progress")
 def add_parser(subparsers) -> argparse.ArgumentParser:
     jax_default = "jax" if funcnn.backend.jax_available() else "numpy"
     p = subparsers.add_parser(
-        "train", help="train an MLP on MNIST; write a checkpoint, metrics and curves",
+        "train", help="train an MLP on MNIST: model, checkpoint, metrics, curves",
         description="Train an MLP on MNIST with funcnn.fit. The defaults are the recipe of "
                     "examples/mnist.py: 784-512-256-10 ReLU, dropout 0.2, AdamW (lr 2e-3, "
                     "weight decay 1e-4 on the weights), one epoch of warm-up then cosine "
@@ -200,9 +200,6 @@ def run(args: argparse.Namespace) -> int:
     ckpt = out / CHECKPOINT
     if args.resume:
         check_resume(out, config)
-    elif ckpt.exists():
-        print(f"note: starting a new run in {out}, replacing its checkpoint "
-              "(--resume would continue it)", file=sys.stderr)
     data = load_data(args.data)
     x, y, validation = split_data(args, data)
     net = funcnn.MLP((data.x_train.shape[1], *args.hidden, 10), hidden=args.activation,
@@ -215,6 +212,9 @@ def run(args: argparse.Namespace) -> int:
     params = funcnn.init_params(net, args.seed, backend=args.backend, dtype=args.dtype)
     rows = {"train": len(x), "validation": 0 if validation is None else len(validation[0]),
             "test": len(data.x_test)}
+    if not args.resume and ckpt.exists():
+        print(f"note: starting a new run in {out}, replacing its checkpoint "
+              "(--resume would continue it)", file=sys.stderr)
     write_json(out / METRICS, {"status": "running", "config": config, "rows": rows})
 
     callbacks = [funcnn.callbacks.checkpoint(ckpt, every=1, resume=args.resume)]

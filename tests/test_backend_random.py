@@ -147,6 +147,18 @@ def test_same_seed_same_key_and_numbers(backend):
         assert np.asarray(sample(a)).tobytes() != np.asarray(sample(fnr.key(43, backend))).tobytes()
 
 
+def test_one_seed_draws_the_same_numbers_on_both_backends():
+    """The whole contract is in tests/test_random_stream.py; this is its smoke test."""
+    on_np, on_jax = fnr.key(42, "numpy"), fnr.key(42, "jax")
+    np.testing.assert_array_equal(fnr.split(on_np, 3), np.asarray(fnr.split(on_jax, 3)))
+    np.testing.assert_allclose(fnr.normal(on_np, SHAPE), np.asarray(fnr.normal(on_jax, SHAPE)),
+                               rtol=1e-6, atol=0)
+    np.testing.assert_array_equal(fnr.bernoulli(on_np, 0.5, SHAPE),
+                                  np.asarray(fnr.bernoulli(on_jax, 0.5, SHAPE)))
+    np.testing.assert_array_equal(fnr.permutation(on_np, 50),
+                                  np.asarray(fnr.permutation(on_jax, 50)))
+
+
 def test_large_seeds_are_distinct(backend):
     keys = [np.asarray(fnr.key(s, backend)).tobytes() for s in (0, 1, 2**32, 2**32 + 1, 2**64 - 1)]
     assert len(set(keys)) == len(keys)
@@ -208,7 +220,7 @@ def test_sampler_dtypes_and_shapes(backend, dtype):
     assert isinstance(b, array_type) and b.shape == SHAPE and np.dtype(b.dtype) == np.bool_
     assert abs(float(np.asarray(b).mean()) - 0.25) < 0.03
     p = np.asarray(fnr.permutation(key, 50))
-    assert p.shape == (50,) and np.dtype(p.dtype).kind == "i"
+    assert p.shape == (50,) and p.dtype == np.int32  # int32 on both, whatever jax_enable_x64
     np.testing.assert_array_equal(np.sort(p), np.arange(50))
 
 

@@ -73,9 +73,11 @@ epoch = _jax_programs()[0]
 p4, s4, h4 = funcnn.fit(net, params, opt, x, y, devices=jax.devices(), **kw)
 compiled = epoch._cache_size()
 again = funcnn.fit(net, params, opt, x, y, devices=parallel.data_mesh(), **kw)
-out.update(sharded=leaves(p4), sharded_history=h4,
-           sharded_opt=leaves(s4), again=leaves(again[0]),
-           compiled_before=compiled, compiled_after=epoch._cache_size())
+out.update(compiled_before=compiled, compiled_after=epoch._cache_size())
+rows = funcnn.fit(net, params, opt, *parallel.shard_batch((x, y), parallel.data_mesh()),
+                  devices=jax.devices(), **kw)  # data split by rows stay split
+out.update(sharded=leaves(p4), sharded_history=h4, rows=leaves(rows[0]), rows_history=rows[2],
+           sharded_opt=leaves(s4), again=leaves(again[0]))
 out["shardings"] = [(list(a.sharding.spec), a.sharding.is_fully_replicated,
                      len(a.sharding.device_set)) for a in jax.tree.leaves((p4, s4))]
 out["errors"] = {
@@ -237,6 +239,8 @@ def test_four_devices_equal_one_device(four_devices, reference):
     assert _max_diff(out["sharded"], params) < 1e-6
     assert _max_diff(out["again"], params) < 1e-6
     _assert_same_history(out["sharded_history"], history)
+    assert _max_diff(out["rows"], params) < 1e-6  # the training set split by rows
+    _assert_same_history(out["rows_history"], history)
     assert len(history["loss"]) == 2 * 12  # 11 full batches and the short one, twice
 
 
@@ -252,17 +256,25 @@ def test_fit_again_does_not_recompile(four_devices):
     assert four_devices["compiled_after"] == four_devices["compiled_before"]
 
 
-def test_only_gradients_and_indices_cross_devices(four_devices):
-    """The epoch program (compiled once) sums the gradients across devices with an
-    all-reduce inside its loop; the data never move, only integer row indices."""
-    assert len(four_devices["hlo"]) == 1, "the epoch program was compiled more than once"
-    hlo = four_devices["hlo"][0]
+def _collectives(hlo: str) -> list[tuple[str, str]]:
+    """(result type, operation) of every cross-device operation of a compiled program."""
     pattern = r"= (\(.*?\)|\S+) (all-reduce|all-gather|all-to-all|collective-permute)\("
-    collectives = re.findall(pattern, hlo)
+    return re.findall(pattern, hlo)
+
+
+def test_only_gradients_and_indices_cross_devices(four_devices):
+    """With the data replicated, the epoch program sums the gradients across devices with
+    an all-reduce inside its loop; the data never move, only integer row indices. With
+    the data split by rows, each batch also crosses devices."""
+    # one program per placement of the data: replicated, then split by rows
+    assert len(four_devices["hlo"]) == 2, "the epoch program was compiled more than twice"
+    collectives = _collectives(four_devices["hlo"][0])
     gradient_sums = [t for t, op in collectives if op == "all-reduce" and "f64[5,16]" in t]
     assert len(gradient_sums) == 2, collectives  # in the scanned loop and in the short batch
     moves = [(t, op) for t, op in collectives if op != "all-reduce"]
     assert all(t.startswith("s32[") for t, _ in moves), moves
+    batch_moves = [t for t, _ in _collectives(four_devices["hlo"][1]) if "f64[8,5]" in t]
+    assert batch_moves, "data split by rows, yet no batch crosses devices"
 
 
 def test_batches_must_divide_among_devices(four_devices):

@@ -4,14 +4,14 @@ A key is a ``uint32`` array of shape ``(2,)``, the data of ``jax.random.PRNGKey(
 On a jax key each function calls ``jax.random`` (traceable under ``jax.jit``); on a
 NumPy key it computes the same thing in NumPy (:mod:`funcnn._threefry`: jax's
 threefry-2x32 hash, its ``split`` and ``fold_in``, its conversions). So one key gives
-one stream on both backends:
+one stream on both backends (docs/reliability.md, section 6):
 
-* ``split``, ``fold_in``, ``bernoulli``, ``permutation``, ``uniform``: bit for bit;
-* ``normal``: within 3 ulp in float32 and 5 ulp in float64 (XLA's ``log`` and
+* ``split``, ``fold_in``, ``uniform``, ``bernoulli``, ``permutation``: bit for bit;
+* ``normal``: within 4 ulp in float32 and 8 ulp in float64 (XLA's ``log`` and
   multiply-adds round differently from NumPy's).
 
 ``uniform`` with a range other than ``[0, 1)`` is exact where XLA fuses ``a * b + c``
-into one rounding (CPUs with FMA: x86-64 since 2013, ARM64; GPUs), as funcnn does.
+into one rounding (CPUs with FMA: x86-64 with FMA3, ARM64), as funcnn does.
 The stream follows jax's ``jax_threefry_partitionable`` flag (True by default), read
 from ``jax.config`` once jax is imported, else from ``$JAX_THREEFRY_PARTITIONABLE``.
 The jax path always uses the threefry2x32 PRNG, whatever ``jax_default_prng_impl``
@@ -43,6 +43,7 @@ __all__ = [
     "normal",
     "permutation",
     "split",
+    "threefry_partitionable",
     "uniform",
 ]
 

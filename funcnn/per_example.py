@@ -1,0 +1,302 @@
+"""Per-example gradients, their norms and DP-SGD clipping, from the hand-written backward pass.
+
+The batch gradient of the mean loss is a sum over examples,
+``dW[l] = inputs[l].T @ dz = sum_i outer(inputs[l][i], dz[i])``, so the hand-written
+pass already holds every example's contribution. With ``m`` rows, the delta of example
+``i``'s own loss is ``delta[l][i] = m * dz[i]`` (each row of ``dz`` carries the ``1/m`` of
+the mean), and::
+
+    g_i[l].W  = outer(inputs[l][i], delta[l][i])     (n_l, n_{l+1})
+    g_i[l].b  = delta[l][i]                          (n_{l+1},)
+    ||g_i||^2 = sum_l ||delta[l][i]||^2 * (||inputs[l][i]||^2 + 1)
+
+since ``||outer(a, d)||_F = ||a|| ||d||``. An example's own loss is its cross-entropy, or
+the mean over its ``k`` outputs for binary cross-entropy and MSE (so that the mean of the
+per-example losses is :func:`funcnn.loss`). A custom ``Loss`` qualifies when its value is
+such a mean over rows and row ``i`` of its delta depends on row ``i`` alone.
+
+DP-SGD (Abadi et al., 2016), the step Opacus computes, clips each example's gradient to
+``max_norm`` C, sums, adds Gaussian noise of standard deviation ``noise_multiplier * C``
+to every element and divides by the batch size::
+
+    s_i = min(1, C / ||g_i||) = C / max(||g_i||, C)
+    g   = (sum_i s_i g_i + noise_multiplier * C * N(0, I)) / m
+        = (inputs[l].T @ (delta[l] * s[:, None]) + noise) / m      one GEMM per layer
+
+so neither the norms nor the clipped sum ever materialise a per-example weight gradient.
+
+**The gradient hook.** :func:`dp_gradient` returns a frozen, hashable
+:class:`DPGradient`, a pure function with the signature::
+
+    grad_fn(net, params, cache, y, key) -> grads
+
+``net`` the ``MLP``; ``params`` its tuple of ``Dense``; ``cache`` the ``Cache`` of
+``funcnn.mlp.apply`` on the batch (dropout masks already in it); ``y`` the targets as
+``funcnn._mlp_checks.check_y`` prepares them; ``key`` a ``funcnn.random`` key for the noise
+(independent of the dropout key), or ``None`` when ``noise_multiplier == 0``. It returns a
+tree like ``params`` that replaces ``funcnn.mlp.backward(net, params, cache, y)`` before
+``optimizer.update``, so it goes with every optimizer. It checks nothing (like
+``backward``); equal settings compare and hash equal, so a jitted loop that takes it as a
+static argument compiles once.
+
+The functions taking ``(net, params, x, y)`` check their arguments as
+``funcnn.value_and_grad`` does; ``example_deltas``, ``grads_from_cache``,
+``norms_from_cache``, ``grad_and_norms_from_cache`` and ``clipped_grad_from_cache`` are
+the check-free pieces for a jitted loop. All run on NumPy and jax (also under
+``jax.jit``) and keep float32 float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from funcnn import random
+from funcnn._checks import check_positive
+from funcnn._mlp_checks import check_y
+from funcnn.activations import get_activation
+from funcnn.backend import array_namespace, check_same_backend, concrete_value, is_jax_array
+from funcnn.losses import get_loss
+from funcnn.mlp import Cache, Dense, apply, check_net, check_params, prepare_inputs
+from funcnn.types import Array, Grads, Key, Params
+
+__all__ = [
+    "DPGradient",
+    "clipped_grad_from_cache",
+    "clipped_mean_grad",
+    "dp_gradient",
+    "example_deltas",
+    "grad_and_norms_from_cache",
+    "grads_from_cache",
+    "norms_from_cache",
+    "per_example_grad_norms",
+    "per_example_grads",
+]
+
+
+# ---------------------------------------------------------------------------- check-free pieces
+
+
+def example_deltas(net: Any, params: Params, cache: Cache, y: Array) -> tuple:
+    """Each example's ``dL_i/dzs[l]``: one ``(m, n_{l+1})`` array per layer, 0-based.
+
+    The backward pass of :func:`funcnn.mlp.backward` without its weight products, started
+    from ``m`` times the loss delta (the gradient of each row's own loss, not of the mean).
+    """
+    g_grad = get_activation(net.hidden).grad
+    m = cache.zs[-1].shape[0]
+    dz = get_loss(net.loss).delta(net.output, cache.zs[-1], cache.out, y) * m
+    deltas = [dz] * len(params)
+    for l in range(len(params) - 1, 0, -1):
+        da = deltas[l] @ params[l].W.T                 # (m, n_l): into the layer below
+        if cache.masks[l - 1] is not None:
+            da = da * cache.masks[l - 1]               # dropout passes gradient where it kept
+        deltas[l - 1] = da * g_grad(cache.zs[l - 1], cache.hidden[l - 1])
+    return tuple(deltas)
+
+
+def _outer_grads(inputs: tuple, deltas: tuple) -> Grads:
+    """``Dense(W=(m, n_in, n_out), b=(m, n_out))`` per layer: ``outer(a_i, delta_i)``."""
+    xp = array_namespace(deltas[0])
+    return tuple(Dense(xp.einsum("mi,mo->mio", a, d), d)
+                 for a, d in zip(inputs, deltas, strict=True))
+
+
+def _norms(inputs: tuple, deltas: tuple) -> Array:
+    """``||g_i||`` of shape ``(m,)`` from ``||d_i||^2 (||a_i||^2 + 1)`` summed over layers."""
+    xp = array_namespace(deltas[0])
+    squares = 0
+    for a, d in zip(inputs, deltas, strict=True):
+        squares = squares + xp.sum(d * d, axis=1) * (xp.sum(a * a, axis=1) + 1)
+    return xp.sqrt(squares)
+
+
+def grads_from_cache(net: Any, params: Params, cache: Cache, y: Array) -> Grads:
+    """Per-example gradients from a forward cache (no checks); see :func:`per_example_grads`."""
+    return _outer_grads(cache.inputs, example_deltas(net, params, cache, y))
+
+
+def norms_from_cache(net: Any, params: Params, cache: Cache, y: Array) -> Array:
+    """Per-example global gradient norms ``(m,)`` from a forward cache (no checks)."""
+    return _norms(cache.inputs, example_deltas(net, params, cache, y))
+
+
+def grad_and_norms_from_cache(net: Any, params: Params, cache: Cache, y: Array):
+    """``(batch gradient, per-example norms (m,))`` from one backward pass (no checks).
+
+    The gradient is that of :func:`funcnn.mlp.backward` (up to rounding), computed from
+    the per-example deltas, so a loop that logs the norms pays for one pass, not two.
+    """
+    deltas = example_deltas(net, params, cache, y)
+    scale = 1.0 / deltas[0].shape[0]
+    grads = []
+    for a, d in zip(cache.inputs, deltas, strict=True):
+        d = d * scale
+        grads.append(Dense(a.T @ d, d.sum(axis=0)))
+    return tuple(grads), _norms(cache.inputs, deltas)
+
+
+def clipped_grad_from_cache(
+    net: Any, params: Params, cache: Cache, y: Array, *, max_norm: float,
+    noise_multiplier: float = 0.0, key: Key | None = None,
+) -> tuple[Grads, Array]:
+    """``(DP gradient, per-example norms before clipping)`` from a forward cache.
+
+    The gradient is ``(sum_i min(1, C / ||g_i||) g_i + noise) / m`` with ``C = max_norm``
+    and noise ``noise_multiplier * C * N(0, I)``: one standard normal draw from ``key``
+    of all the parameters at once, laid out leaf by leaf (``W[0], b[0], W[1], ...``, each
+    row-major). ``max_norm`` and ``noise_multiplier`` are Python numbers, already checked
+    (see :class:`DPGradient`).
+    """
+    deltas = example_deltas(net, params, cache, y)
+    norms = _norms(cache.inputs, deltas)
+    xp = array_namespace(norms)
+    m = norms.shape[0]
+    weight = (max_norm / m) / xp.maximum(norms, max_norm)   # s_i / m, shape (m,)
+    grads = []
+    for a, d in zip(cache.inputs, deltas, strict=True):
+        dw = d * weight[:, None]                            # (m, n_out): clipped, / m
+        grads.append(Dense(a.T @ dw, dw.sum(axis=0)))
+    std = noise_multiplier * max_norm / m                   # of the noise after the / m
+    if std > 0:
+        grads = _add_noise(tuple(grads), std, key, noise_multiplier)
+    return tuple(grads), norms
+
+
+def _add_noise(grads: Grads, std: float, key: Key | None, noise_multiplier: float) -> Grads:
+    """``grads + std * N(0, I)``, the normals drawn at once and cut leaf by leaf."""
+    if key is None:
+        raise ValueError(
+            f"noise_multiplier={noise_multiplier} adds Gaussian noise, which needs a key "
+            "(a funcnn.random key or int seed, independent of the dropout key); pass "
+            "noise_multiplier=0.0 for clipping without noise"
+        )
+    W0 = grads[0].W
+    backend = "jax" if is_jax_array(W0) else "numpy"
+    sizes = [leaf.size for layer in grads for leaf in layer]
+    noise = random.normal(random.as_key(key, backend), (sum(sizes),), W0.dtype) * std
+    out, start = [], 0
+    for layer in grads:
+        leaves = []
+        for leaf in layer:
+            leaves.append(leaf + noise[start:start + leaf.size].reshape(leaf.shape))
+            start += leaf.size
+        out.append(Dense(*leaves))
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------------- the hook
+
+
+def _setting(name: str, value: Any, *, allow_zero: bool) -> float:
+    if is_jax_array(value) and concrete_value(value) is None:
+        raise TypeError(
+            f"{name} must be a Python number, not a traced value: it is part of the hashable "
+            "gradient hook (close over it, or make it a static argument of jax.jit)"
+        )
+    check_positive(name, value, allow_zero=allow_zero)
+    return float(value)
+
+
+@dataclass(frozen=True)
+class DPGradient:
+    """The DP-SGD gradient as a hook ``grad_fn(net, params, cache, y, key) -> grads``.
+
+    Args:
+      max_norm: the clipping norm ``C`` of each example's gradient, positive and finite.
+      noise_multiplier: the noise's standard deviation in units of ``C`` (``sigma`` of
+        Abadi et al. and Opacus), ``>= 0``; ``0`` clips without noise.
+
+    Calling it returns the gradient of :func:`clipped_grad_from_cache` (same tree as
+    ``params``); ``key`` draws the noise and may be ``None`` only without noise. Equal
+    settings compare and hash equal (``1`` and ``1.0`` too).
+    """
+
+    max_norm: float
+    noise_multiplier: float = 0.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "max_norm",
+                           _setting("max_norm", self.max_norm, allow_zero=False))
+        object.__setattr__(self, "noise_multiplier",
+                           _setting("noise_multiplier", self.noise_multiplier, allow_zero=True))
+
+    def __call__(self, net: Any, params: Params, cache: Cache, y: Array,
+                 key: Key | None = None) -> Grads:
+        return clipped_grad_from_cache(net, params, cache, y, max_norm=self.max_norm,
+                                       noise_multiplier=self.noise_multiplier, key=key)[0]
+
+
+def dp_gradient(max_norm: float, noise_multiplier: float = 0.0) -> DPGradient:
+    """The DP-SGD gradient hook: clip each example to ``max_norm``, sum, add noise, average.
+
+    ``grad_fn = dp_gradient(1.0, 1.1)`` is called as ``grad_fn(net, params, cache, y, key)``
+    and returns what ``funcnn.mlp.backward`` would, clipped and noised; see the module
+    docstring for the exact contract.
+    """
+    return DPGradient(max_norm, noise_multiplier)
+
+
+# ---------------------------------------------------------------------------- checked entry points
+
+
+def _forward(net, params, x, y, key, train):
+    """Checks as in ``funcnn.value_and_grad``, then the forward cache and prepared targets."""
+    x, masks, dtype = prepare_inputs(net, params, x, key, train)
+    check_same_backend(params, y=y)
+    y = check_y(net, y, x.shape[0], dtype)
+    return apply(net, params, x, masks), y
+
+
+def per_example_grads(
+    net: Any, params: Params, x: Array, y: Array, *, key: Key | None = None,
+    train: bool = False,
+) -> Grads:
+    """Each example's gradient of its own loss, with a leading batch axis.
+
+    Returns a tuple of ``Dense(W=(m, n_in, n_out), b=(m, n_out))``, one per layer:
+    ``W[i] = outer(inputs[l][i], delta[l][i])``. Their mean over the batch is
+    ``funcnn.backprop``. ``key`` and ``train`` draw dropout masks as in
+    :func:`funcnn.forward`. Memory grows as ``m`` times the parameters: for norms or
+    clipping use :func:`per_example_grad_norms` or :func:`clipped_mean_grad`.
+    """
+    cache, y = _forward(net, params, x, y, key, train)
+    return grads_from_cache(net, params, cache, y)
+
+
+def per_example_grad_norms(
+    net: Any, params: Params, x: Array, y: Array, *, key: Key | None = None,
+    train: bool = False,
+) -> Array:
+    """Each example's global gradient norm (over all layers, weights and biases), ``(m,)``.
+
+    Computed as ``sqrt(sum_l ||delta_l||^2 (||a_l||^2 + 1))`` without forming a
+    per-example weight gradient; arguments as for :func:`per_example_grads`. Large norms
+    point at hard or mislabelled examples.
+    """
+    cache, y = _forward(net, params, x, y, key, train)
+    return norms_from_cache(net, params, cache, y)
+
+
+def clipped_mean_grad(
+    net: Any, params: Params, x: Array, y: Array, *, max_norm: float,
+    noise_multiplier: float = 0.0, key: Key | None = None, train: bool = False,
+) -> Grads:
+    """The DP-SGD gradient of a batch: each example clipped to ``max_norm``, summed,
+    noised with ``N(0, (noise_multiplier * max_norm)^2)`` per element, divided by ``m``.
+
+    ``key`` (an int seed or a ``funcnn.random`` key) is needed for noise or for dropout
+    (``train=True``); it is split in two: the dropout masks come from
+    ``random.split(key)[0]`` (as ``forward(..., key=random.split(key)[0], train=True)``
+    draws them) and the noise from ``random.split(key)[1]`` (as
+    ``dp_gradient(max_norm, noise_multiplier)(net, params, cache, y, random.split(key)[1])``
+    draws it). ``max_norm`` and ``noise_multiplier`` must be Python numbers (static under jit).
+    """
+    grad_fn = DPGradient(max_norm, noise_multiplier)
+    check_net(net)
+    check_params(net, params)
+    drop_key = noise_key = None
+    if key is not None:
+        drop_key, noise_key = random.split(random.as_key(key, check_same_backend(params)))
+    cache, y = _forward(net, params, x, y, drop_key, train)
+    return grad_fn(net, params, cache, y, noise_key)

@@ -12,14 +12,15 @@ each device runs the hand-written forward and backward pass on its rows, and the
 compiler adds the all-reduce that turns the per-device sums of ``dW = a.T @ dz`` into
 the gradient of the global batch. ``funcnn.fit(..., devices=...)`` does exactly this
 for whole epochs: it keeps the training set replicated and shards the gather of each
-batch (:func:`constrain_batch`), so no data moves between devices.
+batch (:func:`constrain_batch`), so only the gradients cross devices (a training set
+you placed split by rows stays so, and then each batch crosses them too).
 
 Several processes (several hosts, or :mod:`funcnn.launch` on one machine) first call
 :func:`initialize`; then ``jax.devices()`` lists every process's devices and
 :func:`data_mesh` spans them all. Every process passes the same full arrays: the
 functions here place each process's own shards.
 
-jax is imported only when a function needs it.
+jax is imported only when a function needs it. The guide: ``docs/parallel.md``.
 """
 
 from __future__ import annotations

@@ -8,6 +8,10 @@ textbook formulas in plain float64 NumPy, written here independently of funcnn.
 
 from __future__ import annotations
 
+import inspect
+import math
+import re
+import typing
 from collections.abc import Callable
 from functools import partial
 from typing import Any, NamedTuple
@@ -33,6 +37,7 @@ def make_tree(rng: np.random.Generator, dtype="float32", scale=1.0, backend="num
 
 
 class Case(NamedTuple):
+    factory: str  # the name in funcnn.optim.__all__ of the factory under test
     make: Callable[[], optim.Optimizer]  # the factory call under test
     init: Callable[[Any], Any]  # the free functions with the same hyperparameters
     update: Callable[..., Any]
@@ -43,44 +48,71 @@ def _clipped_adam(params, grads, state, **hyper):
     return optim.adam_update(params, optim.clip_by_global_norm(grads, 1.0), state, **hyper)
 
 
+def _case(factory, state_type, init_hyper=None, **hyper):
+    """A contract case: ``factory(**hyper, **init_hyper)`` against the free functions
+    ``<factory>_init(params, **init_hyper)`` and ``<factory>_update(..., **hyper)``."""
+    init_hyper = init_hyper or {}
+    return Case(factory, lambda: getattr(optim, factory)(**hyper, **init_hyper),
+                partial(getattr(optim, f"{factory}_init"), **init_hyper),
+                partial(getattr(optim, f"{factory}_update"), **hyper), state_type)
+
+
 ADAM_HYPER = dict(lr=DECAY, b1=0.5, b2=0.99)
+RMS_LR = schedules.exponential_decay(0.1, 0.5, 10)
+
+
+def _first_column(shape):
+    mask = np.zeros(shape, dtype=bool)
+    mask[:, 0] = True
+    return mask
+
+
+# A mask of every kind of leaf: leaf-shaped bool arrays, a 0-d bool array, a NumPy bool.
+ARRAY_MASK = (Dense(_first_column(SHAPES[0]), np.asarray(False)),
+              Dense(_first_column(SHAPES[2]), np.bool_(True)))
 CASES = {
-    "sgd": Case(lambda: optim.sgd(lr=0.2), optim.sgd_init,
-                partial(optim.sgd_update, lr=0.2), optim.SGDState),
-    "sgd_momentum": Case(lambda: optim.sgd(lr=0.05, momentum=0.5), optim.sgd_init,
-                         partial(optim.sgd_update, lr=0.05, momentum=0.5), optim.SGDState),
-    "sgd_nesterov": Case(lambda: optim.sgd(lr=0.05, momentum=0.5, nesterov=True),
-                         optim.sgd_init,
-                         partial(optim.sgd_update, lr=0.05, momentum=0.5, nesterov=True),
-                         optim.SGDState),
-    "adam": Case(lambda: optim.adam(**ADAM_HYPER), optim.adam_init,
-                 partial(optim.adam_update, **ADAM_HYPER), optim.AdamState),
-    "adamw": Case(lambda: optim.adamw(**ADAM_HYPER, weight_decay=1e-3), optim.adam_init,
-                  partial(optim.adamw_update, **ADAM_HYPER, weight_decay=1e-3),
-                  optim.AdamState),
-    "adamw_masked": Case(
-        lambda: optim.adamw(**ADAM_HYPER, weight_decay=1e-3, mask=optim.weights_only),
-        optim.adam_init,
-        partial(optim.adamw_update, **ADAM_HYPER, weight_decay=1e-3, mask=optim.weights_only),
-        optim.AdamState),
-    "rmsprop": Case(lambda: optim.rmsprop(lr=schedules.exponential_decay(0.1, 0.5, 10)),
-                    optim.rmsprop_init,
-                    partial(optim.rmsprop_update, lr=schedules.exponential_decay(0.1, 0.5, 10)),
-                    optim.RMSPropState),
-    "adagrad": Case(lambda: optim.adagrad(lr=1.0), optim.adagrad_init,
-                    partial(optim.adagrad_update, lr=1.0), optim.AdagradState),
-    "clipped_adam": Case(lambda: optim.with_clipping(optim.adam(**ADAM_HYPER), 1.0),
-                         optim.adam_init, partial(_clipped_adam, **ADAM_HYPER),
-                         optim.AdamState),
+    "sgd": _case("sgd", optim.SGDState, lr=0.2),
+    "sgd_momentum": _case("sgd", optim.SGDState, lr=0.05, momentum=0.5),
+    "sgd_nesterov": _case("sgd", optim.SGDState, lr=0.05, momentum=0.5, nesterov=True),
+    "sgd_weight_decay": _case("sgd", optim.SGDState, lr=0.05, momentum=0.5,
+                              weight_decay=1e-4),
+    "adam": _case("adam", optim.AdamState, **ADAM_HYPER),
+    "adamw": _case("adamw", optim.AdamState, **ADAM_HYPER, weight_decay=1e-3),
+    "adamw_masked": _case("adamw", optim.AdamState, **ADAM_HYPER, weight_decay=1e-3,
+                          mask=optim.weights_only),
+    "adamw_array_mask": _case("adamw", optim.AdamState, **ADAM_HYPER, weight_decay=1e-3,
+                              mask=ARRAY_MASK),
+    "rmsprop": _case("rmsprop", optim.RMSPropState, lr=RMS_LR),
+    "rmsprop_momentum": _case("rmsprop", optim.RMSPropState, lr=RMS_LR, momentum=0.5),
+    "rmsprop_centered": _case("rmsprop", optim.RMSPropState, lr=RMS_LR, centered=True),
+    "rmsprop_centered_momentum": _case("rmsprop", optim.RMSPropState, lr=RMS_LR,
+                                       momentum=0.5, centered=True),
+    "adagrad": _case("adagrad", optim.AdagradState, lr=1.0),
+    "adagrad_initial_accumulator": _case("adagrad", optim.AdagradState,
+                                         dict(initial_accumulator=0.1), lr=1.0),
+    "clipped_adam": Case("with_clipping", lambda: optim.with_clipping(optim.adam(**ADAM_HYPER),
+                                                                      1.0),
+                         optim.adam_init, partial(_clipped_adam, **ADAM_HYPER), optim.AdamState),
 }
 MODES = ("numpy", "jax", "jax-jit")
 
 
+def _factories() -> list[str]:
+    """The public names of funcnn.optim that return an Optimizer."""
+    return sorted(name for name in optim.__all__ if callable(getattr(optim, name))
+                  and typing.get_type_hints(getattr(optim, name)).get("return") is optim.Optimizer)
+
+
 def test_every_optimizer_is_in_the_contract():
-    factories = {"sgd", "adam", "adamw", "rmsprop", "adagrad", "with_clipping"}
-    assert factories <= set(optim.__all__)
-    made = {type(c.make()) for c in CASES.values()}
-    assert made == {optim.Optimizer}
+    factories = _factories()
+    assert {"sgd", "adam", "adamw", "rmsprop", "adagrad", "with_clipping"} <= set(factories)
+    missing = set(factories) - {case.factory for case in CASES.values()}
+    assert not missing, f"factories of funcnn.optim without a contract case: {sorted(missing)}"
+    # every free update has its init and its factory
+    for name in (n for n in optim.__all__ if n.endswith("_update")):
+        stem = name.removesuffix("_update")
+        assert f"{stem}_init" in optim.__all__ and stem in factories, stem
+    assert {type(c.make()) for c in CASES.values()} == {optim.Optimizer}
 
 
 def float_dtypes(tree):
@@ -297,12 +329,21 @@ def test_sgd_matches_pytorch(backend, hyper):
         np.testing.assert_allclose(np.asarray(got), leaf, rtol=rtol)
 
 
-def textbook_rmsprop(p, grads, *, lr, decay, eps):
-    nu = np.zeros_like(p)
+def textbook_rmsprop(p, grads, *, lr, decay, eps, momentum=0.0, centered=False):
+    """torch.optim.RMSprop (alpha = decay) on one leaf, in float64."""
+    nu, mu, buf = np.zeros_like(p), np.zeros_like(p), np.zeros_like(p)
     for g in grads:
         nu = decay * nu + (1 - decay) * g * g
-        p = p - lr * g / (np.sqrt(nu) + eps)
-    return p
+        var = nu
+        if centered:
+            mu = decay * mu + (1 - decay) * g
+            var = nu - mu * mu
+        d = g / (np.sqrt(var) + eps)
+        if momentum > 0:
+            buf = momentum * buf + d
+            d = buf
+        p = p - lr * d
+    return p, nu, buf, mu
 
 
 def textbook_adagrad(p, grads, *, lr, eps, initial_accumulator=0.0):
@@ -313,16 +354,30 @@ def textbook_adagrad(p, grads, *, lr, eps, initial_accumulator=0.0):
     return p
 
 
-def test_rmsprop_and_adagrad_match_their_formulas(backend):
+RMSPROP_VARIANTS = {
+    "plain": dict(), "momentum": dict(momentum=0.9), "centered": dict(centered=True),
+    "centered_momentum": dict(momentum=0.5, centered=True),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(RMSPROP_VARIANTS))
+def test_rmsprop_matches_its_formula(backend, variant):
+    hyper = dict(lr=0.01, decay=0.8, eps=1e-6, **RMSPROP_VARIANTS[variant])
     params = make_tree(np.random.default_rng(9), "float64", backend=backend)
     grads = [funcnn.to_backend(g, backend) for g in grad_sequence(10, 5)]
-    new, state = run(optim.rmsprop_update, optim.rmsprop_init, params, grads,
-                     lr=0.01, decay=0.8, eps=1e-6)
+    new, state = run(optim.rmsprop_update, optim.rmsprop_init, params, grads, **hyper)
     assert int(state.count) == 5
-    for got, leaf in zip(tree_leaves(new), leafwise(textbook_rmsprop, params, grads, lr=0.01,
-                                                    decay=0.8, eps=1e-6), strict=True):
-        np.testing.assert_allclose(np.asarray(got), leaf, rtol=1e-12)
+    expected = leafwise(textbook_rmsprop, params, grads, **hyper)
+    for i, (p, nu, buf, mu) in enumerate(expected):
+        for got, want in ((new, p), (state.nu, nu), (state.velocity, buf), (state.mu, mu)):
+            np.testing.assert_allclose(np.asarray(tree_leaves(got)[i]), want, rtol=1e-12)
+    if variant == "plain":  # the unused buffers stay zero
+        assert not any(np.any(np.asarray(x)) for x in tree_leaves((state.velocity, state.mu)))
 
+
+def test_adagrad_matches_its_formula(backend):
+    params = make_tree(np.random.default_rng(9), "float64", backend=backend)
+    grads = [funcnn.to_backend(g, backend) for g in grad_sequence(10, 5)]
     state = optim.adagrad_init(params, initial_accumulator=0.1)
     new = params
     for g in grads:
@@ -335,6 +390,72 @@ def test_rmsprop_and_adagrad_match_their_formulas(backend):
                     for i in range(len(SHAPES))]
     for got, want in zip(tree_leaves(state.sum_sq), expected_sum, strict=True):
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-12)
+
+
+# ------------------------------------------------------------------ against optax
+
+
+def run_optax(transform, params, grads_seq):
+    """``transform`` (an optax GradientTransformation) applied like funcnn's updates."""
+    import optax
+
+    state = transform.init(params)
+    for g in grads_seq:
+        updates, state = transform.update(g, state, params)
+        params = optax.apply_updates(params, updates)
+    return params
+
+
+@pytest.mark.parametrize("variant", sorted(RMSPROP_VARIANTS))
+def test_rmsprop_matches_optax_with_eps_outside_the_root(variant):
+    optax = pytest.importorskip("optax")
+    extra = RMSPROP_VARIANTS[variant]
+    params = make_tree(np.random.default_rng(12), "float64", backend="jax")
+    grads = [funcnn.to_backend(g, "jax") for g in grad_sequence(13, 8)]
+    mine, _ = run(optim.rmsprop_update, optim.rmsprop_init, params, grads, lr=0.01,
+                  decay=0.85, eps=1e-6, **extra)
+    # optax's momentum is a trace after the lr scaling: the same steps for a constant lr.
+    theirs = run_optax(optax.rmsprop(0.01, decay=0.85, eps=1e-6, initial_scale=0.0,
+                                     eps_in_sqrt=False, centered=extra.get("centered", False),
+                                     momentum=extra.get("momentum")), params, grads)
+    chex.assert_trees_all_close(mine, theirs, rtol=1e-12, atol=0)
+    # optax's default puts eps inside the square root: not this convention.
+    inside = run_optax(optax.rmsprop(0.01, decay=0.85, eps=1e-6, centered=extra.get(
+        "centered", False), momentum=extra.get("momentum")), params, grads)
+    assert not np.allclose(np.asarray(mine[1].b), np.asarray(inside[1].b), rtol=1e-9, atol=0)
+
+
+def test_adagrad_matches_optax_where_their_conventions_meet():
+    """optax adds eps inside the square root, PyTorch (and funcnn) outside: with eps = 0
+    and optax's initial accumulator both give the same steps."""
+    optax = pytest.importorskip("optax")
+    params = make_tree(np.random.default_rng(14), "float64", backend="jax")
+    grads = [funcnn.to_backend(g, "jax") for g in grad_sequence(15, 8)]
+    opt = optim.adagrad(0.3, eps=0.0, initial_accumulator=0.1)
+    mine, _ = run(lambda p, g, s: opt.update(p, g, s), opt.init, params, grads)
+    theirs = run_optax(optax.adagrad(0.3, initial_accumulator_value=0.1, eps=0.0), params, grads)
+    chex.assert_trees_all_close(mine, theirs, rtol=1e-12, atol=0)
+
+
+def test_the_stated_conventions_are_the_real_defaults():
+    """The docstrings name PyTorch's and optax's settings; the defaults are what they say."""
+    optax = pytest.importorskip("optax")
+
+    def defaults(fn):
+        return {k: p.default for k, p in inspect.signature(fn).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+
+    rms, ada = defaults(optim.rmsprop), defaults(optim.adagrad)
+    assert rms["decay"] == defaults(optax.rmsprop)["decay"] == 0.9  # optax's decay
+    assert rms["eps"] == 1e-8 and rms["momentum"] == 0.0 and rms["centered"] is False
+    assert ada["initial_accumulator"] == 0.0 and ada["eps"] == 1e-10  # PyTorch's
+    theirs = defaults(optax.adagrad)
+    stated = re.search(r"``initial_accumulator_value=([\d.e-]+), eps=([\d.e-]+)``",
+                       optim.adagrad_update.__doc__)
+    assert stated, "adagrad_update does not state optax's defaults"
+    assert float(stated[1]) == theirs["initial_accumulator_value"]
+    assert float(stated[2]) == theirs["eps"]
+    assert "PyTorch" in optim.rmsprop_update.__doc__ and "0.99" in optim.rmsprop_update.__doc__
 
 
 # --------------------------------------------------------------------- clipping
@@ -379,7 +500,9 @@ def test_equal_factories_compare_and_hash_equal():
         (optim.adam(lr=schedules.cosine_decay(0.1, 100)),
          optim.adam(lr=schedules.cosine_decay(0.1, 100))),
         (optim.rmsprop(), optim.rmsprop()),
+        (optim.rmsprop(momentum=0.9, centered=True), optim.rmsprop(centered=True, momentum=0.9)),
         (optim.adagrad(0.1), optim.adagrad(0.1)),
+        (optim.adagrad(0.1, initial_accumulator=0.1), optim.adagrad(0.1, 1e-10, 0.1)),
     ]
     for a, b in pairs:
         assert a is not b and a == b and hash(a) == hash(b)
@@ -388,6 +511,8 @@ def test_equal_factories_compare_and_hash_equal():
     assert optim.sgd(0.1) != optim.sgd(0.1, momentum=0.5)
     assert optim.with_clipping(optim.adam(), 1.0) != optim.with_clipping(optim.adam(), 2.0)
     assert optim.adamw() != optim.adam()
+    assert optim.rmsprop() != optim.rmsprop(centered=True)
+    assert optim.adagrad(0.1) != optim.adagrad(0.1, initial_accumulator=0.1)
 
 
 def test_equal_optimizers_share_one_jit_trace():
@@ -473,3 +598,316 @@ def test_adamw_free_functions_match_the_factory():
         assert getattr(funcnn, name) is not None, name
     for name in funcnn.optim.__all__:
         assert getattr(funcnn.optim, name) is not None, name
+
+
+def test_state_field_names_are_kept():
+    """Checkpoints store states by field name: existing names stay, new ones come after."""
+    assert optim.SGDState._fields == ("count", "velocity")
+    assert optim.AdamState._fields == ("count", "mu", "nu")
+    assert optim.RMSPropState._fields == ("count", "nu", "velocity", "mu")
+    assert optim.AdagradState._fields == ("count", "sum_sq")
+    assert optim.adamw_init is optim.adam_init
+
+
+def _keywords(fn) -> dict[str, Any]:
+    return {k: p.default for k, p in inspect.signature(fn).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+@pytest.mark.parametrize("factory", [f for f in _factories() if f != "with_clipping"])
+def test_every_factory_takes_what_its_free_functions_take(factory):
+    takes = {k: p.default for k, p in inspect.signature(getattr(optim, factory)).parameters.items()}
+    free = {**_keywords(getattr(optim, f"{factory}_update")),
+            **_keywords(getattr(optim, f"{factory}_init"))}
+    assert free, factory
+    for name, default in free.items():
+        assert name in takes, f"optim.{factory} does not take {name}"
+        assert takes[name] == default, f"optim.{factory}: {name} defaults differ"
+
+
+def test_adagrad_factory_fills_its_accumulator():
+    params = make_tree(np.random.default_rng(0))
+    opt = optim.adagrad(0.1, initial_accumulator=0.25)
+    state = opt.init(params)
+    for leaf in tree_leaves(state.sum_sq):
+        assert leaf.dtype == np.float32
+        np.testing.assert_allclose(leaf, 0.25, rtol=0)
+    free = optim.adagrad_init(params, initial_accumulator=0.25)
+    chex.assert_trees_all_equal(state, free)
+    assert not np.any(tree_leaves(optim.adagrad(0.1).init(params).sum_sq)[0])
+
+
+# ------------------------------------------------------------------ hyperparameter checks
+
+FRACTIONS = ("momentum", "b1", "b2", "decay")
+NON_NEGATIVE = ("eps", "weight_decay", "initial_accumulator")
+
+
+def _callers(name: str) -> dict[str, Callable[[Any], Any]]:
+    """Every public function of funcnn.optim that takes ``name``, as ``call(value)``."""
+    params = make_tree(np.random.default_rng(0))
+    calls = {}
+    for fn_name in optim.__all__:
+        fn = getattr(optim, fn_name)
+        if isinstance(fn, type) or name not in inspect.signature(fn).parameters:
+            continue
+        if fn_name.endswith("_update"):
+            init = getattr(optim, fn_name.replace("_update", "_init"))
+            calls[fn_name] = lambda v, fn=fn, init=init: fn(params, params, init(params),
+                                                              **{name: v})
+        elif fn_name.endswith("_init"):
+            calls[fn_name] = lambda v, fn=fn: fn(params, **{name: v})
+        elif fn_name == "clip_by_global_norm":
+            calls[fn_name] = lambda v: optim.clip_by_global_norm(params, v)
+        elif fn_name == "with_clipping":
+            calls[fn_name] = lambda v: optim.with_clipping(optim.sgd(), v)
+        else:  # a factory
+            calls[fn_name] = lambda v, fn=fn: fn(**{name: v})
+    return calls
+
+
+def _bad_values():
+    nan, inf = math.nan, math.inf
+    for name in FRACTIONS:
+        for value in (1.0, 1.5, -0.1, nan, inf, np.float64(1.0), np.asarray(-0.5)):
+            yield name, value, ValueError, "must be in [0, 1)"
+    for name in NON_NEGATIVE:
+        for value in (-1e-8, -1, nan, inf, np.float32(-1.0)):
+            yield name, value, ValueError, "must be non-negative and finite, in [0, inf)"
+    for value in (0.0, -1.0, nan, inf):
+        yield "max_norm", value, ValueError, "must be positive and finite"
+        yield "lr", value, ValueError, "must be positive and finite"
+    for name in (*FRACTIONS, *NON_NEGATIVE, "max_norm"):
+        for value in ("0.5", [0.5], np.full(2, 0.5), True, None):
+            yield name, value, TypeError, "must be a"
+    for name in ("nesterov", "centered"):
+        for value in ("yes", 1, None):
+            yield name, value, TypeError, "must be True or False"
+
+
+@pytest.mark.parametrize(("name", "value", "error", "words"), list(_bad_values()))
+def test_a_hyperparameter_is_refused_the_same_way_everywhere(name, value, error, words):
+    """One check per kind of hyperparameter, in the free functions and the factories alike:
+    the same error and message, naming the hyperparameter, the range and the value."""
+    callers = _callers(name)
+    assert callers, name
+    messages = {}
+    for label, call in callers.items():
+        with pytest.raises(error) as info:
+            call(value)
+        messages[label] = str(info.value)
+    assert len(set(messages.values())) == 1, messages
+    message = next(iter(messages.values()))
+    assert message.startswith(f"{name} must be") and words in message, message
+    if isinstance(value, float | str):
+        assert repr(value) in message, message
+
+
+@pytest.mark.parametrize("name", [*FRACTIONS, *NON_NEGATIVE, "max_norm", "lr"])
+def test_edge_values_and_0d_arrays_are_accepted(name):
+    edges = {"max_norm": (1e-30, 1e30), "lr": (1e-30, 10.0)}.get(
+        name, (0.0, 0.999) if name in FRACTIONS else (0.0, 1e3))
+    for value in (*edges, np.float32(0.5), np.asarray(0.5), jax.numpy.asarray(0.5)):
+        for call in _callers(name).values():
+            call(value)  # does not raise
+
+
+def test_the_validation_holes_of_issue_8_are_closed():
+    params = make_tree(np.random.default_rng(0))
+    cases = [
+        (lambda: optim.sgd_update(params, params, optim.sgd_init(params), momentum=1.5),
+         "momentum must be in [0, 1); got 1.5"),
+        (lambda: optim.adam_update(params, params, optim.adam_init(params), b1=1.0),
+         "b1 must be in [0, 1); got 1.0"),
+        (lambda: optim.adam_update(params, params, optim.adam_init(params), eps=-1e-8),
+         "eps must be non-negative"),
+        (lambda: optim.adamw_update(params, params, optim.adam_init(params), weight_decay=-0.1),
+         "weight_decay must be non-negative"),
+        (lambda: optim.adagrad_init(params, initial_accumulator=-1),
+         "initial_accumulator must be non-negative and finite, in [0, inf); got -1"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            call()
+
+
+def test_traced_hyperparameters_are_not_checked():
+    params = make_tree(np.random.default_rng(0), backend="jax")
+    state = optim.adam_init(params)
+    update = jax.jit(lambda b1, eps: optim.adam_update(params, params, state, b1=b1, eps=eps))
+    new, _ = update(1.5, -1.0)  # tracers: values unknown, not checked
+    assert tree_leaves(new)[0].dtype == np.float32
+
+
+# ------------------------------------------------------------------ arrays as hyperparameters
+
+# Values exact in float32, so every wrapping gives the same Python float.
+EXACT = dict(lr=0.25, momentum=0.5, b1=0.5, b2=0.75, decay=0.5, eps=0.125, weight_decay=0.0625,
+             initial_accumulator=0.5, max_norm=2.0)
+WRAPS = {"numpy scalar": np.float32, "numpy 0-d": np.asarray,
+         "jax 0-d": lambda v: jax.numpy.asarray(v, dtype=jax.numpy.float64)}
+
+
+@pytest.mark.parametrize("wrap", sorted(WRAPS))
+@pytest.mark.parametrize("factory", _factories())
+def test_factories_turn_concrete_0d_arrays_into_python_numbers(factory, wrap):
+    fn = getattr(optim, factory)
+    names = [n for n in inspect.signature(fn).parameters if n in EXACT]
+    plain = {n: EXACT[n] for n in names}
+    args = (optim.sgd(),) if factory == "with_clipping" else ()
+    made = fn(*args, **{n: WRAPS[wrap](v) for n, v in plain.items()})
+    assert made == fn(*args, **plain) and hash(made) == hash(fn(*args, **plain))
+
+
+def test_fit_on_jax_takes_an_optimizer_built_from_0d_arrays():
+    jnp = jax.numpy
+    net = funcnn.MLP((3, 4, 2))
+    params = funcnn.init_params(net, 0, backend="jax")
+    x, y = jnp.asarray(np.random.default_rng(1).normal(size=(8, 3)), jnp.float32), \
+        jnp.asarray([0, 1] * 4)
+    fit = partial(funcnn.fit, net, params, x=x, y=y, epochs=2, batch_size=4, key=0,
+                  progress=False)
+    reference, _, _ = fit(optimizer=optim.adam(lr=0.25, b1=0.5))
+    for lr in (np.asarray(0.25), jnp.asarray(0.25), np.float32(0.25)):
+        trained, _, _ = fit(optimizer=optim.adam(lr=lr, b1=jnp.asarray(0.5)))
+        chex.assert_trees_all_close(trained, reference, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("update", [n for n in optim.__all__ if n.endswith("_update")])
+def test_free_functions_take_0d_arrays_and_tracers_in_the_param_dtype(update):
+    """float64 hyperparameters (arrays or tracers) on float32 params: float32 results, under
+    jax's strict dtype promotion, equal to the same call with Python numbers."""
+    fn, init = getattr(optim, update), getattr(optim, update.replace("_update", "_init"))
+    hyper = {n: EXACT[n] for n in _keywords(fn) if n in EXACT}
+    params = make_tree(np.random.default_rng(2), backend="jax")
+    state = init(params)
+    want, _ = fn(params, params, state, **hyper)
+    arrays = {n: jax.numpy.asarray(v, dtype=jax.numpy.float64) for n, v in hyper.items()}
+    eager, _ = fn(params, params, state, **arrays)
+    traced, _ = jax.jit(lambda h: fn(params, params, state, **h))(hyper)
+    numpy_in, _ = fn(params, params, state, **{n: np.float64(v) for n, v in hyper.items()})
+    for got in (eager, traced, numpy_in):
+        assert float_dtypes(got) == {np.dtype(np.float32)}
+        chex.assert_trees_all_close(got, want, rtol=1e-6)
+
+
+# ------------------------------------------------------------------ AdamW masks
+
+MASK_KINDS = {
+    "python bool": lambda b, shape: b,
+    "numpy bool": lambda b, shape: np.bool_(b),
+    "numpy 0-d": lambda b, shape: np.asarray(b),
+    "jax 0-d": lambda b, shape: jax.numpy.asarray(b),
+    "numpy leaf-shaped": lambda b, shape: np.full(shape, b),
+    "jax leaf-shaped": lambda b, shape: jax.numpy.full(shape, b),
+}
+ADAMW = dict(lr=0.01, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1)
+
+
+@pytest.mark.parametrize("kind", sorted(MASK_KINDS))
+def test_adamw_takes_masks_of_every_leaf_kind(backend, kind):
+    params = make_tree(np.random.default_rng(5), "float64", backend=backend)
+    grads = [funcnn.to_backend(g, backend) for g in grad_sequence(6, 3)]
+    leaf = MASK_KINDS[kind]
+    mask = tuple(Dense(leaf(True, layer.W.shape), leaf(False, layer.b.shape)) for layer in params)
+    want, _ = run(optim.adamw_update, optim.adamw_init, params, grads, mask=optim.weights_only,
+                  **ADAMW)
+    free, _ = run(optim.adamw_update, optim.adamw_init, params, grads, mask=mask, **ADAMW)
+    opt = optim.adamw(**ADAMW, mask=mask)
+    hash(opt)  # usable as a static jit argument
+    made, _ = run(lambda p, g, s: opt.update(p, g, s), opt.init, params, grads)
+    chex.assert_trees_all_close(free, want, rtol=1e-14, atol=0)
+    chex.assert_trees_all_close(made, want, rtol=1e-14, atol=0)
+
+
+def test_an_array_mask_decays_entry_by_entry(backend):
+    rng = np.random.default_rng(7)
+    params = make_tree(rng, "float64", backend=backend)
+    grads = [funcnn.to_backend(g, backend) for g in grad_sequence(8, 3)]
+    mask = tree_map(lambda p: rng.random(p.shape) < 0.5, params)
+    masked, _ = run(optim.adamw_update, optim.adamw_init, params, grads, mask=mask, **ADAMW)
+    decayed, _ = run(optim.adamw_update, optim.adamw_init, params, grads, **ADAMW)
+    plain, _ = run(optim.adam_update, optim.adam_init, params, grads,
+                   **{k: v for k, v in ADAMW.items() if k != "weight_decay"})
+    for m, got, yes, no in zip(*map(tree_leaves, (mask, masked, decayed, plain)), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.where(m, yes, no), rtol=1e-14)
+        assert m.any() and not m.all() or m.size < 3
+
+
+def test_adamw_factory_keeps_scalar_masks_by_value_and_array_masks_by_identity():
+    python = (Dense(True, False), Dense(True, False))
+    for leaf in (np.bool_, np.asarray, jax.numpy.asarray):
+        scalars = tuple(Dense(leaf(True), leaf(False)) for _ in range(2))
+        assert optim.adamw(mask=scalars) == optim.adamw(mask=python)
+        assert hash(optim.adamw(mask=scalars)) == hash(optim.adamw(mask=python))
+    a, b = optim.adamw(mask=ARRAY_MASK), optim.adamw(mask=ARRAY_MASK)
+    assert a == a and hash(a) == hash(a)  # a static jit argument, compiled once
+    assert a != b  # arrays are data, not compared by value (as optax's closures)
+    listed = optim.adamw(mask=[Dense(True, False)])  # a list holds: kept, by identity
+    assert listed == listed and hash(listed) == hash(listed)
+
+
+def test_an_array_mask_works_under_jit_and_in_a_scan():
+    jnp = jax.numpy
+    params = make_tree(np.random.default_rng(9), "float64", backend="jax")
+    grads = [funcnn.to_backend(g, "jax") for g in grad_sequence(10, 4)]
+    mask = tree_map(jnp.asarray, ARRAY_MASK)
+    want, _ = run(optim.adamw_update, optim.adamw_init, params, grads, mask=mask, **ADAMW)
+    opt = optim.adamw(**ADAMW, mask=mask)
+
+    static = jax.jit(lambda o, p, g, s: o.update(p, g, s), static_argnums=0)
+    jitted, _ = run(lambda p, g, s: static(opt, p, g, s), opt.init, params, grads)
+
+    def body(carry, g):
+        return opt.update(*carry[:1], g, carry[1]), None
+
+    stacked = tree_map(lambda *xs: jnp.stack(xs), *grads)
+    (scanned, _), _ = jax.lax.scan(body, (params, opt.init(params)), stacked)
+
+    traced_mask = jax.jit(lambda p, g, s, m: optim.adamw_update(p, g, s, mask=m, **ADAMW))
+    as_argument, _ = run(lambda p, g, s: traced_mask(p, g, s, mask), optim.adamw_init, params,
+                         grads)
+    for got in (jitted, scanned, as_argument):
+        chex.assert_trees_all_close(got, want, rtol=1e-12, atol=0)
+
+
+def test_fit_on_jax_takes_adamw_with_an_array_mask():
+    jnp = jax.numpy
+    net = funcnn.MLP((3, 4, 2))
+    params = funcnn.init_params(net, 0, backend="jax")
+    x, y = jnp.asarray(np.random.default_rng(1).normal(size=(8, 3)), jnp.float32), \
+        jnp.asarray([0, 1] * 4)
+    shaped = tree_map(lambda p: jnp.full(p.shape, p.ndim >= 2), params)
+    fit = partial(funcnn.fit, net, params, x=x, y=y, epochs=2, batch_size=4, key=0,
+                  progress=False)
+    got, _, _ = fit(optimizer=optim.adamw(0.1, weight_decay=0.5, mask=shaped))
+    want, _, _ = fit(optimizer=optim.adamw(0.1, weight_decay=0.5, mask=optim.weights_only))
+    chex.assert_trees_all_close(got, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("bad", "error", "words"), [
+    (np.ones((3, 2)), TypeError, "mask[0].W is an array of dtype float64 and shape (3, 2)"),
+    (1, TypeError, "mask[0].W is of type int"),
+    ("yes", TypeError, "mask[0].W is of type str"),
+    (np.ones((2, 3), bool), ValueError, "mask[0].W has shape (2, 3) but params[0].W has shape "
+                                        "(3, 2)"),
+    (np.ones(1, bool), ValueError, "mask[0].W has shape (1,)"),
+])
+def test_a_bad_mask_leaf_is_named(bad, error, words):
+    params = make_tree(np.random.default_rng(0))
+    mask = (Dense(bad, False), Dense(True, False))
+    expected = "each mask leaf must be a bool, a 0-d bool array or a bool array of the leaf's shape"
+    calls = [lambda: optim.adamw_update(params, params, optim.adamw_init(params), mask=mask),
+             lambda: optim.adamw_update(params, params, optim.adamw_init(params),
+                                        mask=lambda p: mask)]
+    if error is TypeError:  # the factory refuses a leaf of the wrong kind at once
+        calls.append(lambda: optim.adamw(mask=mask))
+    else:  # shapes are known only with the params
+        opt = optim.adamw(mask=mask)
+        calls.append(lambda: opt.update(params, params, opt.init(params)))
+    for call in calls:
+        with pytest.raises(error) as info:
+            call()
+        assert words in str(info.value) and expected in str(info.value), str(info.value)
+    with pytest.raises(ValueError, match=r"mask does not match params: first difference"):
+        optim.adamw_update(params, params, optim.adamw_init(params), mask=mask[:1])

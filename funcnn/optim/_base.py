@@ -1,0 +1,208 @@
+"""What every optimizer shares: the ``Optimizer`` pair, one check per kind of
+hyperparameter, the state checks and the leaf-by-leaf loop.
+
+Private: ``funcnn.optim`` re-exports the public names.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from funcnn._checks import (
+    check_float_leaves,
+    check_lr,
+    check_params_like,
+    check_positive,
+    check_same_backend,
+    check_update,
+    same_numpy_layout,
+)
+from funcnn.backend import array_namespace, is_concrete, is_jax_array
+from funcnn.tree import tree_leaves, tree_map, tree_unflatten
+
+__all__ = ["Optimizer"]
+
+
+class Optimizer(NamedTuple):
+    """A pair of pure functions: ``init(params) -> state`` and
+    ``update(params, grads, state) -> (params, state)``."""
+
+    init: Callable[[Any], Any]
+    update: Callable[[Any, Any, Any], tuple[Any, Any]]
+
+
+# ---------------------------------------------------------------------------- hyperparameters
+# One check per kind of hyperparameter, called by the free functions (on every call) and
+# by the factories (once): both refuse the same values with the same message. Values are
+# checked when concrete; a jax tracer is not.
+
+
+def _real(name: str, value: Any, expected: str) -> float | None:
+    """``value`` as a Python float; ``None`` for a tracer; TypeError if not a real number."""
+    if not is_concrete(value):
+        return None
+    array = isinstance(value, np.ndarray | np.generic) or is_jax_array(value)
+    if array and value.shape == () and np.dtype(value.dtype).kind in "fiu":
+        return float(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    what = f"an array of shape {tuple(value.shape)} and dtype {value.dtype}" if array else \
+        f"{type(value).__name__} {value!r}"
+    raise TypeError(f"{name} must be {expected}; got {what}")
+
+
+def _check_fraction(name: str, value: Any) -> None:
+    """``momentum``, ``b1``, ``b2``, ``decay``: a number in [0, 1)."""
+    if type(value) is float and 0.0 <= value < 1.0:  # the common case, on every step
+        return
+    number = _real(name, value, "a number in [0, 1)")
+    if number is not None and not 0.0 <= number < 1.0:
+        raise ValueError(f"{name} must be in [0, 1); got {value!r}")
+
+
+def _check_non_negative(name: str, value: Any) -> None:
+    """``eps``, ``weight_decay``, ``initial_accumulator``: a finite number >= 0."""
+    if type(value) is float and 0.0 <= value < math.inf:
+        return
+    number = _real(name, value, "a non-negative finite number")
+    if number is not None and not 0.0 <= number < math.inf:
+        raise ValueError(f"{name} must be non-negative and finite, in [0, inf); got {value!r}")
+
+
+def _check_flag(name: str, value: Any) -> None:
+    """``nesterov``, ``centered``: True or False."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be True or False; got {type(value).__name__} {value!r}")
+
+
+_CHECKS: dict[str, Callable[[str, Any], None]] = {
+    "lr": lambda name, value: check_lr(value, name),  # positive and finite, or a schedule
+    "max_norm": check_positive,  # positive and finite
+    **dict.fromkeys(("momentum", "b1", "b2", "decay"), _check_fraction),
+    **dict.fromkeys(("eps", "weight_decay", "initial_accumulator"), _check_non_negative),
+    **dict.fromkeys(("nesterov", "centered"), _check_flag),
+}
+
+
+def check_hyper(**values: Any) -> None:
+    """Check each hyperparameter by its kind, e.g. ``check_hyper(lr=lr, b1=b1)``."""
+    for name, value in values.items():
+        _CHECKS[name](name, value)
+    momentum = values.get("momentum", 0.0)
+    if values.get("nesterov") and is_concrete(momentum) and not float(momentum) > 0:
+        raise ValueError(f"nesterov=True needs momentum > 0; got momentum={momentum!r}")
+
+
+def off_if_zero(value: Any) -> Any:
+    """``None`` for a concrete zero (the leaf updates skip that term), else ``value``."""
+    return None if is_concrete(value) and not callable(value) and float(value) == 0 else value
+
+
+# ---------------------------------------------------------------------------- factories
+
+
+class Held:
+    """An array-valued hyperparameter (a mask of bool arrays) held as data: compared and
+    hashed by identity, as arrays cannot be hashed by value."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"Held({self.value!r})"
+
+
+def factory_hyper(**hyper: Any) -> dict[str, Any]:
+    """A factory's hyperparameters after the same checks as the free functions, made
+    hashable: a concrete NumPy scalar or 0-d array (NumPy or jax) becomes a Python number,
+    so that the optimizer can key a jit cache (``fit`` compiles once per optimizer)."""
+    check_hyper(**{k: v for k, v in hyper.items() if k in _CHECKS})
+    for name, value in hyper.items():
+        if name in _CHECKS and is_concrete(value) and (
+                isinstance(value, np.ndarray | np.generic) or is_jax_array(value)):
+            hyper[name] = value.item()
+    return hyper
+
+
+def make(init: Callable[..., Any], update: Callable[..., Any], **hyper: Any) -> Optimizer:
+    """``Optimizer(init, update)`` with the hyperparameters bound to ``update``."""
+    return Optimizer(init, bind(update, **factory_hyper(**hyper)))
+
+
+@dataclass(frozen=True)
+class Bound:
+    """``fn`` with keyword arguments bound; equal (and hashing equal) when they are."""
+
+    fn: Callable[..., Any]
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+    def __call__(self, *args: Any) -> Any:
+        return self.fn(*args, **{k: v.value if type(v) is Held else v for k, v in self.kwargs})
+
+
+def bind(fn: Callable[..., Any], **kwargs: Any) -> Bound:
+    return Bound(fn, tuple(sorted(kwargs.items())))
+
+
+# ---------------------------------------------------------------------------- states and leaves
+
+
+def zeros(params: Any) -> Any:
+    return tree_map(lambda p: array_namespace(p).zeros_like(p), params)
+
+
+def count0(params: Any) -> Any:
+    """The step count of a fresh state, after checking that ``params`` are float arrays."""
+    check_same_backend(params)
+    check_float_leaves("params", params)
+    return array_namespace(*tree_leaves(params)[:1]).zeros((), dtype="int32")
+
+
+def learning_rate(lr: Any, count: Any) -> Any:
+    return lr(count) if callable(lr) else lr
+
+
+def check_state(kind: type, state: Any, params: Any, grads: Any) -> None:
+    """``state`` is a ``kind`` whose per-leaf fields (all but ``count``) and ``grads`` match
+    ``params`` in structure, shapes, dtypes and backend."""
+    if not isinstance(state, kind):
+        raise TypeError(
+            f"state must be a {kind.__name__} (from the matching init); got {type(state).__name__}"
+        )
+    fields = state._fields[1:]
+    if same_numpy_layout(params, grads, *state[1:]):  # the common case, in one walk
+        return
+    check_params_like("grads", grads, params)
+    for field in fields:
+        check_params_like(f"state.{field}", getattr(state, field), params)
+    check_update(params, grads, state, fields)
+
+
+def leafwise(leaf_update: Callable[..., tuple], params: Any, *trees: Any, **scalars: Any):
+    """Run ``leaf_update(p, *leaves, **scalars)`` on each leaf of ``params``; return one
+    tree per output.
+
+    Each scalar is cast to the leaf's dtype (so float32 stays float32, also under jax's
+    strict promotion), once per dtype; ``None`` and ``bool`` scalars are passed as they are.
+    """
+    leaves = tree_leaves(params)
+    xp = array_namespace(*leaves[:1])
+    cast: dict[Any, dict[str, Any]] = {}
+    outs = []
+    for p, *rest in zip(leaves, *map(tree_leaves, trees), strict=True):
+        if p.dtype not in cast:
+            cast[p.dtype] = {k: v if v is None or isinstance(v, bool)
+                             else xp.asarray(v, dtype=p.dtype) for k, v in scalars.items()}
+        outs.append(leaf_update(p, *rest, **cast[p.dtype]))
+    return tuple(tree_unflatten(params, list(column)) for column in zip(*outs, strict=True))
+
+
+def sqrt(x: Any) -> Any:
+    return array_namespace(x).sqrt(x)

@@ -16,12 +16,14 @@ and exits with the failed process's code (1 when it was killed by a signal); aft
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
@@ -53,6 +55,17 @@ def worker_env(base: dict, process_id: int, processes: int, coordinator: str,
     return env
 
 
+def _die_with_parent() -> None:
+    """In a child, before it runs the command: ask Linux to SIGKILL it when the launcher
+    dies, even by SIGKILL, so that no worker outlives its launcher (elsewhere: no-op)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # through launch's clean-up, which stops the workers
+
+
 def _say(message: str) -> None:
     print(f"funcnn.launch: {message}", file=sys.stderr, flush=True)
 
@@ -78,7 +91,8 @@ def launch(command: Sequence[str], processes: int, *, devices_per_process: int |
            port: int | None = None, timeout: float = 86_400.0, poll: float = 0.05) -> int:
     """Run ``command`` as ``processes`` local processes of one run; return the exit code.
 
-    Each process runs in its own process group, so stopping it stops its children too.
+    Each process runs in its own process group, so stopping it stops its children too;
+    SIGTERM to the launcher stops them all, and on Linux they die with the launcher.
     """
     if not command:
         raise ValueError("no command to launch: put it after `--`, e.g. "
@@ -93,10 +107,13 @@ def launch(command: Sequence[str], processes: int, *, devices_per_process: int |
         raise ValueError(f"timeout must be positive seconds; got {timeout!r}")
     coordinator = f"localhost:{free_port() if port is None else port}"
     procs: list[subprocess.Popen] = []
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
     try:
         for i in range(processes):
             env = worker_env(os.environ, i, processes, coordinator, devices_per_process)
-            procs.append(subprocess.Popen(list(command), env=env, start_new_session=True))
+            procs.append(subprocess.Popen(list(command), env=env, start_new_session=True,
+                                          preexec_fn=_die_with_parent))
         deadline = time.monotonic() + timeout
         while True:
             codes = [p.poll() for p in procs]
@@ -125,6 +142,9 @@ def launch(command: Sequence[str], processes: int, *, devices_per_process: int |
     except BaseException:
         _stop(procs)
         raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -378,12 +380,16 @@ def _launch(tmp_path: Path, mode: str, *options: str) -> subprocess.CompletedPro
 
 
 def _gone(pid_file: Path) -> bool:
+    """True when the process whose pid is in ``pid_file`` has ended (a zombie has too)."""
     pid = int(pid_file.read_text())
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return True
-    return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def test_launcher_sets_each_process_up(tmp_path):
@@ -411,6 +417,39 @@ def test_launcher_times_out(tmp_path):
     assert proc.returncode == launch.TIMED_OUT, proc.stderr
     assert "timed out after 1 s with process(es) [0, 1] still running" in proc.stderr
     assert _gone(tmp_path / "pid_0") and _gone(tmp_path / "pid_1")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_no_worker_outlives_the_launcher(tmp_path, sig):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "funcnn.launch", "--processes", "2", "--", sys.executable,
+         str(script), str(tmp_path), "sleep"], env=_env(), cwd=ROOT, stderr=subprocess.PIPE)
+    pid_files = [tmp_path / f"pid_{i}" for i in range(2)]
+    try:
+        assert _wait_for(lambda: all(f.exists() and f.read_text() for f in pid_files)), \
+            "the workers did not start"
+        launcher.send_signal(sig)
+        launcher.wait(timeout=30)
+        assert _wait_for(lambda: all(_gone(f) for f in pid_files)), \
+            f"a worker outlived a launcher stopped by {sig.name}"
+    finally:
+        launcher.kill()
+        launcher.communicate(timeout=30)
+        for f in pid_files:  # never leave a sleeping worker behind, even when failing
+            if f.exists() and f.read_text() and not _gone(f):
+                os.kill(int(f.read_text()), signal.SIGKILL)
+
+
+def _wait_for(condition, seconds: float = 30.0) -> bool:
+    """Poll ``condition`` until it holds (True) or ``seconds`` pass (False)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def test_launcher_refuses_bad_arguments():

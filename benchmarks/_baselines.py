@@ -32,6 +32,8 @@ class Config(NamedTuple):
     repeats: int
     lr: float = 1e-3
     seed: int = 0
+    activation: str = "relu"  # of the hidden layers: "relu" or "tanh"
+    optimizer: str = "adam"  # "adam" or "sgd" (plain, no momentum)
 
 
 class Contender(NamedTuple):
@@ -201,6 +203,8 @@ class NaiveMLP:
 
 
 def build_numpy_naive(cfg: Config, x: np.ndarray, y: np.ndarray) -> Contender:
+    if (cfg.activation, cfg.optimizer) != ("relu", "adam"):
+        raise NotImplementedError("written for ReLU + Adam only")
     x64 = x.astype(np.float64)
     y64 = np.eye(cfg.sizes[-1])[y]
     net = NaiveMLP(cfg.sizes, cfg.lr, cfg.seed)
@@ -232,10 +236,13 @@ def build_torch_eager(cfg: Config, x: np.ndarray, y: np.ndarray) -> Contender:
     for i, (m, n) in enumerate(zip(cfg.sizes[:-1], cfg.sizes[1:], strict=True)):
         layers.append(torch.nn.Linear(m, n, dtype=dt))
         if i < len(cfg.sizes) - 2:
-            layers.append(torch.nn.ReLU())
+            layers.append(torch.nn.Tanh() if cfg.activation == "tanh" else torch.nn.ReLU())
     model = torch.nn.Sequential(*layers)
     loss_fn = torch.nn.CrossEntropyLoss()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(B1, B2), eps=EPS)
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(B1, B2), eps=EPS)
     xt = torch.from_numpy(np.ascontiguousarray(x)).to(dt)
     yt = torch.from_numpy(y.astype(np.int64))
     bs, steps = cfg.batch_size, cfg.samples // cfg.batch_size
@@ -268,8 +275,10 @@ def build_sklearn(cfg: Config, x: np.ndarray, y: np.ndarray) -> Contender:
     classes = np.arange(cfg.sizes[-1])
     clf = MLPClassifier(
         hidden_layer_sizes=cfg.sizes[1:-1],
-        activation="relu",
-        solver="adam",
+        activation=cfg.activation,
+        solver=cfg.optimizer,
+        momentum=0.0,  # used by solver="sgd" only: plain SGD
+        nesterovs_momentum=False,
         alpha=0.0,
         batch_size=cfg.batch_size,
         learning_rate_init=cfg.lr,
@@ -318,16 +327,20 @@ def _jax_reference(cfg: Config, x: np.ndarray, y: np.ndarray):
 
     xd, yd = jax_data(cfg, x, y)
 
+    act = jnp.tanh if cfg.activation == "tanh" else jax.nn.relu
+
     def loss_fn(params, xb, yb):
         a = xb
         for w, b in params[:-1]:
-            a = jax.nn.relu(a @ w + b)
+            a = act(a @ w + b)
         w, b = params[-1]
         logp = jax.nn.log_softmax(a @ w + b)
         return -jnp.mean(jnp.take_along_axis(logp, yb[:, None], axis=1))
 
     def step(params, state, xb, yb):
         loss, grads = jax.value_and_grad(loss_fn)(params, xb, yb)
+        if cfg.optimizer == "sgd":
+            return jax.tree.map(lambda p, g: p - cfg.lr * g, params, grads), state + 1, loss
         count, mu, nu = state
         count = count + 1
         mu = jax.tree.map(lambda m, g: B1 * m + (1 - B1) * g, mu, grads)
@@ -343,6 +356,8 @@ def _jax_reference(cfg: Config, x: np.ndarray, y: np.ndarray):
     # two separate zero trees: both moments are donated, so they must not share buffers
     mu, nu = (jax.tree.map(jnp.zeros_like, params) for _ in range(2))
     state = (jnp.zeros((), jnp.int32), mu, nu)
+    if cfg.optimizer == "sgd":
+        state = jnp.zeros((), jnp.int32)  # a step count only
     held = nbytes(xd, yd, *jax.tree.leaves(params))
     return step, params, state, xd, yd, held
 

@@ -578,6 +578,83 @@ def print_machine(m: dict) -> None:
         print(f"threads: {p['prefix']} ({p['internal_api']} {extra}): {p['num_threads']} threads")
 
 
+# --------------------------------------------------------------------------- cost model
+
+
+def copy_bandwidth(nbytes: int = 64 * 2**20, repeats: int = 5) -> float:
+    """Bytes per second that one ``np.copyto`` moves (read + write) on a 64 MiB array, best of 5:
+    the speed an element-wise pass over arrays much larger than the caches cannot beat."""
+    src = np.ones(nbytes // 8)
+    dst = np.empty_like(src)
+    best = min(timed(lambda _: np.copyto(dst, src), 0)[0] for _ in range(repeats))
+    return 2 * nbytes / best
+
+
+def step_cost(cfg: Config) -> dict:
+    """FLOPs and bytes of one training step of ``cfg`` (the bytes an ideal step must move).
+
+    FLOPs: the matrix products of :func:`_baselines.build_gemm_floor`, 2 per multiply-add.
+    Bytes: the weights read forward and backward and the gradient written (``3 P``); the
+    optimizer reading ``p, g`` and writing ``p`` (SGD, ``3 P``) or reading ``p, g, m, v``
+    and writing ``p, m, v`` (Adam, ``7 P``); every activation and delta written once and
+    read once; the input batch read once.
+    """
+    item, b, sizes = np.dtype(cfg.dtype).itemsize, cfg.batch_size, cfg.sizes
+    mn = [m * n for m, n in zip(sizes[:-1], sizes[1:], strict=True)]
+    params = sum(mn) + sum(sizes[1:])
+    return {
+        "params": params,
+        "flops": 2 * b * (2 * sum(mn) + sum(mn[1:])),
+        "gemm_bytes": 3 * params * item,
+        "optimizer_bytes": (3 if cfg.optimizer == "sgd" else 7) * params * item,
+        "activation_bytes": (4 * b * sum(sizes[1:]) + b * sizes[0]) * item,
+    }
+
+
+def cost_table(report: dict) -> str:
+    """A Markdown table of the cost model of every configuration in ``report`` (the JSON).
+
+    Per step: the FLOPs and bytes of :func:`step_cost`; the measured GEMM floors (NumPy and
+    XLA, with the GFLOP/s they reach); the element-wise bound, i.e. the optimizer's and the
+    activations' bytes at the measured copy bandwidth; then what funcnn's paths cost above
+    their floor.
+    """
+    bw = report.get("copy_bandwidth")
+    head = ("config", "params", "GFLOP/step", "MB/step: weights+grads / optimizer / activations",
+            "NumPy GEMM floor µs (GFLOP/s)", "XLA GEMM floor µs (GFLOP/s)",
+            "element-wise bound µs", "funcnn-jax-scan µs (above XLA floor)",
+            "funcnn-numpy µs (above NumPy floor)")
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for entry in report["configs"]:
+        if "results" not in entry:
+            continue
+        cfg = Config(**{**entry["config"], "sizes": tuple(entry["config"]["sizes"])})
+        cost = step_cost(cfg)
+        per_step = {r["name"]: r["median_s"] / r["steps"] * 1e6
+                    for r in entry["results"] if "median_s" in r}
+
+        def floor_cell(name, cost=cost, per_step=per_step):
+            t = per_step.get(name)
+            return "n/a" if t is None else f"{t:.0f} ({cost['flops'] / t / 1e3:.0f})"
+
+        def above(name, floor, per_step=per_step):
+            t, f = per_step.get(name), per_step.get(floor)
+            return "n/a" if t is None or f is None else f"{t:.0f} (+{t - f:.0f})"
+
+        mb = "{:.2f} / {:.2f} / {:.2f}".format(*(cost[k] / 1e6 for k in (
+            "gemm_bytes", "optimizer_bytes", "activation_bytes")))
+        elementwise = "n/a" if not bw else \
+            f"{(cost['optimizer_bytes'] + cost['activation_bytes']) / bw * 1e6:.0f}"
+        cells = (f"{cfg.name}: {'-'.join(map(str, cfg.sizes))}, {cfg.activation}, "
+                 f"{cfg.optimizer}, batch {cfg.batch_size}", f"{cost['params']:,}",
+                 f"{cost['flops'] / 1e9:.3f}", mb, floor_cell(FLOOR), floor_cell("jax-gemm-floor"),
+                 elementwise, above("funcnn-jax-scan", "jax-gemm-floor"),
+                 above("funcnn-numpy", FLOOR))
+        lines.append("| " + " | ".join(cells) + " |")
+    note = f"copy bandwidth {bw / 1e9:.1f} GB/s" if bw else "copy bandwidth not measured"
+    return "\n".join(lines) + f"\n\nMedians per step of one run; {note}."
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -609,6 +686,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--parallel", action="store_true",
                    help="time data-parallel fit on 1, 2, 4 devices and 2 processes instead")
     p.add_argument("--parallel-worker", metavar="JSON", help=argparse.SUPPRESS)
+    p.add_argument("--cost-table", metavar="JSON",
+                   help="print the cost model of a saved run (Markdown) and stop")
     return p.parse_args(argv)
 
 
@@ -704,6 +783,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.parallel_worker:
         parallel_worker(json.loads(args.parallel_worker))
         return {}
+    if args.cost_table:
+        print(cost_table(json.loads(Path(args.cost_table).read_text())))
+        return {}
     if args.repeats is not None and args.repeats < 1:
         raise SystemExit("--repeats must be at least 1")
     names = list(CONTENDERS)
@@ -726,6 +808,7 @@ def main(argv: list[str] | None = None) -> dict:
             {"config": cfg._asdict(), "data": args.data or "synthetic", "results": rows}
         )
     report["machine"] = machine()  # after the runs, so every loaded thread pool shows
+    report["copy_bandwidth"] = copy_bandwidth()
     report["total_s"] = time.perf_counter() - start
     print()
     print_machine(report["machine"])
@@ -746,6 +829,9 @@ def main(argv: list[str] | None = None) -> dict:
         if entry["config"]["name"].startswith("wide") and "results" in entry:
             print_targets(Config(**entry["config"]), entry["results"])
             entry["targets"] = wide_targets(entry["results"])
+    if not args.parallel:
+        print("\ncost model (docs/performance.md keeps it from the JSON)")
+        print(cost_table(report))
     print(f"\ntotal {report['total_s']:.1f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

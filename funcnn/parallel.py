@@ -25,6 +25,7 @@ jax is imported only when a function needs it. The guide: ``docs/parallel.md``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from collections.abc import Sequence
@@ -241,16 +242,18 @@ def shard_batch(tree: Any, mesh: Any, axis: str = "data") -> Any:
 # ---------------------------------------------------------------------------- agreement
 
 
-def _fingerprint(leaf: Any) -> np.ndarray:
-    """A few numbers that differ when two processes hold different arrays: the shape
-    and float64 sums over up to 64 evenly spaced rows."""
-    shape = np.shape(leaf)
-    if not shape or shape[0] == 0:
-        rows = np.asarray(leaf, dtype=np.float64).reshape(1, -1)
-    else:
-        picks = np.unique(np.linspace(0, shape[0] - 1, num=min(shape[0], 64)).astype(np.int64))
-        rows = np.asarray(leaf[picks], dtype=np.float64).reshape(len(picks), -1)
-    return np.concatenate([[len(shape), *shape], rows.sum(axis=1), [rows.sum()]])
+def _digest(tree: Any) -> np.ndarray:
+    """Eight numbers that differ when two processes hold different trees: a SHA-256 of
+    each leaf's path, shape, dtype and raw bytes of up to 64 evenly spaced rows."""
+    h = hashlib.sha256()
+    for path, leaf in tree_paths(tree):
+        leaf = leaf if hasattr(leaf, "dtype") else np.asarray(leaf)  # Python numbers
+        shape = np.shape(leaf)
+        h.update(f"{path}:{shape}:{np.dtype(leaf.dtype)};".encode())
+        if shape and shape[0] > 64:
+            leaf = leaf[np.unique(np.linspace(0, shape[0] - 1, num=64).astype(np.int64))]
+        h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    return np.frombuffer(h.digest(), dtype=np.uint32).astype(np.float64)  # exact
 
 
 def check_same_on_all_processes(**trees: Any) -> None:
@@ -261,23 +264,15 @@ def check_same_on_all_processes(**trees: Any) -> None:
         return
     from jax.experimental import multihost_utils
 
-    names, prints = [], []
-    for name, tree in trees.items():
-        for path, leaf in tree_paths(tree):
-            names.append(f"{name}{path}")
-            prints.append(_fingerprint(leaf))
-    width = max((p.size for p in prints), default=0)
-    table = np.zeros((len(prints), width + 1))
-    for i, p in enumerate(prints):
-        table[i, 0], table[i, 1:p.size + 1] = p.size, p
+    table = np.stack([_digest(tree) for tree in trees.values()])  # the same shape everywhere
     everyone = np.asarray(multihost_utils.process_allgather(table))
-    for i, name in enumerate(names):
-        bad = [q for q in range(everyone.shape[0]) if not np.array_equal(everyone[q, i],
-                                                                       everyone[0, i])]
+    for i, name in enumerate(trees):
+        bad = [q for q in range(everyone.shape[0])
+               if not np.array_equal(everyone[q, i], everyone[0, i])]
         if bad:
             raise ValueError(
                 f"{name} differs between process 0 and process {bad[0]}: in a multi-process "
-                "run every process passes the same params, optimizer state and full data "
+                "run every process passes the same params, optimizer state, key and full data "
                 "(same seed, same files); each process then uses its own devices' shards")
 
 

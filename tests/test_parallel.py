@@ -347,7 +347,7 @@ def test_only_the_main_process_writes(two_processes):
 def test_processes_must_pass_the_same_data(two_processes):
     for report in two_processes[0]:
         assert report["mismatch"] is not None
-        assert "differs between process 0 and process 1" in report["mismatch"]
+        assert report["mismatch"].startswith("data differs between process 0 and process 1")
 
 
 # ---------------------------------------------------------------------------- launcher

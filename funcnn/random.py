@@ -134,13 +134,29 @@ def key(seed: int, backend: str | None = None) -> Any:
     return _frozen(np.array(words))
 
 
+def _seed_array(seed: Any, backend: str | None) -> Any:
+    """The key of a 0-d integer array seed, also a traced one (an int passed into
+    ``jax.jit``): ``[seed >> 32, seed & 0xFFFFFFFF]`` as ``key(int(seed))`` gives."""
+    if not is_jax_array(seed):
+        return key(int(seed), backend)
+    jnp = _import_jax()[1]
+    wide = seed.astype(jnp.uint64) if seed.dtype.itemsize == 8 else None
+    high = (wide >> 32).astype(jnp.uint32) if wide is not None else jnp.zeros((), jnp.uint32)
+    low = (wide & 0xFFFFFFFF).astype(jnp.uint32) if wide is not None else seed.astype(jnp.uint32)
+    k = jnp.stack([high, low])
+    return k if backend is None or get_backend(backend) == "jax" else np.asarray(k)
+
+
 def as_key(key_or_seed: Any, backend: str | None = None) -> Any:
-    """Accept an int seed or a key; return a key (converted to ``backend`` if given)."""
+    """Accept an int seed (a Python or NumPy int, or a 0-d integer array, traced or not) or
+    a key; return a key (converted to ``backend`` if given)."""
     if _is_int(key_or_seed):
         return key(key_or_seed, backend)
     k = key_or_seed
     shape = getattr(k, "shape", None)
     dtype = getattr(k, "dtype", None)
+    if shape == () and dtype is not None and np.dtype(dtype).kind in "iu":
+        return _seed_array(k, backend)
     if is_jax_array(k):
         jax = _import_jax()[0]
         if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):

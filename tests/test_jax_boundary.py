@@ -207,3 +207,15 @@ def test_check_optimizer_takes_an_optimizer_as_its_subject():
     assert len(reports) == 2 and max(r.rel_error for r in reports[-1]) == 0.0
     with pytest.raises(GradientMismatch, match="step 1"):
         check_optimizer(funcnn.optim.adam(2e-3), reference=funcnn.optim.adam(1e-3), steps=2)
+
+
+def test_an_int_dropout_key_passed_into_jit_draws_what_the_int_draws(backend):
+    net = funcnn.MLP((4, 8, 8, 3), dropout=0.5)
+    p = funcnn.init_params(net, 0, backend="jax")
+    x = jnp.ones((6, 4), dtype=jnp.float32)
+    jitted = jax.jit(lambda q, k: funcnn.forward(net, q, x, key=k, train=True)[0])
+    for seed in (0, 3, 2**31 - 1):
+        want = funcnn.forward(net, p, x, key=seed, train=True)[0]
+        np.testing.assert_array_equal(np.asarray(jitted(p, seed)), np.asarray(want))
+    np.testing.assert_array_equal(funcnn.random.as_key(np.int64(2**40 + 5)),
+                                  funcnn.random.key(2**40 + 5))

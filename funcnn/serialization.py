@@ -37,7 +37,6 @@ __all__ = [
     "VERSION",
     "FormatError",
     "NpzReader",
-    "check_json",
     "decode_tree",
     "encode_tree",
     "read_header",
@@ -188,36 +187,6 @@ def _leaf_array(x: Any, path: str) -> tuple[str, np.ndarray]:
             f"{path} has {what}; checkpoints store bool, integer, float and complex arrays only"
         )
     return kind, arr
-
-
-def check_json(value: Any, path: str) -> None:
-    """Raise TypeError naming the first value under ``path`` that would not round-trip as JSON."""
-    cls = type(value)
-    if value is None or cls in (bool, int, float, str):
-        return
-    if cls is list:
-        for i, v in enumerate(value):
-            check_json(v, f"{path}[{i}]")
-        return
-    if cls is dict:
-        for k, v in value.items():
-            if type(k) is not str:
-                raise TypeError(f"{path} has the key {k!r} of type {type(k).__name__}; "
-                                "metadata keys must be str")
-            check_json(v, f"{path}[{k!r}]")
-        return
-    if cls is tuple:
-        hint = "; use a list (JSON has no tuples, so a tuple would come back as a list)"
-    elif isinstance(value, np.generic):
-        hint = "; convert it with .item()"
-    elif isinstance(value, np.ndarray) or is_jax_array(value):
-        hint = "; put arrays in params or opt_state, or convert small ones with .tolist()"
-    else:
-        hint = ""
-    raise TypeError(
-        f"{path} is a {cls.__name__}, which is not JSON-serialisable: metadata holds only "
-        f"dicts with str keys, lists, str, int, float, bool and None{hint}"
-    )
 
 
 def write_npz(f: BinaryIO, arrays: dict[str, np.ndarray], header: dict[str, Any]) -> None:

@@ -40,7 +40,9 @@ import numpy as np
 from funcnn import serialization
 from funcnn._checks import check_params_like
 from funcnn._files import atomic_write
+from funcnn.activations import Activation
 from funcnn.backend import get_backend, is_jax_array, namespace
+from funcnn.losses import Loss
 from funcnn.mlp import MLP, expected_params
 from funcnn.serialization import FormatError, register
 from funcnn.tree import tree_paths, tree_unflatten
@@ -127,7 +129,35 @@ def _encode_net(net: Any, params: Any) -> dict[str, Any] | None:
     if not isinstance(net, MLP):
         raise TypeError(f"net must be a funcnn.MLP or None; got {type(net).__name__}")
     _check_net_params(net, params)
-    return {f.name: getattr(net, f.name) for f in dataclasses.fields(net)}
+    return {f.name: _encode_piece(getattr(net, f.name)) for f in dataclasses.fields(net)}
+
+
+_CUSTOM_KINDS = {Activation: "activation", Loss: "loss"}
+
+
+def _encode_piece(value: Any) -> Any:
+    """A spec field as JSON: a custom activation or loss is saved by its name only."""
+    kind = _CUSTOM_KINDS.get(type(value))
+    return value if kind is None else {"custom": kind, "name": value.name}
+
+
+def _resolve_custom(spec: dict, given: MLP | None, source: str) -> dict:
+    """The saved spec with each custom piece replaced by the piece of the same name in the
+    net passed to ``load``; without it, a ``ValueError`` that says how to pass it."""
+    out = dict(spec)
+    for field, value in spec.items():
+        if not (type(value) is dict and "custom" in value):
+            continue
+        piece = getattr(given, field, None) if given is not None else None
+        if getattr(piece, "name", None) != value.get("name"):
+            raise ValueError(
+                f"checkpoint {source!r} was saved for a net whose {field} is the custom "
+                f"{value.get('custom')} {value.get('name')!r}; funcnn cannot rebuild your "
+                f"code from a file: pass the net, e.g. funcnn.load(path, net=funcnn.MLP(..., "
+                f"{field}=<your {value.get('custom')} named {value.get('name')!r}>))"
+            )
+        out[field] = piece
+    return out
 
 
 def _encode_metadata(metadata: Any) -> dict[str, Any] | None:
@@ -207,7 +237,7 @@ def load(
         raise FileNotFoundError(errno.ENOENT, "no checkpoint file", source) from None
     try:
         with f, serialization.NpzReader(f, os.fstat(f.fileno()).st_size) as reader:
-            ckpt = _decode(reader, convert)
+            ckpt = _decode(reader, convert, net, source)
     except FormatError as err:
         raise CheckpointError(f"cannot load checkpoint {source!r}: {err}") from err.__cause__
     if net is not None:
@@ -251,7 +281,8 @@ def _leaf_converter(backend: str) -> Callable[[Any, str], Any]:
     return to_jax
 
 
-def _decode(reader: serialization.NpzReader, convert: Callable[[Any, str], Any]) -> Checkpoint:
+def _decode(reader: serialization.NpzReader, convert: Callable[[Any, str], Any],
+            given: MLP | None, source: str) -> Checkpoint:
     header = serialization.read_header(reader, _ENTRIES)
     used: set[str] = {serialization.HEADER}
     trees = {name: serialization.decode_tree(header.get(name, {"node": "none"}), name, reader,
@@ -266,6 +297,7 @@ def _decode(reader: serialization.NpzReader, convert: Callable[[Any, str], Any])
     if spec is not None:
         if type(spec) is not dict:
             raise FormatError(f"the saved net spec is not a dict: {spec!r}")
+        spec = _resolve_custom(spec, given, source)
         try:
             net = MLP(**spec)
         except (TypeError, ValueError) as err:

@@ -153,3 +153,21 @@ def test_the_custom_activation_example_runs():
     assert result.returncode == 0, result.stderr
     assert "swish' against jax, float64: worst error" in result.stdout
     assert "after 3 epochs: loss" in result.stdout
+
+
+def test_checkpoints_of_a_custom_net_save_the_names_and_need_the_pieces_to_load(tmp_path):
+    net = funcnn.MLP((3, 4, 2), hidden=SWISH, output="identity", loss=LOG_COSH)
+    params = funcnn.init_params(net, 0)
+    path = tmp_path / "custom.npz"
+    funcnn.save(path, params, net=net)
+    with pytest.raises(ValueError, match=r"hidden is the custom activation 'swish'.*net=funcnn"):
+        funcnn.load(path)
+    other = funcnn.MLP((3, 4, 2), hidden=Activation("mish", swish, swish_grad),
+                       output="identity", loss=LOG_COSH)
+    with pytest.raises(ValueError, match="custom activation 'swish'"):
+        funcnn.load(path, net=other)
+    ckpt = funcnn.load(path, net=net)
+    assert ckpt.net == net and ckpt.net.hidden is SWISH and ckpt.net.loss is LOG_COSH
+    for a, b in zip(jax.tree_util.tree_leaves(ckpt.params), jax.tree_util.tree_leaves(params),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -209,7 +209,7 @@ def test_check_optimizer_takes_an_optimizer_as_its_subject():
         check_optimizer(funcnn.optim.adam(2e-3), reference=funcnn.optim.adam(1e-3), steps=2)
 
 
-def test_an_int_dropout_key_passed_into_jit_draws_what_the_int_draws(backend):
+def test_an_int_dropout_key_passed_into_jit_draws_what_the_int_draws():
     net = funcnn.MLP((4, 8, 8, 3), dropout=0.5)
     p = funcnn.init_params(net, 0, backend="jax")
     x = jnp.ones((6, 4), dtype=jnp.float32)

@@ -37,6 +37,7 @@ from funcnn._files import check_writable
 from funcnn.checkpoint import CheckpointError, convert, load, save
 from funcnn.mlp import MLP, check_params
 from funcnn.parallel import is_main_process
+from funcnn.per_example import per_example_grad_norms
 
 __all__ = [
     "Best",
@@ -44,6 +45,7 @@ __all__ = [
     "FitInfo",
     "FitState",
     "checkpoint",
+    "grad_norms",
     "is_last_epoch",
     "load_fit_state",
     "print_epochs",
@@ -248,3 +250,30 @@ def progress_bar() -> Callback:
             bars.pop().close()
 
     return Callback(on_start, on_epoch_end, on_end)
+
+
+# ---------------------------------------------------------------------------- per-example norms
+
+
+def grad_norms(x: Any, y: Any, *, top: int = 10, batch_size: int = 1024) -> Callback:
+    """Record, after each epoch, each example's gradient norm at the epoch's params, from
+    the hand-written pass without per-example weight gradients
+    (:func:`funcnn.per_example.per_example_grad_norms`, no dropout), for spotting hard or
+    mislabelled examples. Adds per-epoch entries to the history: ``grad_norm_mean``,
+    ``grad_norm_max`` and ``grad_norm_top`` (the row indices of ``x`` with the ``top``
+    largest norms, largest first). Pass the training set to watch it, or any other set.
+    """
+    check_positive("top", top, integer=True)
+    check_positive("batch_size", batch_size, integer=True)
+
+    def on_epoch_end(state: FitState, info: FitInfo) -> None:
+        norms = np.concatenate([
+            np.asarray(per_example_grad_norms(info.net, state.params, x[i:i + batch_size],
+                                              y[i:i + batch_size]), dtype=np.float64)
+            for i in range(0, len(x), batch_size)])
+        order = np.argsort(-norms, kind="stable")[:top]
+        state.history.setdefault("grad_norm_mean", []).append(float(norms.mean()))
+        state.history.setdefault("grad_norm_max", []).append(float(norms.max()))
+        state.history.setdefault("grad_norm_top", []).append([int(i) for i in order])
+
+    return Callback(on_epoch_end=on_epoch_end)

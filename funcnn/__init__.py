@@ -3,6 +3,24 @@
 Stateless functions over parameter and optimizer-state pytrees, one code path
 for ``numpy`` and ``jax.numpy``, and a hand-written backward pass checked
 against ``jax.grad`` and finite differences (``funcnn.testing``).
+
+The public names, by what they are for (``ARCHITECTURE.md`` says where each lives):
+
+- the network: ``MLP``, ``Dense``, ``Cache``, ``init_params``, ``forward``, ``predict``,
+  ``loss``, ``backprop``, ``value_and_grad``, and the check-free ``apply`` / ``backward``
+  a jitted loop calls;
+- per-example gradients: ``per_example_grads``, ``per_example_grad_norms``
+  (more in ``funcnn.per_example``: DP-SGD clipping);
+- optimizers: ``Optimizer`` and the free functions ``sgd_*``, ``adam_*``, ``adamw_*``,
+  ``rmsprop_*``, ``adagrad_*`` with their typed states, ``clip_by_global_norm``
+  (factories in ``funcnn.optim``, learning-rate schedules in ``funcnn.schedules``);
+- training: ``make_train_step``, ``fit``, ``evaluate``, ``batches``, ``TrainingDiverged``
+  (callbacks for checkpoints, resume and progress in ``funcnn.callbacks``; many devices
+  in ``funcnn.parallel``);
+- checkpoints: ``save``, ``load``, ``Checkpoint``;
+- backends: ``get_backend``, ``set_backend``, ``to_backend`` (keys in ``funcnn.random``);
+- modules: ``activations``, ``losses``, ``optim``, ``schedules``, ``random``, ``data``,
+  ``callbacks``, ``per_example``, ``parallel``, ``testing``.
 """
 
 from funcnn import activations as activations
@@ -10,6 +28,8 @@ from funcnn import callbacks as callbacks
 from funcnn import data as data
 from funcnn import losses as losses
 from funcnn import optim as optim
+from funcnn import parallel as parallel
+from funcnn import per_example as per_example
 from funcnn import random as random
 from funcnn import schedules as schedules
 from funcnn import testing as testing
@@ -23,7 +43,9 @@ from funcnn.checkpoint import save as save
 from funcnn.mlp import MLP as MLP
 from funcnn.mlp import Cache as Cache
 from funcnn.mlp import Dense as Dense
+from funcnn.mlp import apply as apply
 from funcnn.mlp import backprop as backprop
+from funcnn.mlp import backward as backward
 from funcnn.mlp import forward as forward
 from funcnn.mlp import init_params as init_params
 from funcnn.mlp import loss as loss
@@ -45,6 +67,8 @@ from funcnn.optim import rmsprop_init as rmsprop_init
 from funcnn.optim import rmsprop_update as rmsprop_update
 from funcnn.optim import sgd_init as sgd_init
 from funcnn.optim import sgd_update as sgd_update
+from funcnn.per_example import per_example_grad_norms as per_example_grad_norms
+from funcnn.per_example import per_example_grads as per_example_grads
 from funcnn.train import TrainingDiverged as TrainingDiverged
 from funcnn.train import evaluate as evaluate
 from funcnn.train import fit as fit
@@ -53,47 +77,61 @@ from funcnn.train import make_train_step as make_train_step
 __version__ = "0.1.0"
 
 __all__ = [
+    # the network
     "MLP",
+    "Cache",
+    "Dense",
+    "apply",
+    "backprop",
+    "backward",
+    "forward",
+    "init_params",
+    "loss",
+    "predict",
+    "value_and_grad",
+    # per-example gradients
+    "per_example_grad_norms",
+    "per_example_grads",
+    # optimizers
     "AdagradState",
     "AdamState",
-    "Cache",
-    "Checkpoint",
-    "Dense",
     "Optimizer",
     "RMSPropState",
     "SGDState",
-    "TrainingDiverged",
-    "activations",
     "adagrad_init",
     "adagrad_update",
     "adam_init",
     "adam_update",
     "adamw_init",
     "adamw_update",
-    "backprop",
-    "batches",
     "clip_by_global_norm",
-    "data",
-    "evaluate",
-    "fit",
-    "forward",
-    "get_backend",
-    "init_params",
-    "load",
-    "loss",
-    "losses",
-    "make_train_step",
-    "optim",
-    "predict",
-    "random",
     "rmsprop_init",
     "rmsprop_update",
-    "save",
-    "schedules",
-    "set_backend",
     "sgd_init",
     "sgd_update",
-    "testing",
+    # training
+    "TrainingDiverged",
+    "batches",
+    "evaluate",
+    "fit",
+    "make_train_step",
+    # checkpoints
+    "Checkpoint",
+    "load",
+    "save",
+    # backends
+    "get_backend",
+    "set_backend",
     "to_backend",
-    "value_and_grad",
+    # modules
+    "activations",
+    "callbacks",
+    "data",
+    "losses",
+    "optim",
+    "parallel",
+    "per_example",
+    "random",
+    "schedules",
+    "testing",
 ]

@@ -155,7 +155,7 @@ def as_key(key_or_seed: Any, backend: str | None = None) -> Any:
     k = key_or_seed
     shape = getattr(k, "shape", None)
     dtype = getattr(k, "dtype", None)
-    if shape == () and dtype is not None and np.dtype(dtype).kind in "iu":
+    if shape == () and getattr(dtype, "kind", None) in ("i", "u"):  # not a typed jax key
         return _seed_array(k, backend)
     if is_jax_array(k):
         jax = _import_jax()[0]

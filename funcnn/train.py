@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -40,7 +42,8 @@ from funcnn.mlp import MLP, apply, backward, check_net, check_params, dropout_ma
 from funcnn.optim import Optimizer
 from funcnn.tree import tree_map
 
-__all__ = ["TrainingDiverged", "evaluate", "fit", "make_train_step"]
+__all__ = ["TrainingDiverged", "enable_compilation_cache", "evaluate", "fit", "make_train_step"]
+_HISTORY = ("loss", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
 
 
 class TrainingDiverged(FloatingPointError):
@@ -97,8 +100,7 @@ def make_train_step(net: MLP, optimizer: Optimizer):
             raise ValueError(
                 f"the net has dropout {net.dropout}, so its train step needs a key: "
                 "step(params, opt_state, x, y, key), a new key each step (e.g. "
-                "funcnn.random.fold_in(key, step_number))"
-            )
+                "funcnn.random.fold_in(key, step_number))")
         dtype = check_params(net, params)
         check_same_backend(params, x=x, y=y)
         x = check_x(net, x, dtype)
@@ -113,11 +115,8 @@ def make_train_step(net: MLP, optimizer: Optimizer):
 
 
 def _epoch_scan(params, opt_state, x, y, order, keys, *, net, optimizer, batch_size, mesh):
-    """One epoch as one program: a ``lax.scan`` over the full batches, then the short
-    last batch (if ``order`` has one); returns per-step losses and counts.
-
-    ``keys`` holds one dropout key per batch (or is ``None``).
-    """
+    """One epoch as one program: a ``lax.scan`` over the full batches, then the short last
+    batch (if ``order`` has one); ``keys``: one dropout key per batch, or ``None``."""
     import jax
     import jax.numpy as jnp
 
@@ -132,22 +131,32 @@ def _epoch_scan(params, opt_state, x, y, order, keys, *, net, optimizer, batch_s
         return (p, s), (loss, correct)
 
     scan_keys = None if keys is None else keys[:n_full]
-    (params, opt_state), (losses, correct) = jax.lax.scan(
-        body, (params, opt_state), (idx, scan_keys)
-    )
+    (params, opt_state), (losses, correct) = jax.lax.scan(body, (params, opt_state),
+                                                          (idx, scan_keys))
     if order.shape[0] > n_full * batch_size:  # static: the tail is compiled in, not apart
         i = order[n_full * batch_size:]
         k = None if keys is None else keys[n_full]
         batch = parallel.constrain_batch((x[i], y[i]), mesh)
         params, opt_state, loss, n = _step(net, optimizer, params, opt_state, *batch, k)
-        losses = jnp.append(losses, loss)
-        correct = jnp.append(correct, n)
+        losses, correct = jnp.append(losses, loss), jnp.append(correct, n)
     return params, opt_state, losses, correct
 
 
 def _eval_batch(params, x, y, *, net):
     cache = apply(net, params, x, (None,) * (net.n_layers - 1))
     return loss_from_cache(net, cache, y) * x.shape[0], _n_correct(net, cache.out, y)
+
+
+def enable_compilation_cache(path: str | os.PathLike) -> None:
+    """Keep every compiled jax program in the directory ``path`` (JAX's persistent cache), so
+    a new process loads ``fit``'s epoch program instead of compiling it. Off unless called;
+    call it before the process's first jax computation (jax decides once per process)."""
+    import jax
+
+    for name, value in (("jax_compilation_cache_dir", os.fspath(path)),
+                        ("jax_persistent_cache_min_compile_time_secs", 0.0),
+                        ("jax_persistent_cache_min_entry_size_bytes", -1)):
+        jax.config.update(name, value)
 
 
 @functools.cache
@@ -183,8 +192,7 @@ def _prepare_data(net, params, x, y, dtype, backend):
     x = check_x(net, x, dtype)
     y = check_y(net, y, x.shape[0], dtype)
     if backend == "jax":
-        jnp = namespace("jax")
-        x, y = jnp.asarray(x), jnp.asarray(y)
+        x, y = namespace("jax").asarray(x), namespace("jax").asarray(y)
     return x, y
 
 
@@ -218,8 +226,9 @@ class _Run(NamedTuple):
     mesh: Any  # None, or the jax Mesh of a data-parallel fit
 
 
-def _copy(tree):
-    return tree_map(lambda a: array_namespace(a).array(a, copy=True), tree)
+def _copy(tree):  # jax arrays by device_put: no program to compile per leaf shape
+    return tree_map(lambda a: sys.modules["jax"].device_put(a, may_alias=False)
+                    if is_jax_array(a) else np.array(a, copy=True), tree)
 
 
 def _raise_if_diverged(losses: np.ndarray, epoch: int) -> None:
@@ -241,8 +250,7 @@ def _run_epoch(run: _Run, params, opt_state, order, drop_key):
     if is_jax_array(params[0].W):
         params, opt_state, losses, correct = _jax_programs()[0](
             params, opt_state, run.x, run.y, order[: run.split.rows], keys,
-            net=net, optimizer=run.optimizer, batch_size=size, mesh=run.mesh,
-        )
+            net=net, optimizer=run.optimizer, batch_size=size, mesh=run.mesh)
         return params, opt_state, np.asarray(losses), float(np.sum(np.asarray(correct)))
     losses = np.full(run.split.count, np.nan)
     n_correct = 0.0
@@ -362,7 +370,7 @@ def fit(
     hooks = (*hooks, progress_bar()) if progress else hooks
     info = FitInfo(net, epochs, backend, early_stopping)
     state = FitState(params, optimizer.init(params) if opt_state is None else opt_state,
-                     initial_epoch, random.as_key(key, backend), _new_history(), None)
+                     initial_epoch, random.as_key(key, backend), {k: [] for k in _HISTORY}, None)
     try:
         state = _call(hooks, "on_start", state, info)
         state = _ready(state, early_stopping, backend)
@@ -385,15 +393,8 @@ def fit(
 def _ready(state: FitState, early_stopping: int | None, backend: str) -> FitState:
     """The state training starts from: private copies (the jax programs donate their
     inputs, the caller's arrays stay valid), the key on the backend, early stopping's memory."""
-    best = state.best
-    if early_stopping is None:
-        best = None
-    elif best is None:
-        best = Best(math.inf, state.epoch - 1, None, None)
+    best = None if early_stopping is None else (
+        state.best if state.best is not None else Best(math.inf, state.epoch - 1, None, None))
     return FitState(_copy(state.params), _copy(state.opt_state), state.epoch,
                     random.as_key(state.key, backend), state.history, best)
 
-
-def _new_history() -> dict:
-    keys = ("loss", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
-    return {k: [] for k in keys}

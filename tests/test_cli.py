@@ -297,7 +297,8 @@ def test_train_and_evaluate_on_real_mnist(capsys, mnist_dir, tmp_path):
     assert code == 0, err
     result = last_json(out)
     check_run(tmp_path, result, epochs=1, train_rows=1800, test_rows=10_000)
-    assert result["test_accuracy"] > 0.8  # one epoch on 1800 images
+    # one epoch of 15 steps on 1800 images, all of them warm-up: far above chance (0.1)
+    assert result["test_accuracy"] > 0.5
     code, out, err = run_cli(capsys, "evaluate", "--checkpoint", tmp_path / "model.npz",
                              "--data", mnist_dir)
     assert code == 0, err

@@ -48,9 +48,10 @@ def _rel_report(path: str, got: np.ndarray, ref: np.ndarray, skipped: int = 0) -
     diff = np.abs(got - ref)
     idx = np.unravel_index(int(np.argmax(diff)), diff.shape)
     worst = float(diff[idx])
-    # The larger of the two magnitudes: an all-zero reference against a nonzero gradient
-    # is an error of 1 (100%), not worst / tiny; two all-zero leaves agree exactly.
-    scale = max(float(np.max(np.abs(ref))), float(np.max(np.abs(got))))
+    # Relative to the reference; an all-zero reference is measured against the gradient
+    # itself, so a nonzero gradient there is an error of 1 (100%), not worst / tiny, and
+    # two all-zero leaves agree exactly.
+    scale = float(np.max(np.abs(ref))) or float(np.max(np.abs(got)))
     return LeafReport(path, worst / scale if scale > 0 else 0.0, worst,
                       tuple(int(i) for i in idx), float(got[idx]), float(ref[idx]), skipped)
 

@@ -219,3 +219,12 @@ def test_an_int_dropout_key_passed_into_jit_draws_what_the_int_draws():
         np.testing.assert_array_equal(np.asarray(jitted(p, seed)), np.asarray(want))
     np.testing.assert_array_equal(funcnn.random.as_key(np.int64(2**40 + 5)),
                                   funcnn.random.key(2**40 + 5))
+
+
+def test_finite_difference_reports_index_the_leaf_itself():
+    p = funcnn.Dense(np.arange(1.0, 13.0).reshape(3, 4), np.ones(4))
+    wrong = funcnn.Dense(3 * p.W**2, 2 * p.b)
+    wrong.W[2, 1] += 1.0
+    with pytest.raises(GradientMismatch, match=r"params\.W: .* at \(2, 1\)"):
+        funcnn.testing.check_gradient(lambda q: (q.W**3).sum() + (q.b**2).sum(), wrong, p,
+                                      reference="finite_differences", max_per_leaf=None)

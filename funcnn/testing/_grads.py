@@ -100,7 +100,12 @@ def check_gradient(
         if m is not None:
             sampled = g.size if max_per_leaf is None else min(g.size, max_per_leaf)
             skipped = sampled - int(m.sum())
-            g, r = g[m], np.asarray(r)[m]
+            report = _rel_report(f"{name}{path}", g[m], np.asarray(r)[m], skipped)
+            if report.worst_index:  # an index into the checked elements: back to the leaf's
+                where = np.argwhere(m)[report.worst_index[0]]
+                report = report._replace(worst_index=tuple(int(i) for i in where))
+            reports.append(report)
+            continue
         reports.append(_rel_report(f"{name}{path}", g, r, skipped))
     _raise_if_bad(reports, rtol, atol, "jax.grad" if reference == "jax" else "finite differences")
     return reports

@@ -7,10 +7,11 @@ Point it at funcnn's backward pass or at your own::
     report = funcnn.testing.check_grads(net, params, x, y, grad_fn=my_backprop)
 
 Each leaf is compared by its relative error ``max|g - r| / max|r|`` (against
-``max|g|`` when the reference leaf is all zeros, and 0 when both are); a leaf beyond ``rtol`` raises :class:`GradientMismatch`
-naming the leaf (for example ``params[0].W``) and by how much it is off. The check
-runs in float64 (with ``jax_enable_x64`` on when the jax reference is used). Without
-jax installed, the jax reference falls back to finite differences, with a warning.
+``max|g|`` when the reference leaf is all zeros, and 0 when both are); a leaf
+beyond ``rtol`` raises :class:`GradientMismatch` naming the leaf (for example
+``params[0].W``) and by how much it is off. The check runs in float64 (with
+``jax_enable_x64`` on when the jax reference is used). Without jax installed, the
+jax reference falls back to finite differences, with a warning.
 
 Finite differences cannot see a derivative at a kink (ReLU at 0): an element whose
 ``+-eps`` perturbation moves a pre-activation of a kinked activation across 0 is

@@ -169,31 +169,48 @@ def build_jax_example(cfg: Config, x: np.ndarray, y: np.ndarray) -> Contender:
 # --------------------------------------------------------------------------- per-example gradients
 
 DP_MAX_NORM, DP_NOISE = 1.0, 1.1
-# contender -> what its step computes (all: forward, that gradient, Adam; one jitted lax.scan
-# over the epoch's full batches, so only the gradient differs between them)
+# contender -> what its step computes. Each step is forward, that gradient and Adam; the jax
+# ones run the epoch's full batches in one jitted lax.scan, the NumPy ones in a Python loop,
+# so that only the gradient differs between rows of one backend. They run only when named
+# in --only (a vmap epoch takes minutes; a row that follows one runs slower, so time the vmap
+# rows apart from the ratios among funcnn's rows; docs/performance.md has both commands).
 PER_EXAMPLE = {
     "pe-plain": "funcnn backward (the plain step the others are compared with)",
     "pe-norms": "funcnn: gradient + per-example norms from one pass",
-    "pe-dp": "funcnn: DP-SGD clipped + noised gradient (the hook)",
-    "vmap-grad-norms": "jax.vmap(jax.grad): per-example grads, norms, mean",
+    "pe-clip": "funcnn: DP clipped gradient, no noise",
+    "pe-dp": f"funcnn: DP-SGD hook, clip {DP_MAX_NORM} + noise {DP_NOISE}",
+    "pe-numpy-plain": "NumPy loop: funcnn backward",
+    "pe-numpy-dp": f"NumPy loop: DP-SGD hook, clip {DP_MAX_NORM} + noise {DP_NOISE}",
+    "vmap-grad-norms": "jax.grad of the batch + norms of jax.vmap(jax.grad)",
     "vmap-grad-dp": "jax.vmap(jax.grad): per-example grads, clip, sum, noise",
 }
 
 
 def _per_example_grad(kind: str, net, params, cache, xb, yb, key):
     """``(gradient, per-step output)`` of one contender's step on a prepared batch."""
-    import jax
-    import jax.numpy as jnp
-
     from funcnn import per_example as pe
-    from funcnn.mlp import apply, backward, loss_from_cache
+    from funcnn.mlp import backward, loss_from_cache
 
-    if kind == "pe-plain":
+    if kind.endswith("plain"):
         return backward(net, params, cache, yb), loss_from_cache(net, cache, yb)
     if kind == "pe-norms":
         return pe.grad_and_norms_from_cache(net, params, cache, yb)
-    if kind == "pe-dp":
+    if kind == "pe-clip":
+        return pe.dp_gradient(DP_MAX_NORM)(net, params, cache, yb, None), cache.out[0]
+    if kind.endswith("dp") and kind.startswith("pe-"):
         return pe.dp_gradient(DP_MAX_NORM, DP_NOISE)(net, params, cache, yb, key), cache.out[0]
+    return _vmap_grad(kind, net, params, xb, yb, key)
+
+
+def _vmap_grad(kind: str, net, params, xb, yb, key):
+    """Per-example gradients the usual JAX way, ``jax.vmap(jax.grad(loss of one example))``,
+    then their norms beside ``jax.grad`` of the batch (``vmap-grad-norms``) or DP-SGD
+    (``vmap-grad-dp``)."""
+    import jax
+    import jax.numpy as jnp
+
+    from funcnn.mlp import apply, loss_from_cache
+
     no_masks = (None,) * (net.n_layers - 1)
 
     def one(p, xi, yi):  # the loss of one example, on the same net
@@ -202,27 +219,29 @@ def _per_example_grad(kind: str, net, params, cache, xb, yb, key):
     per = jax.vmap(jax.grad(one), in_axes=(None, 0, 0))(params, xb, yb)
     leaves = jax.tree.leaves(per)
     norms = jnp.sqrt(sum(jnp.sum(g.reshape(g.shape[0], -1) ** 2, axis=1) for g in leaves))
-    if kind == "vmap-grad-norms":
-        return jax.tree.map(lambda g: g.mean(axis=0), per), norms
-    m = xb.shape[0]
+    if kind == "vmap-grad-norms":  # the update from jax.grad of the batch, as usual
+        batch = jax.grad(lambda p: loss_from_cache(net, apply(net, p, xb, no_masks), yb))
+        return batch(params), norms
     scale = DP_MAX_NORM / jnp.maximum(norms, DP_MAX_NORM)
     keys = iter(jax.random.split(key, len(leaves)))
-    std = DP_NOISE * DP_MAX_NORM
 
     def clip_sum_noise(g):
         total = jnp.einsum("m,m...->...", scale, g)
-        return (total + std * jax.random.normal(next(keys), total.shape, total.dtype)) / m
+        noise = jax.random.normal(next(keys), total.shape, total.dtype)
+        return (total + DP_NOISE * DP_MAX_NORM * noise) / xb.shape[0]
 
     return jax.tree.map(clip_sum_noise, per), norms
 
 
 def build_per_example(kind: str, cfg: Config, x: np.ndarray, y: np.ndarray) -> Contender:
+    if "numpy" in kind:
+        return _per_example_numpy(kind, cfg, x, y)
     import jax
     import jax.numpy as jnp
 
-    funcnn, net, params, opt = _funcnn(cfg, "jax")
     from funcnn.mlp import apply
 
+    funcnn, net, params, opt = _funcnn(cfg, "jax")
     xd, yd = jax_data(cfg, x, y)
     bs, steps = cfg.batch_size, cfg.samples // cfg.batch_size
     no_masks = (None,) * (net.n_layers - 1)
@@ -245,13 +264,37 @@ def build_per_example(kind: str, cfg: Config, x: np.ndarray, y: np.ndarray) -> C
 
     def epoch(i: int) -> None:
         perm = jnp.asarray(permutation(cfg, i)[: steps * bs])
-        keys = jax.random.split(jax.random.PRNGKey(cfg.seed * 1_000_003 + i), steps)
+        keys = funcnn.random.split(funcnn.random.key(cfg.seed * 1_000_003 + i, "jax"), steps)
         p, s, outs = run_epoch(*carry, xd, yd, perm, keys)
         carry[:] = [p, s]
         jax.block_until_ready(outs)
 
     held = nbytes(xd, yd, *(leaf for layer in params for leaf in layer))
     return Contender(epoch, cfg.dtype, steps, held, "rss", PER_EXAMPLE[kind])
+
+
+def _per_example_numpy(kind: str, cfg: Config, x: np.ndarray, y: np.ndarray) -> Contender:
+    from funcnn.mlp import apply
+
+    funcnn, net, params, opt = _funcnn(cfg, "numpy")
+    xs = np.ascontiguousarray(x, dtype=cfg.dtype)
+    bs, steps = cfg.batch_size, cfg.samples // cfg.batch_size
+    no_masks = (None,) * (net.n_layers - 1)
+    carry = [params, opt.init(params)]
+
+    def epoch(i: int) -> None:
+        perm = permutation(cfg, i)
+        keys = funcnn.random.split(funcnn.random.key(cfg.seed * 1_000_003 + i), steps)
+        p, s = carry
+        for k in range(steps):
+            idx = perm[k * bs:(k + 1) * bs]
+            cache = apply(net, p, xs[idx], no_masks)
+            grads, _ = _per_example_grad(kind, net, p, cache, None, y[idx], keys[k])
+            p, s = opt.update(p, grads, s)
+        carry[:] = [p, s]
+
+    held = nbytes(xs, y, *(leaf for layer in params for leaf in layer))
+    return Contender(epoch, cfg.dtype, steps, held, "tracemalloc", PER_EXAMPLE[kind])
 
 
 CONTENDERS: dict[str, Callable[[Config, np.ndarray, np.ndarray], Contender]] = {
@@ -748,9 +791,10 @@ def targets(rows: list[dict]) -> list[tuple[str, str, bool | None]]:
     if med("jax-gemm-floor") is not None and med(FLOOR) is not None:
         out.append(("(context) XLA's matmuls alone vs gemm-floor",
                     f"{med('jax-gemm-floor') / med(FLOOR):.2f} x", None))
-    for name, base in (("pe-norms", "pe-plain"), ("pe-dp", "pe-plain"),
-                       ("vmap-grad-norms", "pe-plain"), ("vmap-grad-dp", "pe-plain"),
-                       ("vmap-grad-norms", "pe-norms"), ("vmap-grad-dp", "pe-dp")):
+    for name, base in (("pe-norms", "pe-plain"), ("pe-clip", "pe-plain"),
+                       ("pe-dp", "pe-plain"), ("vmap-grad-norms", "pe-plain"),
+                       ("vmap-grad-dp", "pe-plain"), ("vmap-grad-norms", "pe-norms"),
+                       ("vmap-grad-dp", "pe-dp"), ("pe-numpy-dp", "pe-numpy-plain")):
         if med(name) is not None and med(base) is not None:  # per-example gradients
             out.append((f"(context) {name} vs {base}", f"{med(name) / med(base):.2f} x", None))
     return out
@@ -788,13 +832,13 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     if args.repeats is not None and args.repeats < 1:
         raise SystemExit("--repeats must be at least 1")
-    names = list(CONTENDERS)
+    names = [n for n in CONTENDERS if n not in PER_EXAMPLE]  # those only on request
     if args.only:
         wanted = [n.strip() for n in args.only.split(",") if n.strip()]
-        unknown = sorted(set(wanted) - set(names))
+        unknown = sorted(set(wanted) - set(CONTENDERS))
         if unknown:
-            raise SystemExit(f"unknown contender(s) {unknown}; choose from {names}")
-        names = [n for n in names if n == FLOOR or n in wanted]
+            raise SystemExit(f"unknown contender(s) {unknown}; choose from {list(CONTENDERS)}")
+        names = [n for n in CONTENDERS if n == FLOOR or n in wanted]
     start = time.perf_counter()
     report = {"configs": [], "load_before": os.getloadavg()}
     for cfg in configs(args):

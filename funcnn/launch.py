@@ -16,9 +16,9 @@ and exits with the failed process's code (1 when it was killed by a signal); aft
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -55,11 +55,22 @@ def worker_env(base: dict, process_id: int, processes: int, coordinator: str,
     return env
 
 
-def _die_with_parent() -> None:
-    """In a child, before it runs the command: ask Linux to SIGKILL it when the launcher
-    dies, even by SIGKILL, so that no worker outlives its launcher (elsewhere: no-op)."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+# Run before the command, in the child: Linux SIGKILLs it when the launcher dies (even by
+# SIGKILL), a setting kept across exec; it exits at once if the launcher is gone already.
+_DIE_WITH_LAUNCHER = (
+    "import ctypes, os, signal, sys; "
+    "ctypes.CDLL(None).prctl(1, int(signal.SIGKILL)); "  # 1 = PR_SET_PDEATHSIG
+    "os.getppid() == int(sys.argv[1]) or sys.exit(1); "
+    "os.execvp(sys.argv[2], sys.argv[2:])"
+)
+
+
+def _worker_command(command: Sequence[str]) -> list[str]:
+    """``command``, on Linux behind the one-line guard above (no fork of this process,
+    which may be running jax's threads)."""
+    if not sys.platform.startswith("linux"):
+        return list(command)
+    return [sys.executable, "-c", _DIE_WITH_LAUNCHER, str(os.getpid()), *command]
 
 
 def _terminated(signum: int, frame: object) -> None:
@@ -105,6 +116,8 @@ def launch(command: Sequence[str], processes: int, *, devices_per_process: int |
                          f"got {devices_per_process!r}")
     if not timeout > 0:
         raise ValueError(f"timeout must be positive seconds; got {timeout!r}")
+    if shutil.which(command[0]) is None:
+        raise ValueError(f"command not found: {command[0]!r}")
     coordinator = f"localhost:{free_port() if port is None else port}"
     procs: list[subprocess.Popen] = []
     main_thread = threading.current_thread() is threading.main_thread()
@@ -112,8 +125,8 @@ def launch(command: Sequence[str], processes: int, *, devices_per_process: int |
     try:
         for i in range(processes):
             env = worker_env(os.environ, i, processes, coordinator, devices_per_process)
-            procs.append(subprocess.Popen(list(command), env=env, start_new_session=True,
-                                          preexec_fn=_die_with_parent))
+            procs.append(subprocess.Popen(_worker_command(command), env=env,
+                                          start_new_session=True))
         deadline = time.monotonic() + timeout
         while True:
             codes = [p.poll() for p in procs]

@@ -459,7 +459,10 @@ def test_launcher_refuses_bad_arguments():
         launch.launch(["true"], 0)
     with pytest.raises(ValueError, match="devices_per_process must be a positive integer"):
         launch.launch(["true"], 1, devices_per_process=0)
+    with pytest.raises(ValueError, match="command not found: 'no-such-program-here'"):
+        launch.launch(["no-such-program-here"], 1)
     assert launch.main(["--processes", "1", "--", sys.executable, "-c", "pass"]) == 0
+    assert launch.main(["--processes", "1", "--", sys.executable, "-c", "exit(5)"]) == 5
 
 
 # ---------------------------------------------------------------------------- in process

@@ -27,6 +27,7 @@ __all__ = [
     "backend_of",
     "check_same_backend",
     "concrete_value",
+    "enable_compilation_cache",
     "float_dtype",
     "get_backend",
     "is_concrete",
@@ -245,3 +246,15 @@ def to_backend(tree: Any, name: str, dtype: Any = None) -> Any:
             return np.asarray(leaf, dtype=dtype)
 
     return tree_map(convert, tree)
+
+
+def enable_compilation_cache(path: str | os.PathLike) -> None:
+    """Keep every compiled jax program in the directory ``path`` (JAX's persistent cache), so
+    a new process loads ``fit``'s epoch program instead of compiling it. Off unless called;
+    call it before the process's first jax computation (jax decides once per process)."""
+    import jax
+
+    for name, value in (("jax_compilation_cache_dir", os.fspath(path)),
+                        ("jax_persistent_cache_min_compile_time_secs", 0.0),
+                        ("jax_persistent_cache_min_entry_size_bytes", -1)):
+        jax.config.update(name, value)

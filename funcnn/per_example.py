@@ -57,20 +57,25 @@ from funcnn._mlp_checks import check_y
 from funcnn.activations import get_activation
 from funcnn.backend import array_namespace, check_same_backend, concrete_value, is_jax_array
 from funcnn.losses import get_loss
-from funcnn.mlp import Cache, Dense, apply, check_net, check_params, prepare_inputs
+from funcnn.mlp import Cache, Dense, apply, backward, check_net, check_params, prepare_inputs
+from funcnn.optim import Optimizer
 from funcnn.types import Array, Grads, Key, Params
 
 __all__ = [
     "DPGradient",
+    "DPUpdate",
     "clipped_grad_from_cache",
     "clipped_mean_grad",
     "dp_gradient",
+    "dp_optimizer",
     "example_deltas",
     "grad_and_norms_from_cache",
     "grads_from_cache",
+    "needs_step_key",
     "norms_from_cache",
     "per_example_grad_norms",
     "per_example_grads",
+    "step_gradient",
 ]
 
 
@@ -235,6 +240,49 @@ def dp_gradient(max_norm: float, noise_multiplier: float = 0.0) -> DPGradient:
     docstring for the exact contract.
     """
     return DPGradient(max_norm, noise_multiplier)
+
+
+@dataclass(frozen=True)
+class DPUpdate:
+    """An optimizer's ``update`` that carries a gradient hook: ``fit`` and
+    ``make_train_step`` compute the step's gradient with ``grad_fn`` instead of
+    ``funcnn.mlp.backward``; called directly it is the inner update unchanged."""
+
+    inner: Any
+    grad_fn: DPGradient
+
+    def __call__(self, params: Params, grads: Grads, state: Any):
+        return self.inner(params, grads, state)
+
+
+def dp_optimizer(optimizer: Optimizer, max_norm: float,
+                 noise_multiplier: float = 0.0) -> Optimizer:
+    """``optimizer`` trained on the DP-SGD gradient: in :func:`funcnn.fit` and
+    :func:`funcnn.make_train_step` each step clips every example's gradient to
+    ``max_norm``, adds noise of standard deviation ``noise_multiplier * max_norm`` and
+    averages (:func:`dp_gradient`). The noise key of a step is ``fold_in(step key, 1)``;
+    the step key also draws the dropout masks, so with noise even a net without dropout
+    gets a key per step (``fit`` draws them; a ``make_train_step`` step needs ``key``)."""
+    if not (isinstance(optimizer, tuple) and len(optimizer) == 2):
+        raise TypeError(f"optimizer must be a funcnn.optim.Optimizer; got {optimizer!r}")
+    return Optimizer(optimizer.init, DPUpdate(optimizer.update,
+                                              DPGradient(max_norm, noise_multiplier)))
+
+
+def step_gradient(optimizer: Any, net: Any, params: Params, cache: Cache, y: Array,
+                  key: Key | None) -> Grads:
+    """The gradient a training step uses: the optimizer's hook if it has one (see
+    :func:`dp_optimizer`), else the hand-written ``backward``."""
+    hook = getattr(optimizer.update, "grad_fn", None)
+    if hook is None:
+        return backward(net, params, cache, y)
+    return hook(net, params, cache, y, None if key is None else random.fold_in(key, 1))
+
+
+def needs_step_key(optimizer: Any) -> bool:
+    """True when the optimizer's gradient hook draws noise (so every step needs a key)."""
+    hook = getattr(optimizer.update, "grad_fn", None)
+    return hook is not None and hook.noise_multiplier > 0
 
 
 # ---------------------------------------------------------------------------- checked entry points

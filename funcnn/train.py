@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -34,12 +33,19 @@ from funcnn import parallel, random
 from funcnn._checks import check_positive
 from funcnn._fit_checks import check_callbacks, check_hashable, check_optimizer
 from funcnn._mlp_checks import check_x, check_y
-from funcnn.backend import array_namespace, check_same_backend, is_jax_array, namespace
+from funcnn.backend import (
+    array_namespace,
+    check_same_backend,
+    enable_compilation_cache,
+    is_jax_array,
+    namespace,
+)
 from funcnn.batching import BatchSplit, epoch_order, split_batches
 from funcnn.callbacks import Best, FitInfo, FitState, progress_bar, stopped_early
 from funcnn.losses import is_classification
-from funcnn.mlp import MLP, apply, backward, check_net, check_params, dropout_masks, loss_from_cache
+from funcnn.mlp import MLP, apply, check_net, check_params, dropout_masks, loss_from_cache
 from funcnn.optim import Optimizer
+from funcnn.per_example import needs_step_key, step_gradient
 from funcnn.tree import tree_map
 
 __all__ = ["TrainingDiverged", "enable_compilation_cache", "evaluate", "fit", "make_train_step"]
@@ -72,7 +78,8 @@ def _n_correct(net: MLP, out: Any, y: Any) -> Any:
 def _step(net: MLP, optimizer: Optimizer, params, opt_state, x, y, key):
     """One update on a prepared batch: ``(params, opt_state, loss, n_correct)``.
 
-    ``key`` draws the dropout masks; it is ``None`` only for a net without dropout."""
+    ``key`` draws the dropout masks (and a DP optimizer's noise, see ``funcnn.per_example``);
+    it is ``None`` only for a net without dropout and an optimizer without noise."""
     if net.dropout > 0:
         backend = "jax" if is_jax_array(x) else "numpy"
         masks = dropout_masks(net, key, x.shape[0], x.dtype, backend)
@@ -80,7 +87,7 @@ def _step(net: MLP, optimizer: Optimizer, params, opt_state, x, y, key):
         masks = (None,) * (net.n_layers - 1)
     cache = apply(net, params, x, masks)
     loss = loss_from_cache(net, cache, y)
-    grads = backward(net, params, cache, y)
+    grads = step_gradient(optimizer, net, params, cache, y, key)
     params, opt_state = optimizer.update(params, grads, opt_state)
     return params, opt_state, loss, _n_correct(net, cache.out, y)
 
@@ -96,10 +103,10 @@ def make_train_step(net: MLP, optimizer: Optimizer):
     check_optimizer(optimizer)
 
     def step(params, opt_state, x, y, key=None):
-        if net.dropout > 0 and key is None:
+        if (net.dropout > 0 or needs_step_key(optimizer)) and key is None:
             raise ValueError(
-                f"the net has dropout {net.dropout}, so its train step needs a key: "
-                "step(params, opt_state, x, y, key), a new key each step (e.g. "
+                f"the net's dropout ({net.dropout}) or the optimizer's gradient noise needs a "
+                "key: step(params, opt_state, x, y, key), a new key each step (e.g. "
                 "funcnn.random.fold_in(key, step_number))")
         dtype = check_params(net, params)
         check_same_backend(params, x=x, y=y)
@@ -145,18 +152,6 @@ def _epoch_scan(params, opt_state, x, y, order, keys, *, net, optimizer, batch_s
 def _eval_batch(params, x, y, *, net):
     cache = apply(net, params, x, (None,) * (net.n_layers - 1))
     return loss_from_cache(net, cache, y) * x.shape[0], _n_correct(net, cache.out, y)
-
-
-def enable_compilation_cache(path: str | os.PathLike) -> None:
-    """Keep every compiled jax program in the directory ``path`` (JAX's persistent cache), so
-    a new process loads ``fit``'s epoch program instead of compiling it. Off unless called;
-    call it before the process's first jax computation (jax decides once per process)."""
-    import jax
-
-    for name, value in (("jax_compilation_cache_dir", os.fspath(path)),
-                        ("jax_persistent_cache_min_compile_time_secs", 0.0),
-                        ("jax_persistent_cache_min_entry_size_bytes", -1)):
-        jax.config.update(name, value)
 
 
 @functools.cache
@@ -246,7 +241,8 @@ def _raise_if_diverged(losses: np.ndarray, epoch: int) -> None:
 def _run_epoch(run: _Run, params, opt_state, order, drop_key):
     """One epoch on either backend: ``(params, opt_state, step_losses, n_correct)``."""
     net, size = run.net, run.split.size
-    keys = random.split(drop_key, run.split.full + 1) if net.dropout > 0 else None
+    keyed = net.dropout > 0 or needs_step_key(run.optimizer)
+    keys = random.split(drop_key, run.split.full + 1) if keyed else None
     if is_jax_array(params[0].W):
         params, opt_state, losses, correct = _jax_programs()[0](
             params, opt_state, run.x, run.y, order[: run.split.rows], keys,

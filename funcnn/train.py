@@ -222,8 +222,9 @@ class _Run(NamedTuple):
 
 
 def _copy(tree):  # jax arrays by device_put: no program to compile per leaf shape
-    return tree_map(lambda a: sys.modules["jax"].device_put(a, may_alias=False)
-                    if is_jax_array(a) else np.array(a, copy=True), tree)
+    return tree_map(lambda a: sys.modules["jax"].device_put(  # a multi-process array: in place
+        a, None if a.is_fully_addressable else a.sharding, may_alias=False)
+        if is_jax_array(a) else np.array(a, copy=True), tree)
 
 
 def _raise_if_diverged(losses: np.ndarray, epoch: int) -> None:

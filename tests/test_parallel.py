@@ -134,6 +134,9 @@ printed = io.StringIO()
 full = funcnn.fit(net, params, opt, x, y, devices=jax.devices(),
                   callbacks=[funcnn.callbacks.print_epochs(printed)], **kw)
 multihost_utils.sync_global_devices("full run done")
+# go on from what fit returned (arrays spread over both processes): one more epoch
+more = funcnn.fit(net, full[0], opt, x, y, devices=jax.devices(), opt_state=full[1],
+                  initial_epoch=2, **{**kw, "epochs": 3})
 first = funcnn.fit(net, params, opt, x, y, devices=jax.devices(),
                    callbacks=[funcnn.callbacks.checkpoint(path)], **{**kw, "epochs": 1})
 multihost_utils.sync_global_devices("checkpoint written")
@@ -146,6 +149,7 @@ except ValueError as err:
     mismatch = str(err)
 np.savez(f"{folder}/params_{pid}.npz", *[np.asarray(a) for a in jax.tree.leaves(full[0])])
 np.savez(f"{folder}/resumed_{pid}.npz", *[np.asarray(a) for a in jax.tree.leaves(resumed[0])])
+np.savez(f"{folder}/more_{pid}.npz", *[np.asarray(a) for a in jax.tree.leaves(more[0])])
 json.dump({"joined": joined, "processes": jax.process_count(), "devices": len(jax.devices()),
            "main": parallel.is_main_process(), "writes": len(writes),
            "printed": printed.getvalue(), "history": full[2], "resumed_history": resumed[2],
@@ -317,11 +321,12 @@ def two_processes(tmp_path_factory):
     reports = [json.loads((folder / f"report_{i}.json").read_text()) for i in range(2)]
     params = [list(np.load(folder / f"params_{i}.npz").values()) for i in range(2)]
     resumed = [list(np.load(folder / f"resumed_{i}.npz").values()) for i in range(2)]
-    return reports, params, resumed
+    more = [list(np.load(folder / f"more_{i}.npz").values()) for i in range(2)]
+    return reports, params, resumed, more
 
 
 def test_two_processes_equal_one_process(two_processes, reference):
-    reports, params, resumed = two_processes
+    reports, params, _, _ = two_processes
     for i, report in enumerate(reports):
         assert (report["joined"], report["processes"], report["devices"]) == (True, 2, 4), i
         assert _max_diff(params[i], reference[0]) < 1e-6
@@ -331,10 +336,19 @@ def test_two_processes_equal_one_process(two_processes, reference):
 
 
 def test_two_processes_resume_from_one_checkpoint(two_processes, reference):
-    reports, _, resumed = two_processes
+    reports, _, resumed, _ = two_processes
     for i in range(2):
         assert _max_diff(resumed[i], reference[0]) < 1e-6
         _assert_same_history(reports[i]["resumed_history"], reference[2])
+
+
+def test_two_processes_go_on_from_what_fit_returned(two_processes):
+    """A third epoch from the params and optimizer state fit returned (arrays that span
+    both processes) equals 3 epochs in a row on one device."""
+    net, params, opt, x, y, kw = _problem()
+    three = funcnn.fit(net, params, opt, x, y, **{**kw, "epochs": 3})
+    for more in two_processes[3]:
+        assert _max_diff(more, three[0]) < 1e-6
 
 
 def test_only_the_main_process_writes(two_processes):

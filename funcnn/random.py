@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from funcnn import _threefry
-from funcnn.backend import _import_jax, get_backend, is_concrete, is_jax_array
+from funcnn.backend import _import_jax, float_dtype, get_backend, is_concrete, is_jax_array
 
 __all__ = [
     "as_key",
@@ -93,21 +93,6 @@ def _check_shape(shape: Any) -> tuple[int, ...]:
     if not isinstance(dims, tuple | list) or not all(_is_int(d) and d >= 0 for d in dims):
         raise ValueError(f"shape must be a tuple of non-negative integers; got {shape!r}")
     return tuple(int(d) for d in dims)
-
-
-def _check_dtype(dtype: Any, on_jax: bool) -> np.dtype:
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        dt = None
-    if dt not in (np.float32, np.float64):
-        raise ValueError(f"dtype must be float32 or float64; got {dtype!r}")
-    if on_jax and dt == np.float64 and not _import_jax()[0].config.jax_enable_x64:
-        raise ValueError(
-            "float64 samples on the jax backend need jax.config.update('jax_enable_x64', "
-            "True); without it jax would silently give float32"
-        )
-    return dt
 
 
 def _frozen(words: np.ndarray) -> np.ndarray:
@@ -213,7 +198,7 @@ def normal(key: Any, shape: tuple[int, ...], dtype: Any = "float32") -> Any:
     """Standard normal samples of ``shape``: ``sqrt(2) * erfinv(u)``, ``u ~ U(-1, 1)``."""
     key = as_key(key)
     shape = _check_shape(shape)
-    dtype = _check_dtype(dtype, is_jax_array(key))
+    dtype = float_dtype(dtype, "jax" if is_jax_array(key) else "numpy")
     if is_jax_array(key):
         return _import_jax()[0].random.normal(_typed(key), shape, dtype)
     return _threefry.normal(key, shape, dtype, threefry_partitionable())
@@ -226,7 +211,7 @@ def uniform(
     """Uniform samples of ``shape`` in ``[minval, maxval)`` (scalar bounds)."""
     key = as_key(key)
     shape = _check_shape(shape)
-    dtype = _check_dtype(dtype, is_jax_array(key))
+    dtype = float_dtype(dtype, "jax" if is_jax_array(key) else "numpy")
     if is_jax_array(key):
         return _import_jax()[0].random.uniform(_typed(key), shape, dtype, minval, maxval)
     return _threefry.uniform(key, shape, dtype, minval, maxval, threefry_partitionable())

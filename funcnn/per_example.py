@@ -260,13 +260,20 @@ def dp_optimizer(optimizer: Optimizer, max_norm: float,
     """``optimizer`` trained on the DP-SGD gradient: in :func:`funcnn.fit` and
     :func:`funcnn.make_train_step` each step clips every example's gradient to
     ``max_norm``, adds noise of standard deviation ``noise_multiplier * max_norm`` and
-    averages (:func:`dp_gradient`). The noise key of a step is ``fold_in(step key, 1)``;
+    averages (:func:`dp_gradient`). The noise key of a step is
+    ``fold_in(step key, NOISE_STREAM)``;
     the step key also draws the dropout masks, so with noise even a net without dropout
     gets a key per step (``fit`` draws them; a ``make_train_step`` step needs ``key``)."""
     if not (isinstance(optimizer, tuple) and len(optimizer) == 2):
         raise TypeError(f"optimizer must be a funcnn.optim.Optimizer; got {optimizer!r}")
     return Optimizer(optimizer.init, DPUpdate(optimizer.update,
                                               DPGradient(max_norm, noise_multiplier)))
+
+
+NOISE_STREAM = 0x4E4F495A
+"""A step's noise key is ``fold_in(step key, NOISE_STREAM)``: far from the small indices
+at which ``fold_in`` meets ``split`` (under jax's partitionable threefry,
+``fold_in(k, i) == split(k, n)[i]``), so it never equals a dropout mask's key."""
 
 
 def step_gradient(optimizer: Any, net: Any, params: Params, cache: Cache, y: Array,
@@ -276,7 +283,7 @@ def step_gradient(optimizer: Any, net: Any, params: Params, cache: Cache, y: Arr
     hook = getattr(optimizer.update, "grad_fn", None)
     if hook is None:
         return backward(net, params, cache, y)
-    return hook(net, params, cache, y, None if key is None else random.fold_in(key, 1))
+    return hook(net, params, cache, y, None if key is None else random.fold_in(key, NOISE_STREAM))
 
 
 def needs_step_key(optimizer: Any) -> bool:

@@ -86,8 +86,18 @@ def test_a_noisy_dp_step_needs_a_key_and_equals_the_hook():
     new, _, _ = step(params, state, x[:16], y[:16], key)
     cache = funcnn.apply(net, params, x[:16].astype(np.float64), (None,))
     grads = funcnn.per_example.dp_gradient(0.5, 0.7)(net, params, cache, y[:16],
-                                                      funcnn.random.fold_in(key, 1))
+                                                      funcnn.random.fold_in(
+        key, funcnn.per_example.NOISE_STREAM))
     want = jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, params, grads)
     for a, b in zip(jax.tree_util.tree_leaves(new), jax.tree_util.tree_leaves(want),
                     strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def test_the_noise_key_is_never_a_dropout_key():
+    for seed in range(20):
+        key = funcnn.random.key(seed)
+        noise = np.asarray(funcnn.random.fold_in(key, funcnn.per_example.NOISE_STREAM))
+        drops = np.asarray(funcnn.random.split(key, 8))  # the masks of up to 8 hidden layers
+        assert not any(np.array_equal(noise, d) for d in drops)
+        assert np.array_equal(np.asarray(funcnn.random.fold_in(key, 1)), drops[1])  # why

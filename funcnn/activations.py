@@ -197,6 +197,9 @@ def name_of(piece: Any) -> str:
 def get_activation(piece: str | Activation) -> Activation:
     """An elementwise activation, from its name or an :class:`Activation` of your own."""
     if isinstance(piece, Activation):
+        if piece.name == "softmax":  # the losses fused with softmax would trust the name
+            raise ValueError("a custom activation may not be named 'softmax', the built-in "
+                             "output; give it another name")
         return check_piece(piece, "activation", ACTIVATIONS, ("fn", "grad"))
     try:
         return ACTIVATIONS[piece]

@@ -96,6 +96,8 @@ def test_spec_rules_for_custom_pieces():
     assert funcnn.MLP((2, 3, 2), output=SWISH).loss == "mse"
     with pytest.raises(ValueError, match="name of a built-in activation"):
         funcnn.MLP((2, 2), hidden=Activation("relu", swish, swish_grad))
+    with pytest.raises(ValueError, match="may not be named 'softmax'"):
+        funcnn.MLP((2, 2), output=Activation("softmax", swish, swish_grad))
     with pytest.raises(TypeError, match="callable grad"):
         funcnn.MLP((2, 2), hidden=Activation("swish", swish, None))
     with pytest.raises(ValueError, match="needs output softmax"):

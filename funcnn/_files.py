@@ -43,14 +43,18 @@ def check_writable(path: str | os.PathLike) -> None:
     target = os.fspath(path)
     if os.path.isdir(target):
         raise IsADirectoryError(errno.EISDIR, "a folder is in the way of the file", target)
-    folder = os.path.dirname(os.path.abspath(target))
-    try:
-        fd, probe = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp",
-                                     dir=folder)
-    except OSError as err:
-        raise _naming(err, target) from None
+    fd, probe = _temp_beside(target)
     os.close(fd)
     os.unlink(probe)
+
+
+def _temp_beside(target: str) -> tuple[int, str]:
+    """A new temporary file in ``target``'s folder; an error names ``target``."""
+    try:
+        return tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp",
+                                dir=os.path.dirname(os.path.abspath(target)))
+    except OSError as err:
+        raise _naming(err, target) from None
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
@@ -60,12 +64,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     usual ``0o666`` under the umask). If anything fails, ``path`` is left as it was.
     """
     target = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(target))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp",
-                                   dir=folder)
-    except OSError as err:
-        raise _naming(err, target) from None
+    fd, tmp = _temp_beside(target)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -81,7 +80,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    _fsync_folder(folder)
+    _fsync_folder(os.path.dirname(os.path.abspath(target)))
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -21,14 +21,40 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import funcnn  # noqa: E402
-from funcnn import mlp, train  # noqa: E402
+from funcnn import mlp, step  # noqa: E402
 
 PIECES = ("gather", "forward", "loss", "backward", "optimizer", "metrics")
+GEMMS = ("forward GEMMs", "backward GEMMs")
+TARGET = 1.2  # forward and backward each within 1.2x their own matrix products
+
+
+def _gemms(params, xb, cache):
+    """The matrix products of the step alone, on the step's own operands, into
+    preallocated outputs (as benchmarks/_baselines.py's gemm-floor): (forward s, backward s)."""
+    clock = time.perf_counter
+    t0 = clock()
+    for layer, a, z in zip(params, cache.inputs, cache.zs, strict=True):
+        np.matmul(a, layer.W, out=z)
+    t1 = clock()
+    for l in range(len(params) - 1, -1, -1):
+        dz = cache.zs[l]
+        np.matmul(cache.inputs[l].T, dz, out=_OUT.setdefault(("dW", l), np.empty_like(
+            params[l].W)))
+        if l > 0:
+            np.matmul(dz, params[l].W.T, out=_OUT.setdefault(("da", l), np.empty_like(
+                cache.inputs[l])))
+    return t1 - t0, clock() - t1
+
+
+_OUT: dict = {}
 
 
 def epoch_pieces(net, opt, params, state, x, y, order, batch_size):
-    """Seconds spent in each piece over one epoch; returns (times, params, state)."""
-    times = dict.fromkeys(PIECES, 0.0)
+    """Seconds spent in each piece over one epoch; returns (times, params, state).
+
+    Each step also runs its forward and backward matrix products alone, right after
+    the step, on copies of the same operands (the "GEMMs" rows)."""
+    times = dict.fromkeys(PIECES + GEMMS, 0.0)
     masks = (None,) * (net.n_layers - 1)
     clock = time.perf_counter
     for start in range(0, len(order) - batch_size + 1, batch_size):
@@ -42,12 +68,15 @@ def epoch_pieces(net, opt, params, state, x, y, order, batch_size):
         t3 = clock()
         grads = mlp.backward(net, params, cache, yb)
         t4 = clock()
-        params, state = opt.update(params, grads, state)
+        new_params, state = opt.update(params, grads, state)
         t5 = clock()
-        float(loss), float(train._n_correct(net, cache.out, yb))
+        float(loss), float(step.n_correct(net, cache.out, yb))
         t6 = clock()
-        for name, dt in zip(PIECES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5),
-                            strict=True):
+        scratch = cache._replace(zs=tuple(z.copy() for z in cache.zs))
+        fwd, bwd = _gemms(params, xb, scratch)
+        params = new_params
+        for name, dt in zip(PIECES + GEMMS, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4,
+                                             t6 - t5, fwd, bwd), strict=True):
             times[name] += dt
     return times, params, state
 
@@ -67,11 +96,12 @@ def main(argv=None):
     opt = funcnn.optim.adam(1e-3)
     params = funcnn.init_params(net, 0)
     state = opt.init(params)
-    runs = {name: [] for name in (*PIECES, "total", "optimizer alone")}
+    runs = {name: [] for name in (*PIECES, "total", "optimizer alone", *GEMMS)}
     for r in range(args.repeats + 1):
         order = rng.permutation(args.samples)
-        times, params, state = epoch_pieces(net, opt, params, state, x, y, order,
-                                            args.batch_size)
+        with funcnn.flush_denormals():  # as fit does
+            times, params, state = epoch_pieces(net, opt, params, state, x, y, order,
+                                                args.batch_size)
         t = time.perf_counter()
         q, s = params, state
         for _ in range(args.samples // args.batch_size):  # same grads each time: cache-warm
@@ -81,13 +111,21 @@ def main(argv=None):
             continue  # warm-up
         for name, v in times.items():
             runs[name].append(v)
-        runs["total"].append(sum(times.values()))
+        runs["total"].append(sum(times[name] for name in PIECES))
         runs["optimizer alone"].append(alone)
     n_params = sum(leaf.size for leaf in funcnn.tree.tree_leaves(params))
     print(f"sizes {sizes}, batch {args.batch_size}, {args.samples} samples, "
           f"{n_params} parameters; median of {args.repeats} epochs, seconds per epoch")
-    for name, values in runs.items():
-        print(f"  {name:16s} {statistics.median(values):7.3f}")
+    med = {name: statistics.median(values) for name, values in runs.items()}
+    for name, value in med.items():
+        print(f"  {name:16s} {value:7.3f}")
+    print(f"\ntargets (each piece within {TARGET} x its own matrix products)")
+    out = {}
+    for piece, gemm in (("forward", "forward GEMMs"), ("backward", "backward GEMMs")):
+        ratio = med[piece] / med[gemm]
+        out[piece] = ratio
+        print(f"  {piece:9s} {ratio:5.2f} x its GEMMs  {'met' if ratio <= TARGET else 'NOT met'}")
+    return {"seconds": med, "ratios": out}
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ The public names, by what they are for (``ARCHITECTURE.md`` says where each live
 - optimizers: ``Optimizer`` and the free functions ``sgd_*``, ``adam_*``, ``adamw_*``,
   ``rmsprop_*``, ``adagrad_*`` with their typed states, ``clip_by_global_norm``
   (factories in ``funcnn.optim``, learning-rate schedules in ``funcnn.schedules``);
-- training: ``make_train_step``, ``fit``, ``evaluate``, ``batches``, ``TrainingDiverged``
+- training: ``make_train_step``, ``fit``, ``evaluate``, ``batches``, ``TrainingDiverged``,
+  ``flush_denormals`` (for a NumPy loop of your own)
   (callbacks for checkpoints, resume and progress in ``funcnn.callbacks``; many devices
   in ``funcnn.parallel``);
 - checkpoints: ``save``, ``load``, ``Checkpoint``;
@@ -69,10 +70,11 @@ from funcnn.optim import sgd_init as sgd_init
 from funcnn.optim import sgd_update as sgd_update
 from funcnn.per_example import per_example_grad_norms as per_example_grad_norms
 from funcnn.per_example import per_example_grads as per_example_grads
+from funcnn.step import make_train_step as make_train_step
 from funcnn.train import TrainingDiverged as TrainingDiverged
 from funcnn.train import evaluate as evaluate
 from funcnn.train import fit as fit
-from funcnn.train import make_train_step as make_train_step
+from funcnn.train import flush_denormals as flush_denormals
 
 __version__ = "0.1.0"
 
@@ -114,6 +116,7 @@ __all__ = [
     "batches",
     "evaluate",
     "fit",
+    "flush_denormals",
     "make_train_step",
     # checkpoints
     "Checkpoint",

@@ -9,6 +9,7 @@ looks at the *result* of its reduction before using it.
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -42,7 +43,7 @@ def _check_finite(name: str, arr: Any) -> None:
     total = xp.sum(arr)
     if not is_concrete(total):  # inside a trace: values are not ours to look at
         return
-    if bool(xp.isfinite(total)) or bool(xp.isfinite(arr).all()):
+    if math.isfinite(float(total)) or bool(xp.isfinite(arr).all()):
         return
     a = np.asarray(arr)
     bad = tuple(int(i) for i in np.argwhere(~np.isfinite(a))[0])

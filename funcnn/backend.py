@@ -143,11 +143,17 @@ def concrete_value(x: Any) -> np.ndarray | None:
     """
     if not is_concrete(x):
         return None
-    if is_jax_array(x):
-        probe = x.reshape(-1)[:0].sum()  # a traced value inside a trace, concrete outside
-        if not is_concrete(probe):
-            return None
+    if is_jax_array(x) and _staging():
+        return None
     return np.asarray(x)
+
+
+def _staging() -> bool:
+    """True while ``jax.jit`` (or ``lax.scan``, ...) traces: a ``device_put`` made now is
+    staged into the program, a tracer. Outside it is a plain transfer, no compilation."""
+    import jax
+
+    return not is_concrete(jax.device_put(np.int32(0)))
 
 
 def _jax_flags(leaves: list) -> list[bool]:

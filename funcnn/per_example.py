@@ -71,6 +71,7 @@ __all__ = [
     "example_deltas",
     "grad_and_norms_from_cache",
     "grads_from_cache",
+    "has_grad_hook",
     "needs_step_key",
     "norms_from_cache",
     "per_example_grad_norms",
@@ -284,6 +285,11 @@ def step_gradient(optimizer: Any, net: Any, params: Params, cache: Cache, y: Arr
     if hook is None:
         return backward(net, params, cache, y)
     return hook(net, params, cache, y, None if key is None else random.fold_in(key, NOISE_STREAM))
+
+
+def has_grad_hook(optimizer: Any) -> bool:
+    """True when the optimizer brings its own gradient (a :func:`dp_optimizer`)."""
+    return getattr(optimizer.update, "grad_fn", None) is not None
 
 
 def needs_step_key(optimizer: Any) -> bool:

@@ -468,6 +468,65 @@ def test_numpy_and_jax_agree_in_float64():
         np.testing.assert_allclose(h_jax[name], h_np[name], rtol=1e-10, err_msg=name)
 
 
+def _mean_abs(output, z, a, y):  # a custom loss: mean |a - y|, smooth enough away from 0
+    return funcnn.backend.array_namespace(z).sum(abs(a - y)) / z.size
+
+
+def _mean_abs_delta(output, z, a, y):
+    xp = funcnn.backend.array_namespace(z)
+    return xp.sign(a - y) * (1.0 / z.size)
+
+
+_TAIL_CASES = {  # every loss, built in or custom, with N = 3 x 32 + a short batch of 4
+    "cross_entropy": (NET, _spirals),
+    "one_hot_rows": (NET, lambda: (_spirals()[0], funcnn.data.one_hot(_spirals()[1], 2))),
+    "binary_cross_entropy": (SIGMOID_NET, _xor),
+    "mse": (MSE_NET, _regression),
+    "custom": (funcnn.MLP((1, 16, 1), output="identity",
+                          loss=funcnn.losses.Loss("mean_abs", _mean_abs, _mean_abs_delta)),
+               _regression),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_TAIL_CASES))
+def test_the_padded_short_batch_on_jax_trains_what_numpy_trains_on_the_short_batch(case):
+    """jax pads the short last batch to a full one and masks it; NumPy trains on the short
+    batch itself: the same params, per-step losses and accuracies in float64."""
+    net, data = _TAIL_CASES[case]
+    x, y = data()
+    start = funcnn.init_params(net, 3, dtype="float64")
+    got = {backend: _fit(backend, net=net, params=funcnn.to_backend(start, backend),
+                         data=(x, y), epochs=2)
+           for backend in BACKENDS}
+    (p_np, _, h_np), (p_jax, _, h_jax) = got["numpy"], got["jax"]
+    assert len(h_jax["loss"]) == 2 * STEPS
+    _assert_trees_close(p_jax, p_np, rtol=1e-10)
+    np.testing.assert_allclose(h_jax["loss"], h_np["loss"], rtol=1e-10)
+    if funcnn.losses.is_classification(net.loss):
+        np.testing.assert_allclose(h_jax["train_accuracy"], h_np["train_accuracy"], rtol=1e-12)
+
+
+def _dots_in_epoch_program(optimizer, n: int) -> int:
+    """Matrix products in the StableHLO of fit's jax epoch program for NET on n rows."""
+    x, y = funcnn.to_backend(spirals(0, n=n), "jax")
+    params = _params(NET, "jax")
+    split = funcnn.batching.split_batches(n, BS)
+    order, tail = funcnn.train._padded(np.arange(n, dtype=np.int32), split, optimizer)
+    epoch, _ = funcnn.train._jax_programs()
+    text = epoch.lower(params, optimizer.init(params), x, y, order, None, net=NET,
+                       optimizer=optimizer, batch_size=BS, tail=tail, mesh=None).as_text()
+    return text.count("stablehlo.dot_general")
+
+
+def test_the_jax_epoch_program_holds_one_copy_of_the_step():
+    # NET has 2 layers: 2 forward products, 2 for dW and 1 for dX per step
+    assert _dots_in_epoch_program(_adam(), 96) == 5  # full batches only
+    assert _dots_in_epoch_program(_adam(), N) == 5  # the short batch rides in the scan
+    # a gradient hook (DP-SGD) cannot train a padded batch: its short batch is a 2nd copy
+    dp = funcnn.per_example.dp_optimizer(_adam(), max_norm=1.0)
+    assert _dots_in_epoch_program(dp, N) == 10
+
+
 def _compiled():
     """How many programs fit's jax epoch (with its tail batch) has compiled so far."""
     epoch, _ = funcnn.train._jax_programs()

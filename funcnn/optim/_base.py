@@ -7,6 +7,7 @@ Private: ``funcnn.optim`` re-exports the public names.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -155,14 +156,28 @@ def bind(fn: Callable[..., Any], **kwargs: Any) -> Bound:
 
 
 def zeros(params: Any) -> Any:
-    return tree_map(lambda p: array_namespace(p).zeros_like(p), params)
+    """Zeros shaped like ``params``."""
+    return tree_map(lambda p: _zeros(p, p.shape, p.dtype), params)
+
+
+def _zeros(like: Any, shape: tuple, dtype: Any) -> Any:
+    """Zeros on the backend of ``like``. For a concrete jax array on the default device,
+    NumPy zeros moved there: ``jnp.zeros`` would compile a program per shape (~25 ms
+    each, paid by every new process before its first step)."""
+    if is_jax_array(like) and is_concrete(like) and like.is_fully_addressable \
+            and not like.committed:
+        return sys.modules["jax"].device_put(np.zeros(shape, dtype))
+    if is_jax_array(like) and shape == like.shape:
+        return array_namespace(like).zeros_like(like, dtype=dtype)  # keeps its sharding
+    return array_namespace(like).zeros(shape, dtype=dtype)
 
 
 def count0(params: Any) -> Any:
     """The step count of a fresh state, after checking that ``params`` are float arrays."""
     check_same_backend(params)
     check_float_leaves("params", params)
-    return array_namespace(*tree_leaves(params)[:1]).zeros((), dtype="int32")
+    leaves = tree_leaves(params)
+    return _zeros(leaves[0], (), "int32") if leaves else np.zeros((), "int32")
 
 
 def learning_rate(lr: Any, count: Any) -> Any:

@@ -1,0 +1,134 @@
+"""One training step: forward, loss, backward, optimizer update, on one mini-batch.
+
+``make_train_step(net, optimizer)`` returns the checked, pure step every loop is made of::
+
+    step = funcnn.make_train_step(net, funcnn.optim.adam(1e-3))
+    params, opt_state, loss = step(params, opt_state, xb, yb)          # or jax.jit(step)
+
+:func:`train_step` is the same step without checks, what ``fit``'s loops call. It can
+also train on a *padded* short batch: ``fit`` on jax runs every batch of an epoch, the
+short last one included, through one compiled step of ``batch_size`` rows (one copy of
+the step in the program instead of two, which halves its compile time). The short batch
+of ``tail`` rows is padded with other rows of the data, and where ``in_tail`` is true the
+loss and its delta ``dL/dz`` are those of the first ``tail`` rows, the padding getting a
+zero delta, so the gradient is exactly that of the short batch::
+
+    dz = [delta(z[:tail]); 0] if in_tail else delta(z)          (m, k)
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from funcnn._fit_checks import check_optimizer
+from funcnn._mlp_checks import check_x, check_y
+from funcnn.backend import array_namespace, check_same_backend, is_concrete, is_jax_array
+from funcnn.losses import get_loss
+from funcnn.mlp import (
+    MLP,
+    Cache,
+    apply,
+    backward,
+    check_net,
+    check_params,
+    dropout_masks,
+    loss_from_cache,
+)
+from funcnn.optim import Optimizer
+from funcnn.per_example import needs_step_key, step_gradient
+
+__all__ = ["make_train_step", "n_correct", "train_step"]
+
+
+def n_correct(net: MLP, out: Any, y: Any, valid: Any = None) -> Any:
+    """How many rows are classified right (a fraction per row for multi-label sigmoid);
+    ``valid`` (``(m,)`` bool, optional) says which rows count."""
+    xp = array_namespace(out)
+    if net.loss == "cross_entropy":
+        labels = y if y.ndim == 1 else xp.argmax(y, axis=1)
+        right = xp.argmax(out, axis=1) == labels
+        return xp.sum(right if valid is None else right & valid)
+    if net.loss == "binary_cross_entropy":
+        right = (out > 0.5) == (y > 0.5)
+        return xp.sum(right if valid is None else right & valid[:, None]) / out.shape[1]
+    return xp.zeros((), dtype=out.dtype)
+
+
+def _output_terms(net: MLP, cache: Cache, y: Any, tail: int, in_tail: Any):
+    """The loss and ``dL/dzs[-1]``; on a padded short batch those of its first ``tail`` rows.
+
+    Under jax the short batch's terms sit in a ``lax.cond`` branch: computed in the one
+    step that needs them (on many devices their slice moves rows, once an epoch)."""
+    spec, z, a = get_loss(net.loss), cache.zs[-1], cache.out
+
+    def full():
+        return spec.value(net.output, z, a, y), spec.delta(net.output, z, a, y)
+
+    def head():
+        dz = spec.delta(net.output, z[:tail], a[:tail], y[:tail])
+        padding = array_namespace(z).zeros((z.shape[0] - tail, z.shape[1]), dz.dtype)
+        return (spec.value(net.output, z[:tail], a[:tail], y[:tail]),
+                array_namespace(z).concatenate([dz, padding]))
+
+    if not tail:
+        return full()
+    if is_concrete(in_tail):
+        return head() if in_tail else full()
+    return sys.modules["jax"].lax.cond(in_tail, head, full)
+
+
+def train_step(net: MLP, optimizer: Optimizer, params, opt_state, x, y, key, *,
+               tail: int = 0, in_tail: Any = False, mask_rows: int | None = None):
+    """One update on a prepared batch, no checks: ``(params, opt_state, loss, n_correct)``.
+
+    ``key`` draws the dropout masks (and a DP optimizer's noise, see ``funcnn.per_example``);
+    it is ``None`` only for a net without dropout and an optimizer without noise. The masks
+    are drawn for ``mask_rows`` rows (default: the batch's) and the first ones used, so a
+    short batch gets the rows a full one would. ``tail`` (static) and ``in_tail`` (a bool,
+    traced or not) train a padded short batch, see the module docstring; not with an
+    optimizer that has a gradient hook (DP-SGD).
+    """
+    m = x.shape[0]
+    if net.dropout > 0:
+        backend = "jax" if is_jax_array(x) else "numpy"
+        masks = dropout_masks(net, key, mask_rows or m, x.dtype, backend)
+        masks = tuple(mask[:m] for mask in masks)
+    else:
+        masks = (None,) * (net.n_layers - 1)
+    cache = apply(net, params, x, masks)
+    if tail:
+        loss, dz = _output_terms(net, cache, y, tail, in_tail)
+        grads = backward(net, params, cache, y, dz=dz)
+        valid = array_namespace(x).arange(m) < array_namespace(x).where(in_tail, tail, m)
+    else:
+        loss = loss_from_cache(net, cache, y)
+        grads, valid = step_gradient(optimizer, net, params, cache, y, key), None
+    params, opt_state = optimizer.update(params, grads, opt_state)
+    return params, opt_state, loss, n_correct(net, cache.out, y, valid)
+
+
+def make_train_step(net: MLP, optimizer: Optimizer):
+    """A pure step ``(params, opt_state, x, y, key=None) -> (params, opt_state, loss)``.
+
+    It checks shapes and dtypes (also while ``jax.jit`` traces it). The step of a net
+    with dropout needs a ``key`` (a new one each step), as ``forward(train=True)`` does;
+    without one it raises ``ValueError``. Jit it with ``jax.jit(step)``.
+    """
+    check_net(net)
+    check_optimizer(optimizer)
+
+    def step(params, opt_state, x, y, key=None):
+        if (net.dropout > 0 or needs_step_key(optimizer)) and key is None:
+            raise ValueError(
+                f"the net's dropout ({net.dropout}) or the optimizer's gradient noise needs a "
+                "key: step(params, opt_state, x, y, key), a new key each step (e.g. "
+                "funcnn.random.fold_in(key, step_number))")
+        dtype = check_params(net, params)
+        check_same_backend(params, x=x, y=y)
+        x = check_x(net, x, dtype)
+        y = check_y(net, y, x.shape[0], dtype)
+        params, opt_state, loss, _ = train_step(net, optimizer, params, opt_state, x, y, key)
+        return params, opt_state, loss
+
+    return step

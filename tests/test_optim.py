@@ -911,3 +911,59 @@ def test_a_bad_mask_leaf_is_named(bad, error, words):
         assert words in str(info.value) and expected in str(info.value), str(info.value)
     with pytest.raises(ValueError, match=r"mask does not match params: first difference"):
         optim.adamw_update(params, params, optim.adamw_init(params), mask=mask[:1])
+
+
+# ------------------------------------------------------------------ fast forms, same maths
+
+
+def _textbook_adam(p, g, m, v, t, *, lr, b1, b2, eps, weight_decay=0.0):
+    """Adam(W) as the paper writes it, one array per operation (NumPy, in p's dtype)."""
+    c = p.dtype.type
+    m = c(b1) * m + c(1 - b1) * g
+    v = c(b2) * v + c(1 - b2) * g * g
+    m_hat, v_hat = m / c(1 - b1**t), v / c(1 - b2**t)
+    return p - c(lr) * (m_hat / (np.sqrt(v_hat) + c(eps)) + c(weight_decay) * p), m, v
+
+
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+@pytest.mark.parametrize("dtype, rtol", [("float32", 1e-6), ("float64", 1e-14)])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_adam_in_place_passes_equal_the_textbook_expressions(backend, dtype, rtol,
+                                                               weight_decay):
+    """funcnn's Adam leaf is written as in-place passes with the bias corrections folded
+    into two scalars (for NumPy's speed). Step after step, from the same params, gradients
+    and moments, it gives what the textbook expressions give, to rounding (relative to
+    the largest entry)."""
+    rng = np.random.default_rng(7)
+    hyper = dict(lr=1e-2, b1=0.9, b2=0.999, eps=1e-8)
+    params = make_tree(rng, dtype, backend=backend)
+    opt = optim.adamw(**hyper, weight_decay=weight_decay)
+    state = opt.init(params)
+    for t in range(1, 51):
+        grads = make_tree(rng, dtype, scale=10.0 ** rng.uniform(-4, 1), backend=backend)
+        before = [[np.asarray(a) for a in tree_leaves(tree)]
+                  for tree in (params, grads, state.mu, state.nu)]
+        params, state = opt.update(params, grads, state)
+        got = tree_leaves((params, state.mu, state.nu))
+        want = [_textbook_adam(*leaf, t, **hyper, weight_decay=weight_decay)
+                for leaf in zip(*before, strict=True)]
+        want = [w[i] for i in range(3) for w in want]
+        for g, w in zip(got, want, strict=True):
+            assert np.asarray(g).dtype == w.dtype == np.dtype(dtype)
+            err = np.max(np.abs(np.asarray(g, np.float64) - w))
+            assert err <= rtol * np.max(np.abs(w)), (t, err)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_one_minus_a_decay_near_one_is_taken_before_rounding_to_float32(backend):
+    """1 - float32(0.999) is 0.00099998713, off by 1.3e-5 relative: the moments must use
+    1 - 0.999 from the hyperparameter itself (as PyTorch does), rounded once."""
+    rng = np.random.default_rng(3)
+    params = make_tree(rng, "float32", backend=backend)
+    g = [np.asarray(a, np.float64) for a in tree_leaves(params)]
+    _, adam_state = optim.adam_update(params, params, optim.adam_init(params), b2=0.999)
+    _, rms_state = optim.rmsprop_update(params, params, optim.rmsprop_init(params), decay=0.999)
+    for state in (adam_state.nu, rms_state.nu):
+        for got, gi in zip(tree_leaves(state), g, strict=True):
+            want = (1 - 0.999) * gi * gi  # float64, then compared at float32 precision
+            np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=3e-7)

@@ -219,5 +219,33 @@ def leafwise(leaf_update: Callable[..., tuple], params: Any, *trees: Any, **scal
     return tuple(tree_unflatten(params, list(column)) for column in zip(*outs, strict=True))
 
 
+def as_real(value: Any, params: Any) -> Any:
+    """A number (the step count, a learning rate) as a 0-d array of the params' widest
+    float type on their backend, for the scalar maths done once a step;
+    ``leafwise`` then casts the results to each leaf's dtype."""
+    leaves = tree_leaves(params)
+    if not leaves:
+        return value
+    dtype = np.result_type(*(leaf.dtype for leaf in leaves))
+    return array_namespace(leaves[0]).asarray(value, dtype=dtype)
+
+
+def one_minus(b: Any) -> Any:
+    """``1 - b`` from ``b``'s own value when it is known (a Python float: exact to
+    float64), not after rounding it to float32: ``1 - float32(0.999)`` is off by
+    1.3e-5 relative, which would go straight into Adam's second moment."""
+    return 1.0 - float(b) if is_concrete(b) else 1 - b
+
+
+def bias_correction(b: Any, t: Any, params: Any) -> Any:
+    """``1 - b^t`` for the step count ``t``, as ``-expm1(t log b)``: as accurate in float32
+    as in float64, where ``1 - b**t`` loses digits for ``b`` near 1 and small ``t``."""
+    t = as_real(t, params)
+    xp = array_namespace(t)
+    if not is_concrete(b):  # a traced b = 0 gives log 0 = -inf and 1 - 0^t = 1 all the same
+        return -xp.expm1(t * xp.log(as_real(b, params)))
+    return xp.ones_like(t) if float(b) == 0.0 else -xp.expm1(t * math.log(float(b)))
+
+
 def sqrt(x: Any) -> Any:
     return array_namespace(x).sqrt(x)

@@ -13,6 +13,7 @@ from funcnn.optim._base import (
     learning_rate,
     make,
     off_if_zero,
+    one_minus,
     sqrt,
     zeros,
 )
@@ -36,11 +37,12 @@ def rmsprop_init(params) -> RMSPropState:
     return RMSPropState(count0(params), zeros(params), zeros(params), zeros(params))
 
 
-def _rmsprop_leaf(p, g, nu, velocity, mu, *, lr, decay, eps, momentum, centered):
+def _rmsprop_leaf(p, g, nu, velocity, mu, *, lr, decay, one_minus_decay, eps, momentum,
+                  centered):
     """One leaf; ``momentum=None`` switches the momentum buffer off."""
-    nu = decay * nu + (1 - decay) * g * g
+    nu = decay * nu + one_minus_decay * g * g
     if centered:
-        mu = decay * mu + (1 - decay) * g
+        mu = decay * mu + one_minus_decay * g
         step = g / (sqrt(nu - mu * mu) + eps)
     else:
         step = g / (sqrt(nu) + eps)
@@ -71,7 +73,7 @@ def rmsprop_update(params, grads, state: RMSPropState, *, lr=1e-3, decay=0.9, ep
     check_state(RMSPropState, state, params, grads)
     new_params, nu, velocity, mu = leafwise(
         _rmsprop_leaf, params, grads, state.nu, state.velocity, state.mu,
-        lr=learning_rate(lr, state.count), decay=decay, eps=eps,
+        lr=learning_rate(lr, state.count), decay=decay, one_minus_decay=one_minus(decay), eps=eps,
         momentum=off_if_zero(momentum), centered=bool(centered))
     return new_params, RMSPropState(state.count + 1, nu, velocity, mu)
 

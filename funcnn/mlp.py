@@ -265,13 +265,15 @@ def apply(net: MLP, params: Params, x: Array, masks: tuple) -> Cache:
     a = x
     for layer, mask in zip(params[:-1], masks, strict=True):
         inputs.append(a)
-        z = a @ layer.W + layer.b[None, :]
+        z = a @ layer.W
+        z += layer.b[None, :]  # in place on NumPy's fresh product (jax rebinds)
         h = g(z)
         zs.append(z)
         hidden.append(h)
         a = h if mask is None else h * mask
     inputs.append(a)
-    z = a @ params[-1].W + params[-1].b[None, :]
+    z = a @ params[-1].W
+    z += params[-1].b[None, :]
     zs.append(z)
     out = softmax(z) if net.output == "softmax" else get_activation(net.output).fn(z)
     return Cache(tuple(inputs), tuple(zs), tuple(hidden), tuple(masks), out)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -226,7 +227,11 @@ def build_numpy_naive(cfg: Config, x: np.ndarray, y: np.ndarray) -> Contender:
 # --------------------------------------------------------------------------- torch-eager
 
 
-def build_torch_eager(cfg: Config, x: np.ndarray, y: np.ndarray) -> Contender:
+def build_torch_eager(cfg: Config, x: np.ndarray, y: np.ndarray, flush: bool = False
+                      ) -> Contender:
+    """PyTorch eager, out of the box; with ``flush``, subnormals flushed to zero during its
+    epochs (``torch.set_flush_denormal``), as funcnn's fit does on NumPy and XLA on CPU:
+    dead ReLU units make Adam's first moments subnormal, which costs torch ~40% here."""
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -248,17 +253,23 @@ def build_torch_eager(cfg: Config, x: np.ndarray, y: np.ndarray) -> Contender:
     bs, steps = cfg.batch_size, cfg.samples // cfg.batch_size
 
     def epoch(i: int) -> float:
-        perm = torch.from_numpy(permutation(cfg, i))
-        for s in range(steps):
-            idx = perm[s * bs : (s + 1) * bs]
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xt[idx]), yt[idx])
-            loss.backward()
-            opt.step()
+        flushing = flush and torch.set_flush_denormal(True)
+        try:
+            perm = torch.from_numpy(permutation(cfg, i))
+            for s in range(steps):
+                idx = perm[s * bs : (s + 1) * bs]
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(model(xt[idx]), yt[idx])
+                loss.backward()
+                opt.step()
+        finally:
+            if flushing:
+                torch.set_flush_denormal(False)
         return loss.item()
 
     held = nbytes(xt, yt) + sum(p.nbytes for p in model.parameters())
     note = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    note += ", subnormals flushed" if flush else ""
     return Contender(epoch, cfg.dtype, steps, held, "rss", note)
 
 
@@ -430,6 +441,7 @@ BASELINES = {
     "jax-gemm-floor": build_jax_gemm_floor,
     "numpy-naive": build_numpy_naive,
     "torch-eager": build_torch_eager,
+    "torch-eager-ftz": partial(build_torch_eager, flush=True),
     "sklearn": build_sklearn,
     "jax-scan-ref": build_jax_scan_ref,
     "jax-step-ref": build_jax_step_ref,

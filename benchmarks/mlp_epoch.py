@@ -731,6 +731,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--parallel-worker", metavar="JSON", help=argparse.SUPPRESS)
     p.add_argument("--cost-table", metavar="JSON",
                    help="print the cost model of a saved run (Markdown) and stop")
+    p.add_argument("--no-extras", action="store_true",
+                   help="skip what a full run of the main config adds: the NumPy step's pieces "
+                        "against their own GEMMs (numpy_breakdown.py) and the compile times in "
+                        "fresh processes (compile_time.py)")
     return p.parse_args(argv)
 
 
@@ -758,31 +762,34 @@ def configs(args: argparse.Namespace) -> list[Config]:
 
 
 def targets(rows: list[dict]) -> list[tuple[str, str, bool | None]]:
-    """The issue's speed targets, checked on one configuration's rows:
-    ``(target, measured, met)``; ``met`` is None when a contender is missing."""
+    """The speed targets, checked on the main configuration's rows: ``(target, measured,
+    met)``; ``met`` is None for context rows and when a contender is missing. Issue 12's
+    come first, then the earlier ones that still hold."""
     by = {r["name"]: r for r in rows if "median_s" in r}
 
     def med(name):
         return by[name]["median_s"] if name in by else None
 
-    def ratio(a, b, limit, label):
-        if med(a) is None or med(b) is None:
+    def ratio(a, b, limit, label, key="median_s"):
+        x, y = by.get(a, {}).get(key), by.get(b, {}).get(key)
+        if x is None or y is None:
             return (label, "not measured", None)
-        value = med(a) / med(b)
-        return (label, f"{value:.2f} x", value <= limit)
+        return (label, f"{x / y:.2f} x", None if limit is None else x / y <= limit)
 
     out = [
+        ratio("funcnn-jax-scan", "jax-scan-ref", 1.2,
+              "first funcnn-jax-scan epoch <= 1.2 x jax-scan-ref's", "first_epoch_s"),
+        ratio("funcnn-jax-scan", "jax-gemm-floor", 1.25,
+              "funcnn-jax-scan <= 1.25 x jax-gemm-floor"),
+        ratio("funcnn-numpy", FLOOR, 2.0, "funcnn-numpy <= 2.0 x gemm-floor"),
+        ratio("funcnn-numpy", "torch-eager", 0.6, "funcnn-numpy <= 0.6 x torch-eager"),
+        ratio("funcnn-numpy", "torch-eager-ftz", None,
+              "(context) funcnn-numpy vs torch-eager-ftz"),
         ratio("funcnn-jax-scan", FLOOR, 1.3, "funcnn-jax-scan <= 1.3 x gemm-floor"),
         ratio("funcnn-jax-scan", "funcnn-jax-step", 1.0, "funcnn-jax-scan <= funcnn-jax-step"),
         ratio("funcnn-jax-scan", "jax-step-ref", 1.0, "funcnn-jax-scan <= jax-step-ref"),
-        ratio("funcnn-numpy", FLOOR, 1.8, "funcnn-numpy <= 1.8 x gemm-floor"),
-        ratio("funcnn-numpy", "torch-eager", 0.8, "funcnn-numpy <= 0.8 x torch-eager"),
         ratio("funcnn-numpy", "sklearn", 0.6, "funcnn-numpy <= 0.6 x sklearn"),
     ]
-    first = by.get("funcnn-jax-scan", {}).get("first_epoch_s")
-    out.append(("first funcnn-jax-scan epoch <= 3 s",
-                "not measured" if first is None else f"{first:.2f} s",
-                None if first is None else first <= 3.0))
     numpy_row = by.get("funcnn-numpy", {})
     if numpy_row.get("peak_bytes") is not None:
         peak, held = numpy_row["peak_bytes"], numpy_row["data_params_bytes"]
@@ -814,10 +821,26 @@ def wide_targets(rows: list[dict]) -> list[tuple[str, str, bool | None]]:
             if name not in (*FLOORS, "funcnn-jax-scan")]
 
 
-def print_targets(cfg: Config, rows: list[dict]) -> None:
+def extras(cfg: Config) -> dict:
+    """The NumPy step's pieces against their own GEMMs, in this process, and the compile
+    times of fit and jax-scan-ref in fresh processes (the main configuration's shapes)."""
+    import compile_time
+    import numpy_breakdown
+
+    print(f"\n[{cfg.name}] NumPy step, piece by piece (numpy_breakdown.py) ...", flush=True)
+    pieces = numpy_breakdown.measure(cfg.sizes, cfg.batch_size, cfg.samples, repeats=3)
+    print(f"[{cfg.name}] compile times in fresh processes (compile_time.py) ...", flush=True)
+    argv = ["--sizes", ",".join(map(str, cfg.sizes)), "--batch-size", str(cfg.batch_size),
+            "--samples", str(cfg.samples)]
+    compiled = compile_time.main(argv)
+    return {"numpy_pieces": pieces, "compile_time": compiled,
+            "targets": numpy_breakdown.targets(pieces) + compiled["targets"][1:]}
+
+
+def print_targets(cfg: Config, found: list[tuple]) -> None:
     print(f"\ntargets, {cfg.name} config (medians of this run; see docs/performance.md for "
           "why the unmet ones are not met)")
-    for label, measured, met in (wide_targets if cfg.name.startswith("wide") else targets)(rows):
+    for label, measured, met in found:
         mark = {True: "met", False: "NOT met", None: ""}[met]
         print(f"  {label:48s} {measured:24s} {mark}")
 
@@ -851,6 +874,10 @@ def main(argv: list[str] | None = None) -> dict:
         report["configs"].append(
             {"config": cfg._asdict(), "data": args.data or "synthetic", "results": rows}
         )
+    main_cfg = next((Config(**e["config"]) for e in report["configs"]
+                     if e["config"]["name"] == "main" and "results" in e), None)
+    if main_cfg is not None and not (args.no_extras or args.only):
+        report["extras"] = extras(main_cfg)
     report["machine"] = machine()  # after the runs, so every loaded thread pool shows
     report["copy_bandwidth"] = copy_bandwidth()
     report["total_s"] = time.perf_counter() - start
@@ -868,11 +895,12 @@ def main(argv: list[str] | None = None) -> dict:
             print_table(Config(**entry["config"]), entry["results"])
     for entry in report["configs"]:
         if entry["config"]["name"] == "main" and "results" in entry:
-            print_targets(Config(**entry["config"]), entry["results"])
-            entry["targets"] = targets(entry["results"])
+            entry["targets"] = targets(entry["results"]) + report.get("extras", {}).get(
+                "targets", [])
+            print_targets(Config(**entry["config"]), entry["targets"])
         if entry["config"]["name"].startswith("wide") and "results" in entry:
-            print_targets(Config(**entry["config"]), entry["results"])
             entry["targets"] = wide_targets(entry["results"])
+            print_targets(Config(**entry["config"]), entry["targets"])
     if not args.parallel:
         print("\ncost model (docs/performance.md keeps it from the JSON)")
         print(cost_table(report))

@@ -344,7 +344,14 @@ def peak_traced(run: Callable[[], object]) -> int:
         tracemalloc.stop()
 
 
+SETTLE_S = 0.3  # OpenBLAS's and torch's idle threads spin ~0.1 s after their last call
+
+
 def timed(epoch: Callable[[int], float | None], i: int) -> tuple[float, float | None]:
+    """Seconds of one epoch (and its last loss), after a pause in which the thread pools
+    of the contender before have gone to sleep: a spinning pool takes the cores from
+    whichever contender comes next (a jax epoch after a NumPy one ran ~10 % slower)."""
+    time.sleep(SETTLE_S)
     start = time.perf_counter()
     loss = epoch(i)
     return time.perf_counter() - start, loss

@@ -708,6 +708,36 @@ def cost_table(report: dict) -> str:
 # --------------------------------------------------------------------------- command line
 
 
+def markdown(report: dict) -> str:
+    """The results and targets of every configuration of a saved run, as Markdown tables
+    (what docs/performance.md quotes)."""
+    out = []
+    for entry in report["configs"]:
+        if "results" not in entry:
+            continue
+        c = entry["config"]
+        out.append(f"### {c['name']}: {'-'.join(map(str, c['sizes']))}, {c['activation']}, "
+                   f"{c['optimizer']}, batch {c['batch_size']}, {c['samples']} rows\n")
+        out.append("| contender | median s | min s | repeats | × GEMM floor (median) "
+                   "| first epoch s |\n| --- | --- | --- | --- | --- | --- |")
+        skipped = []
+        for r in sorted((r for r in entry["results"] if "median_s" in r),
+                        key=lambda r: r["median_s"]):
+            name = f"**{r['name']}**" if r["name"].startswith("funcnn") else r["name"]
+            ratio = "" if r.get("ratio") is None else f"{r['ratio']:.2f}"
+            out.append(f"| {name} | {r['median_s']:.3f} | {r['min_s']:.3f} | {r['repeats']} "
+                       f"| {ratio} | {r['first_epoch_s']:.2f} |")
+        skipped = [f"{r['name']} ({r['skipped']})" for r in entry["results"] if "skipped" in r]
+        if skipped:
+            out.append("\nSkipped: " + "; ".join(skipped) + ".")
+        out.append("\n| target | measured | met? |\n| --- | --- | --- |")
+        for label, measured, met in entry.get("targets", []):
+            mark = {True: "yes", False: "**no**", None: ""}[met]
+            out.append(f"| {label} | {measured} | {mark} |")
+        out.append("")
+    return "\n".join(out)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", help="layer sizes of the main config, e.g. 784,256,128,10")
@@ -738,6 +768,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--parallel-worker", metavar="JSON", help=argparse.SUPPRESS)
     p.add_argument("--cost-table", metavar="JSON",
                    help="print the cost model of a saved run (Markdown) and stop")
+    p.add_argument("--markdown", metavar="JSON",
+                   help="print the results and targets of a saved run (Markdown) and stop")
     p.add_argument("--no-extras", action="store_true",
                    help="skip what a full run of the main config adds: the NumPy step's pieces "
                         "against their own GEMMs (numpy_breakdown.py) and the compile times in "
@@ -859,6 +891,9 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     if args.cost_table:
         print(cost_table(json.loads(Path(args.cost_table).read_text())))
+        return {}
+    if args.markdown:
+        print(markdown(json.loads(Path(args.markdown).read_text())))
         return {}
     if args.repeats is not None and args.repeats < 1:
         raise SystemExit("--repeats must be at least 1")

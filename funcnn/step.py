@@ -36,7 +36,7 @@ from funcnn.mlp import (
     loss_from_cache,
 )
 from funcnn.optim import Optimizer
-from funcnn.per_example import needs_step_key, step_gradient
+from funcnn.per_example import has_grad_hook, needs_step_key, step_gradient
 
 __all__ = ["make_train_step", "n_correct", "train_step"]
 
@@ -90,6 +90,9 @@ def train_step(net: MLP, optimizer: Optimizer, params, opt_state, x, y, key, *,
     optimizer that has a gradient hook (DP-SGD).
     """
     m = x.shape[0]
+    if tail and has_grad_hook(optimizer):
+        raise ValueError("a padded short batch (tail > 0) cannot be trained with an "
+                         "optimizer's gradient hook (DP-SGD): pass the short batch itself")
     if net.dropout > 0:
         backend = "jax" if is_jax_array(x) else "numpy"
         masks = dropout_masks(net, key, mask_rows or m, x.dtype, backend)

@@ -325,7 +325,10 @@ def fit(
             raise TypeError("validation must be a pair (x_val, y_val)")
         validation = _prepare_data(net, params, *validation, dtype, backend)
     split = split_batches(x.shape[0], batch_size, drop_last)
-    mesh = parallel.fit_mesh(devices, split, x.shape[0], backend)
+    # the short last batch is padded to a full one on jax: only a gradient hook (which
+    # trains the short batch itself) needs its rows to divide among the devices too
+    mesh = parallel.fit_mesh(devices, split if has_grad_hook(optimizer) else
+                             split._replace(tail=0), x.shape[0], backend)
     hooks = check_callbacks(callbacks, progress)
     hooks = (*hooks, progress_bar()) if progress else hooks
     info = FitInfo(net, epochs, backend, early_stopping)

@@ -836,3 +836,16 @@ def test_evaluate_rejects_a_bad_batch_size():
     x, y = _spirals()
     with pytest.raises(ValueError, match="batch_size must be positive"):
         funcnn.evaluate(NET, _params(NET, "numpy"), x, y, batch_size=0)
+
+
+def test_a_padded_short_batch_refuses_a_gradient_hook():
+    """The padded form replaces the loss delta; a DP hook computes its own gradient, so the
+    two cannot be combined silently."""
+    dp = funcnn.per_example.dp_optimizer(_adam(), max_norm=1.0)
+    x, y = _spirals()
+    params = _params(NET, "numpy")
+    with pytest.raises(ValueError, match="gradient hook"):
+        funcnn.step.train_step(NET, dp, params, dp.init(params), x[:BS],
+                               funcnn.losses.prepare_targets("cross_entropy", y[:BS], 2,
+                                                             np.float32),
+                               None, tail=4, in_tail=True)

@@ -85,13 +85,13 @@ def _adam(params, grads, state, *, lr, b1, b2, eps, weight_decay=None, decayed=N
     check_state(AdamState, state, params, grads)
     masks = () if decayed is None else (decayed,)
     t = state.count + 1
-    lr = as_real(learning_rate(lr, state.count), params)
-    c1, c2 = bias_correction(b1, t, params), sqrt(bias_correction(b2, t, params))
+    lr, eps, weight_decay, t_real = as_real(params, learning_rate(lr, state.count), eps,
+                                            weight_decay, t)
+    c1, c2 = bias_correction(b1, t_real), sqrt(bias_correction(b2, t_real))
     new_params, mu, nu = leafwise(
         _adam_leaf, params, grads, state.mu, state.nu, *masks, b1=b1, b2=b2,
         one_minus_b1=one_minus(b1), one_minus_b2=one_minus(b2), step_size=lr * c2 / c1,
-        eps_hat=as_real(eps, params) * c2,
-        decay=None if weight_decay is None else lr * as_real(weight_decay, params))
+        eps_hat=eps * c2, decay=None if weight_decay is None else lr * weight_decay)
     return new_params, AdamState(t, mu, nu)
 
 

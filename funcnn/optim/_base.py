@@ -219,15 +219,15 @@ def leafwise(leaf_update: Callable[..., tuple], params: Any, *trees: Any, **scal
     return tuple(tree_unflatten(params, list(column)) for column in zip(*outs, strict=True))
 
 
-def as_real(value: Any, params: Any) -> Any:
-    """A number (the step count, a learning rate) as a 0-d array of the params' widest
-    float type on their backend, for the scalar maths done once a step;
-    ``leafwise`` then casts the results to each leaf's dtype."""
+def as_real(params: Any, *values: Any) -> tuple:
+    """Numbers (the step count, a learning rate, ...) as 0-d arrays of the params' widest
+    float type on their backend, for the scalar maths done once a step (``leafwise``
+    then casts the results to each leaf's dtype); ``None`` stays ``None``."""
     leaves = tree_leaves(params)
     if not leaves:
-        return value
-    dtype = np.result_type(*(leaf.dtype for leaf in leaves))
-    return array_namespace(leaves[0]).asarray(value, dtype=dtype)
+        return values
+    xp, dtype = array_namespace(leaves[0]), np.result_type(*(leaf.dtype for leaf in leaves))
+    return tuple(None if v is None else xp.asarray(v, dtype=dtype) for v in values)
 
 
 def one_minus(b: Any) -> Any:
@@ -237,13 +237,13 @@ def one_minus(b: Any) -> Any:
     return 1.0 - float(b) if is_concrete(b) else 1 - b
 
 
-def bias_correction(b: Any, t: Any, params: Any) -> Any:
-    """``1 - b^t`` for the step count ``t``, as ``-expm1(t log b)``: as accurate in float32
-    as in float64, where ``1 - b**t`` loses digits for ``b`` near 1 and small ``t``."""
-    t = as_real(t, params)
+def bias_correction(b: Any, t: Any) -> Any:
+    """``1 - b^t`` for the step count ``t`` (a real 0-d array, see :func:`as_real`), as
+    ``-expm1(t log b)``: as accurate in float32 as in float64, where ``1 - b**t`` loses
+    digits for ``b`` near 1 and small ``t``."""
     xp = array_namespace(t)
     if not is_concrete(b):  # a traced b = 0 gives log 0 = -inf and 1 - 0^t = 1 all the same
-        return -xp.expm1(t * xp.log(as_real(b, params)))
+        return -xp.expm1(t * xp.log(xp.asarray(b, dtype=t.dtype)))
     return xp.ones_like(t) if float(b) == 0.0 else -xp.expm1(t * math.log(float(b)))
 
 

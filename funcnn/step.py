@@ -8,7 +8,9 @@
 :func:`train_step` is the same step without checks, what ``fit``'s loops call. It can
 also train on a *padded* short batch: ``fit`` on jax runs every batch of an epoch, the
 short last one included, through one compiled step of ``batch_size`` rows (one copy of
-the step in the program instead of two, which halves its compile time). The short batch
+the step in the program instead of two: on MNIST's shapes it compiles in 0.55 s instead
+of 0.72 s, and a fresh process's first epoch costs what a hand-written ``jax.grad`` scan's
+does, ``docs/performance.md``). The short batch
 of ``tail`` rows is padded with other rows of the data, and where ``in_tail`` is true the
 loss and its delta ``dL/dz`` are those of the first ``tail`` rows, the padding getting a
 zero delta, so the gradient is exactly that of the short batch::

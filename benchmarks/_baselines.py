@@ -406,12 +406,10 @@ def build_jax_step_ref(cfg: Config, x: np.ndarray, y: np.ndarray) -> Contender:
     return Contender(epoch, cfg.dtype, cfg.samples // cfg.batch_size, held, "rss", "jit per step")
 
 
-def build_jax_scan_ref(cfg: Config, x: np.ndarray, y: np.ndarray) -> Contender:
+def scan_ref_program(step, steps: int, bs: int):
+    """jax-scan-ref's jitted epoch ``(params, state, xd, yd, perm) -> (params, state,
+    losses)``: the rows gathered in ``perm``'s order, then one ``lax.scan`` of ``step``."""
     import jax
-    import jax.numpy as jnp
-
-    step, params, state, xd, yd, held = _jax_reference(cfg, x, y)
-    bs, steps = cfg.batch_size, cfg.samples // cfg.batch_size
 
     def run_epoch(params, state, xd, yd, perm):
         xb = xd[perm].reshape(steps, bs, -1)
@@ -424,7 +422,15 @@ def build_jax_scan_ref(cfg: Config, x: np.ndarray, y: np.ndarray) -> Contender:
         (params, state), losses = jax.lax.scan(body, (params, state), (xb, yb))
         return params, state, losses
 
-    run_epoch = jax.jit(run_epoch, donate_argnums=(0, 1))
+    return jax.jit(run_epoch, donate_argnums=(0, 1))
+
+
+def build_jax_scan_ref(cfg: Config, x: np.ndarray, y: np.ndarray) -> Contender:
+    import jax.numpy as jnp
+
+    step, params, state, xd, yd, held = _jax_reference(cfg, x, y)
+    bs, steps = cfg.batch_size, cfg.samples // cfg.batch_size
+    run_epoch = scan_ref_program(step, steps, bs)
     carry = [params, state]
 
     def epoch(i: int) -> float:

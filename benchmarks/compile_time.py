@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _baselines import Config, _jax_reference, build_jax_scan_ref
+from _baselines import Config, _jax_reference, build_jax_scan_ref, scan_ref_program
 from mlp_epoch import MAIN, ROOT, build_funcnn_jax_scan, load_data
 
 CHILD = "--child"
@@ -75,19 +75,7 @@ def child_stages(cfg: Config, which: str) -> dict:
     full = cfg.samples // cfg.batch_size * cfg.batch_size
     if which == "jax-scan-ref":
         step, params, state, xd, yd, _ = _jax_reference(cfg, x, y)
-        steps, bs = cfg.samples // cfg.batch_size, cfg.batch_size
-
-        def run_epoch(params, state, xd, yd, perm):  # as build_jax_scan_ref's
-            xb, yb = xd[perm].reshape(steps, bs, -1), yd[perm].reshape(steps, bs)
-
-            def body(carry, batch):
-                p, s, loss = step(*carry, *batch)
-                return (p, s), loss
-
-            (params, state), losses = jax.lax.scan(body, (params, state), (xb, yb))
-            return params, state, losses
-
-        program = jax.jit(run_epoch, donate_argnums=(0, 1))
+        program = scan_ref_program(step, cfg.samples // cfg.batch_size, cfg.batch_size)
         return _stages(program, params, state, xd, yd, jnp.arange(full))
     rows = cfg.samples if which == "funcnn" else full
     net = funcnn.MLP(cfg.sizes, hidden=cfg.activation, output="softmax")

@@ -759,14 +759,21 @@ def test_factories_turn_concrete_0d_arrays_into_python_numbers(factory, wrap):
     assert made == fn(*args, **plain) and hash(made) == hash(fn(*args, **plain))
 
 
-def test_fit_on_jax_takes_an_optimizer_built_from_0d_arrays():
+def _tiny_jax_fit():
+    """``(params, fit)``: a 3-4-2 net's jax params and ``fit`` on 8 rows with all but the
+    optimizer given."""
     jnp = jax.numpy
     net = funcnn.MLP((3, 4, 2))
     params = funcnn.init_params(net, 0, backend="jax")
     x, y = jnp.asarray(np.random.default_rng(1).normal(size=(8, 3)), jnp.float32), \
         jnp.asarray([0, 1] * 4)
-    fit = partial(funcnn.fit, net, params, x=x, y=y, epochs=2, batch_size=4, key=0,
-                  progress=False)
+    return params, partial(funcnn.fit, net, params, x=x, y=y, epochs=2, batch_size=4,
+                           key=0, progress=False)
+
+
+def test_fit_on_jax_takes_an_optimizer_built_from_0d_arrays():
+    jnp = jax.numpy
+    _, fit = _tiny_jax_fit()
     reference, _, _ = fit(optimizer=optim.adam(lr=0.25, b1=0.5))
     for lr in (np.asarray(0.25), jnp.asarray(0.25), np.float32(0.25)):
         trained, _, _ = fit(optimizer=optim.adam(lr=lr, b1=jnp.asarray(0.5)))
@@ -873,13 +880,8 @@ def test_an_array_mask_works_under_jit_and_in_a_scan():
 
 def test_fit_on_jax_takes_adamw_with_an_array_mask():
     jnp = jax.numpy
-    net = funcnn.MLP((3, 4, 2))
-    params = funcnn.init_params(net, 0, backend="jax")
-    x, y = jnp.asarray(np.random.default_rng(1).normal(size=(8, 3)), jnp.float32), \
-        jnp.asarray([0, 1] * 4)
+    params, fit = _tiny_jax_fit()
     shaped = tree_map(lambda p: jnp.full(p.shape, p.ndim >= 2), params)
-    fit = partial(funcnn.fit, net, params, x=x, y=y, epochs=2, batch_size=4, key=0,
-                  progress=False)
     got, _, _ = fit(optimizer=optim.adamw(0.1, weight_decay=0.5, mask=shaped))
     want, _, _ = fit(optimizer=optim.adamw(0.1, weight_decay=0.5, mask=optim.weights_only))
     chex.assert_trees_all_close(got, want, rtol=1e-6)

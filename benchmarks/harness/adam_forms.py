@@ -1,0 +1,157 @@
+"""Ways to write Adam's element-wise update on NumPy, each timed by a runner
+``run(steps) -> ms per step`` on the same parameters and fixed gradients:
+
+- ``plain``: the textbook expressions, ``m = b1 * m + (1 - b1) * g`` and so on, one
+  fresh array per operation;
+- ``funcnn``: ``funcnn.optim.adam`` as it is (in-place passes over fresh arrays, bias
+  corrections once a step, the tree walk and checks included);
+- ``in-place``: funcnn's leaf expressions alone, without the tree walk and checks;
+- ``flat``: the same on one contiguous buffer per tree instead of one array per leaf;
+- ``lerp``: the moving-average form ``m + (1 - b1) (g - m)``, one array per moment
+  (fewest allocations, but under flushed subnormals a decaying moment stops near 1e-38);
+- ``numexpr-1``/``numexpr-2``: one numexpr expression per output, on 1 and 2 threads
+  (only when numexpr is installed).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+
+import numpy as np
+
+import funcnn
+
+from .config import B1, B2, EPS
+
+__all__ = ["LR", "forms", "measure"]
+
+LR = 1e-3
+
+
+def _scalars(t: int) -> tuple[float, float]:
+    c1, c2 = 1 - B1**t, math.sqrt(1 - B2**t)
+    return LR * c2 / c1, EPS * c2
+
+
+def plain(p, g, m, v, t):
+    m = B1 * m + (1 - B1) * g
+    v = B2 * v + (1 - B2) * (g * g)
+    m_hat, v_hat = m / (1 - B1**t), v / (1 - B2**t)
+    return p - LR * m_hat / (np.sqrt(v_hat) + EPS), m, v
+
+
+def in_place(p, g, m, v, t):  # funcnn's _adam_leaf, with NumPy scalars
+    step, eps_hat = _scalars(t)
+    m_new = g * (1 - B1)
+    m_new += B1 * m
+    v_new = g * g
+    v_new *= 1 - B2
+    v_new += B2 * v
+    p_new = np.sqrt(v_new)
+    p_new += eps_hat
+    p_new = m_new / p_new
+    p_new *= -step
+    p_new += p
+    return p_new, m_new, v_new
+
+
+def lerp(p, g, m, v, t):
+    step, eps_hat = _scalars(t)
+    m_new = g - m
+    m_new *= 1 - B1
+    m_new += m
+    v_new = g * g
+    v_new -= v
+    v_new *= 1 - B2
+    v_new += v
+    p_new = np.sqrt(v_new)
+    p_new += eps_hat
+    np.divide(m_new, p_new, out=p_new)
+    p_new *= -step
+    p_new += p
+    return p_new, m_new, v_new
+
+
+def numexpr_update(threads: int):
+    import numexpr as ne
+
+    def update(p, g, m, v, t):
+        ne.set_num_threads(threads)
+        step, eps_hat = (np.float32(s) for s in _scalars(t))
+        scalars = {"b1": np.float32(B1), "b2": np.float32(B2), "step": step, "e": eps_hat}
+        m_new = ne.evaluate("b1 * m + (1 - b1) * g", {**scalars, "m": m, "g": g})
+        v_new = ne.evaluate("b2 * v + (1 - b2) * g * g", {**scalars, "v": v, "g": g})
+        p_new = ne.evaluate("p - step * m_new / (sqrt(v_new) + e)",
+                            {**scalars, "p": p, "m_new": m_new, "v_new": v_new})
+        return p_new, m_new, v_new
+
+    return update
+
+
+def per_leaf(update, leaves):
+    """Steps of ``update`` on every leaf; returns ms per step."""
+    def run(steps: int) -> float:
+        p, g, m, v = (list(tree) for tree in leaves)
+        start = time.perf_counter()
+        for t in range(1, steps + 1):
+            out = [update(*args, t) for args in zip(p, g, m, v, strict=True)]
+            p, m, v = ([o[i] for o in out] for i in range(3))
+        return (time.perf_counter() - start) / steps * 1e3
+    return run
+
+
+def flat(update, leaves):
+    def run(steps: int) -> float:
+        p, g, m, v = (np.concatenate([a.ravel() for a in tree]) for tree in leaves)
+        start = time.perf_counter()
+        for t in range(1, steps + 1):
+            p, m, v = update(p, g, m, v, t)
+        return (time.perf_counter() - start) / steps * 1e3
+    return run
+
+
+def funcnn_adam(params, grads):
+    opt = funcnn.optim.adam(LR, B1, B2, EPS)
+
+    def run(steps: int) -> float:
+        p, s = params, opt.init(params)
+        start = time.perf_counter()
+        for _ in range(steps):
+            p, s = opt.update(p, grads, s)
+        return (time.perf_counter() - start) / steps * 1e3
+    return run
+
+
+def forms(sizes: tuple[int, ...]) -> tuple[dict, int]:
+    """The runners of every form on the float32 params of an MLP of ``sizes`` (random
+    gradients, zero moments), and the number of parameters. The numexpr forms are left
+    out, with a message, when numexpr is not installed."""
+    rng = np.random.default_rng(0)
+    params = funcnn.init_params(funcnn.MLP(sizes), 0)
+    grads = funcnn.tree.tree_map(lambda a: rng.normal(0, 1e-3, a.shape).astype(a.dtype),
+                                 params)
+    leaves = [funcnn.tree.tree_leaves(t) for t in (params, grads)]
+    leaves += [[np.zeros_like(a) for a in leaves[0]]] * 2
+    options = {"plain": per_leaf(plain, leaves), "funcnn": funcnn_adam(params, grads),
+               "in-place": per_leaf(in_place, leaves), "flat": flat(in_place, leaves),
+               "lerp": per_leaf(lerp, leaves)}
+    try:
+        options["numexpr-1"] = per_leaf(numexpr_update(1), leaves)
+        options["numexpr-2"] = per_leaf(numexpr_update(2), leaves)
+    except ImportError:
+        print("numexpr is not installed: its rows are skipped")
+    return options, sum(a.size for a in leaves[0])
+
+
+def measure(options: dict, steps: int, rounds: int) -> dict:
+    """Median ms per step of every runner over ``rounds`` rounds of ``steps`` steps, inside
+    ``funcnn.flush_denormals()`` as ``fit`` does; the rounds interleave the forms so that
+    outside load falls on all alike."""
+    times = {name: [] for name in options}
+    with funcnn.flush_denormals():
+        for _ in range(rounds):
+            for name, run in options.items():
+                times[name].append(run(steps))
+    return {name: statistics.median(ts) for name, ts in times.items()}

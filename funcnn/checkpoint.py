@@ -41,7 +41,7 @@ from funcnn import serialization
 from funcnn._checks import check_params_like
 from funcnn._files import atomic_write
 from funcnn.activations import Activation
-from funcnn.backend import get_backend, is_jax_array, namespace
+from funcnn.backend import check_jax_dtype, get_backend, is_jax_array, namespace
 from funcnn.losses import Loss
 from funcnn.mlp import MLP, expected_params
 from funcnn.serialization import FormatError, register
@@ -267,15 +267,9 @@ def _leaf_converter(backend: str) -> Callable[[Any, str], Any]:
     if backend == "numpy":
         return lambda leaf, path: leaf
     jnp = namespace("jax")
-    import jax
 
     def to_jax(leaf: Any, path: str) -> Any:
-        if jax.dtypes.canonicalize_dtype(leaf.dtype) != leaf.dtype:
-            raise ValueError(
-                f"{path} is {leaf.dtype}, which jax would turn into "
-                f"{jax.dtypes.canonicalize_dtype(leaf.dtype)}; call "
-                "jax.config.update('jax_enable_x64', True) first, or load with backend='numpy'"
-            )
+        check_jax_dtype(leaf.dtype, path, "; or load with backend='numpy'")
         return jnp.asarray(leaf)
 
     return to_jax

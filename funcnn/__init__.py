@@ -28,6 +28,7 @@ from funcnn import activations as activations
 from funcnn import callbacks as callbacks
 from funcnn import data as data
 from funcnn import losses as losses
+from funcnn import optax_adapter as optax_adapter  # named by fit's error for optax; no optax here
 from funcnn import optim as optim
 from funcnn import parallel as parallel
 from funcnn import per_example as per_example

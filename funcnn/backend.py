@@ -8,6 +8,12 @@ otherwise use the default: ``set_backend(...)``, else the environment variable
 
 JAX is imported lazily, only when a jax backend is asked for or a jax array is
 seen, so ``import funcnn`` needs NumPy alone.
+
+One rule for 64-bit values, kept here (:func:`check_jax_dtype`) and applied by every
+function that moves arrays to jax (``to_backend``, ``init_params``, ``funcnn.load``,
+``from_optax`` on NumPy params, ...): without ``jax_enable_x64``, jax silently turns
+float64 into float32 (and int64 into int32, complex128 into complex64); funcnn refuses
+instead, with a ``ValueError`` that names ``jax_enable_x64``.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ __all__ = [
     "BACKENDS",
     "array_namespace",
     "backend_of",
+    "check_jax_dtype",
+    "check_jax_dtypes",
     "check_same_backend",
     "concrete_value",
     "enable_compilation_cache",
@@ -211,38 +219,63 @@ def backend_of(*trees: Any) -> str:
     return check_same_backend(trees[0], **{f"trees[{i}]": t for i, t in enumerate(trees[1:], 1)})
 
 
+def check_jax_dtype(dtype: Any, what: str, instead: str = "") -> None:
+    """The rule for 64-bit values on jax: ``ValueError`` when jax would narrow ``dtype``.
+
+    Without ``jax_enable_x64`` jax has no 64-bit types and turns float64 into float32
+    (int64 into int32, complex128 into complex64) without a word; funcnn never moves a
+    value to jax that way. The message names ``what`` (e.g. ``"params[0].W"``), says how
+    to turn 64-bit mode on, and adds ``instead``, what else the caller can do.
+    """
+    jax = _import_jax()[0]
+    dt = np.dtype(dtype)
+    narrowed = jax.dtypes.canonicalize_dtype(dt)
+    if narrowed != dt:
+        raise ValueError(
+            f"{what} is {dt}, which jax would silently turn into {narrowed}: jax has 64-bit "
+            "types only with jax.config.update('jax_enable_x64', True), called at start-up "
+            f"before any jax array is created{instead}"
+        )
+
+
+def check_jax_dtypes(tree: Any, name: str, instead: str = "") -> None:
+    """:func:`check_jax_dtype` for each leaf of ``tree`` that has a dtype (arrays and NumPy
+    scalars; Python numbers take jax's default precision), named by its path."""
+    for path, leaf in tree_paths(tree):
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is not None:
+            check_jax_dtype(dtype, f"{name}{path}", instead)
+
+
 def float_dtype(dtype: Any, backend: str) -> np.dtype:
     """``dtype`` as float32 or float64, refused otherwise, and refused as float64 on a jax
-    without ``jax_enable_x64`` (where jax would silently give float32)."""
+    without ``jax_enable_x64`` (:func:`check_jax_dtype`)."""
     try:
         dt = np.dtype(dtype)
     except TypeError:
         dt = None
     if dt not in (np.float32, np.float64):
         raise ValueError(f"dtype must be float32 or float64; got {dtype!r}")
-    if backend == "jax" and dt == np.float64 and not _import_jax()[0].config.jax_enable_x64:
-        raise ValueError(
-            "float64 on the jax backend needs jax.config.update('jax_enable_x64', True) "
-            "before any array is created (without it jax would silently give float32)"
-        )
+    if backend == "jax":
+        check_jax_dtype(dt, "the dtype asked for", "; or use dtype='float32'")
     return dt
 
 
 def to_backend(tree: Any, name: str, dtype: Any = None) -> Any:
     """Convert every array leaf of ``tree`` to backend ``name`` (optionally to ``dtype``).
 
-    Containers (tuples, NamedTuples, lists, dicts) keep their types. A 64-bit ``dtype``
-    on jax needs ``jax_enable_x64`` (jax would silently give 32 bits): ``ValueError``.
+    Containers (tuples, NamedTuples, lists, dicts) keep their types. On jax without
+    ``jax_enable_x64``, a 64-bit ``dtype``, or without ``dtype`` a 64-bit leaf, is refused
+    with a ``ValueError`` (:func:`check_jax_dtype`): jax would silently give 32 bits.
     """
     name = _check_name(name)
     if name == "jax":
-        jax, jnp = _import_jax()
-        if dtype is not None and np.dtype(dtype).itemsize == 8 and not jax.config.jax_enable_x64:
-            raise ValueError(
-                f"to_backend(..., 'jax', {np.dtype(dtype).name!r}) needs 64-bit jax: call "
-                "jax.config.update('jax_enable_x64', True) first (without it jax would "
-                "silently give 32-bit arrays)"
-            )
+        jnp = _import_jax()[1]
+        if dtype is not None:
+            check_jax_dtype(dtype, "the dtype asked of to_backend")
+        else:
+            check_jax_dtypes(tree, "tree", "; or convert to 32 bits, e.g. "
+                             "funcnn.to_backend(tree, 'jax', 'float32') for float leaves")
 
         def convert(leaf):
             return jnp.asarray(leaf, dtype=dtype)

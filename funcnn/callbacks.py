@@ -38,6 +38,7 @@ from funcnn.checkpoint import CheckpointError, convert, load, save
 from funcnn.mlp import MLP, check_params
 from funcnn.parallel import is_main_process
 from funcnn.per_example import per_example_grad_norms
+from funcnn.serialization import funcnn_types
 
 __all__ = [
     "Best",
@@ -66,6 +67,9 @@ class Best(NamedTuple):
     epoch: int
     params: Any
     opt_state: Any
+
+
+funcnn_types(Best)  # in every fit checkpoint: funcnn.load rebuilds it without registration
 
 
 class FitState(NamedTuple):

@@ -11,10 +11,12 @@ A checkpoint is an uncompressed NumPy ``.npz`` archive that holds no pickles
   each leaf's dtype, shape and tree path, the :class:`~funcnn.MLP` spec and the
   metadata dict.
 
-:func:`load` checks the header against the stored arrays before it reads them
-and rebuilds the same container types, dtypes and bit-identical values. A
-NamedTuple class is looked up by name only inside ``funcnn``; classes of your
-own must be registered, in every process that loads::
+:func:`load` checks the header against the stored arrays before it reads any
+of them and rebuilds the same container types, dtypes and bit-identical values.
+A file names its NamedTuple classes, but loading never imports a module a file
+names (that would run the module's code): a name is looked up in a fixed table
+of funcnn's own classes (``Dense``, ``Cache``, the optimizer states,
+``callbacks.Best``) and in the classes you register, in every process that loads::
 
     @funcnn.checkpoint.register
     class EMAState(NamedTuple):
@@ -41,15 +43,19 @@ from funcnn import serialization
 from funcnn._checks import check_params_like
 from funcnn._files import atomic_write
 from funcnn.activations import Activation
-from funcnn.backend import get_backend, is_jax_array, namespace
+from funcnn.backend import check_jax_dtype, get_backend, is_jax_array, namespace
 from funcnn.losses import Loss
-from funcnn.mlp import MLP, expected_params
+from funcnn.mlp import MLP, Cache, Dense, expected_params
+from funcnn.optim import AdagradState, AdamState, RMSPropState, SGDState
 from funcnn.serialization import FormatError, register
 from funcnn.tree import tree_paths, tree_unflatten
 
 __all__ = ["Checkpoint", "CheckpointError", "convert", "load", "register", "save"]
 
 _ENTRIES = ("params", "opt_state", "net", "metadata")
+_TREES = ("params", "opt_state", "extra")
+
+serialization.funcnn_types(Dense, Cache, SGDState, AdamState, RMSPropState, AdagradState)
 
 
 class Checkpoint(NamedTuple):
@@ -222,8 +228,9 @@ def load(
     Raises:
       FileNotFoundError: no file at ``path``.
       CheckpointError: the file is truncated, corrupt, not an ``.npz``, has no funcnn
-        header, its header does not match its arrays, or it names a NamedTuple class
-        that is neither in funcnn nor registered with :func:`register`.
+        header, holds compressed members, its header does not match its arrays, or it
+        names a NamedTuple class that is neither funcnn's own nor registered with
+        :func:`register`.
       ValueError: ``net`` differs from the saved net or does not fit the params, or
         64-bit leaves are loaded on jax without ``jax_enable_x64``.
     """
@@ -236,7 +243,8 @@ def load(
     except FileNotFoundError:
         raise FileNotFoundError(errno.ENOENT, "no checkpoint file", source) from None
     try:
-        with f, serialization.NpzReader(f, os.fstat(f.fileno()).st_size) as reader:
+        with f, serialization.NpzReader(f, os.fstat(f.fileno()).st_size,
+                                        serialization.HEADER) as reader:
             ckpt = _decode(reader, convert, net, source)
     except FormatError as err:
         raise CheckpointError(f"cannot load checkpoint {source!r}: {err}") from err.__cause__
@@ -267,15 +275,9 @@ def _leaf_converter(backend: str) -> Callable[[Any, str], Any]:
     if backend == "numpy":
         return lambda leaf, path: leaf
     jnp = namespace("jax")
-    import jax
 
     def to_jax(leaf: Any, path: str) -> Any:
-        if jax.dtypes.canonicalize_dtype(leaf.dtype) != leaf.dtype:
-            raise ValueError(
-                f"{path} is {leaf.dtype}, which jax would turn into "
-                f"{jax.dtypes.canonicalize_dtype(leaf.dtype)}; call "
-                "jax.config.update('jax_enable_x64', True) first, or load with backend='numpy'"
-            )
+        check_jax_dtype(leaf.dtype, path, "; or load with backend='numpy'")
         return jnp.asarray(leaf)
 
     return to_jax
@@ -284,13 +286,7 @@ def _leaf_converter(backend: str) -> Callable[[Any, str], Any]:
 def _decode(reader: serialization.NpzReader, convert: Callable[[Any, str], Any],
             given: MLP | None, source: str) -> Checkpoint:
     header = serialization.read_header(reader, _ENTRIES)
-    used: set[str] = {serialization.HEADER}
-    trees = {name: serialization.decode_tree(header.get(name, {"node": "none"}), name, reader,
-                                             used, convert)
-             for name in ("params", "opt_state", "extra")}
-    unused = sorted(set(reader.members) - used)
-    if unused:
-        raise FormatError(f"the archive holds arrays the header does not describe: {unused[:5]}")
+    trees = serialization.decode_trees(header, _TREES, reader, convert)
 
     spec = header["net"]
     net = None

@@ -12,7 +12,10 @@ composes the two, so any optax optimizer trains in ``fit`` or a train step::
 
 optax is imported only when an adapted optimizer runs, and is never required by
 funcnn. optax computes with jax; on the NumPy backend the adapter turns its
-results back into NumPy arrays, so the backend of the params is kept.
+results back into NumPy arrays, so the backend of the params is kept. Their dtype
+is kept too: NumPy float64 params need ``jax_enable_x64``, without which optax
+would compute (and return) float32, so they are refused (the rule of
+:func:`funcnn.backend.check_jax_dtype`).
 Checkpointing an optax state needs its NamedTuple classes registered with
 :func:`funcnn.checkpoint.register`.
 """
@@ -24,16 +27,27 @@ from typing import Any
 
 import numpy as np
 
-from funcnn.backend import is_jax_array
+from funcnn.backend import check_jax_dtypes, is_jax_array
 from funcnn.optim import Optimizer
 from funcnn.tree import tree_leaves
 
 __all__ = ["from_optax"]
 
 
+def _on_jax(params: Any) -> bool:
+    return any(is_jax_array(leaf) for leaf in tree_leaves(params))
+
+
+def _check_numpy(**trees: Any) -> None:
+    """Refuse NumPy trees that optax, computing with jax, would narrow to 32 bits."""
+    for name, tree in trees.items():
+        check_jax_dtypes(tree, name, "; or train in float32: funcnn.to_backend(params, "
+                         "'numpy', 'float32') (optax computes with jax, also for NumPy params)")
+
+
 def _like(params: Any, tree: Any) -> Any:
     """``tree`` with NumPy leaves when ``params`` are NumPy (optax always returns jax)."""
-    if any(is_jax_array(leaf) for leaf in tree_leaves(params)):
+    if _on_jax(params):
         return tree
     import jax
 
@@ -47,6 +61,8 @@ class _Init:
     tx: Any
 
     def __call__(self, params: Any) -> Any:
+        if not _on_jax(params):
+            _check_numpy(params=params)
         return _like(params, self.tx.init(params))
 
 
@@ -59,6 +75,8 @@ class _Update:
     def __call__(self, params: Any, grads: Any, state: Any) -> tuple[Any, Any]:
         import optax
 
+        if not _on_jax(params):
+            _check_numpy(params=params, grads=grads)
         updates, state = self.tx.update(grads, state, params)
         return _like(params, optax.apply_updates(params, updates)), _like(params, state)
 

@@ -5,13 +5,18 @@ A tree is stored as one array member per leaf, numbered in tree order
 (tuples, lists, dicts with ``str`` keys, ``None``, and NamedTuples by
 ``module:qualname`` and field names) with each leaf's dtype, shape and path.
 The descriptions of all trees, and whatever else the caller puts there, form
-the header, stored as the ``uint8`` member ``__funcnn__``.
+the header, stored as the ``uint8`` member ``__funcnn__``. Every member is
+stored, never compressed.
 
-Reading is strict and never trusts a size it has not checked: each member's
-``.npy`` header is read first, its size compared with the archive's directory
-and the file's length, and its dtype and shape compared with the JSON header,
-all before any data is loaded. A damaged or crafted file raises
-:class:`FormatError`, never a ``MemoryError`` or a pickle load.
+Reading is strict and never trusts a size it has not checked. The archive is
+opened by :mod:`funcnn._npz`, which refuses compressed, overlapping or mis-sized
+members before any data is read; the JSON header may have at most
+:data:`MAX_HEADER_BYTES`; and every leaf it describes must have its member's dtype
+and shape before any leaf is read. A NamedTuple's class name is looked up in two
+tables, funcnn's own classes and those :func:`register`-ed, and never imported
+(importing a module a file names would run that module's code). A damaged or
+crafted file raises :class:`FormatError`, never a ``MemoryError``, a pickle load or
+an import.
 
 This module knows pytrees, not networks: :mod:`funcnn.checkpoint` builds the
 checkpoint format on it.
@@ -19,26 +24,25 @@ checkpoint format on it.
 
 from __future__ import annotations
 
-import importlib
 import json
-import math
-import re
-import zipfile
 from collections.abc import Callable
 from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 
+from funcnn._npz import FormatError, NpzReader
 from funcnn.backend import is_jax_array
 
 __all__ = [
     "FORMAT",
     "HEADER",
+    "MAX_HEADER_BYTES",
     "VERSION",
     "FormatError",
     "NpzReader",
-    "decode_tree",
+    "decode_trees",
     "encode_tree",
+    "funcnn_types",
     "read_header",
     "register",
     "write_npz",
@@ -47,20 +51,12 @@ __all__ = [
 FORMAT = "funcnn.checkpoint"
 VERSION = 2  # 2 added the optional "extra" tree; version 1 files are still read
 HEADER = "__funcnn__"
+MAX_HEADER_BYTES = 16 * 2**20  # JSON: ~100 bytes a leaf, plus the metadata (per-epoch history)
 _LEAF_KINDS = "biufc"  # bool, int, uint, float, complex: dtypes stored without pickle
-_PYTHON_SCALARS = {"bool": bool, "int": int, "float": float}
-_DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 _CONTAINERS = "tuples, lists, dicts with str keys, NamedTuples and None"
 
-_registry: dict[str, type] = {}
-
-
-class FormatError(Exception):
-    """What is wrong with an archive being read (the caller names the file)."""
-
-
-def _reason(err: BaseException) -> str:
-    return f"{type(err).__name__}: {err}"
+_FUNCNN: dict[str, type] = {}  # funcnn's own classes, added by the modules that save them
+_registry: dict[str, type] = {}  # the user's, added by register
 
 
 # ---------------------------------------------------------------------------- NamedTuples
@@ -78,44 +74,58 @@ def _class_name(cls: type) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
+def _checked_name(cls: Any, caller: str) -> str:
+    if not _is_namedtuple_class(cls):
+        raise TypeError(f"{caller} expects a NamedTuple class; got {cls!r}")
+    return _class_name(cls)
+
+
+def funcnn_types(*classes: type) -> None:
+    """Add funcnn's own NamedTuple ``classes`` to the fixed table every archive may name.
+
+    For the funcnn modules that define what a checkpoint holds, at import
+    (:mod:`funcnn.checkpoint`, :mod:`funcnn.callbacks`); users call :func:`register`.
+    """
+    _FUNCNN.update({_checked_name(cls, "funcnn_types"): cls for cls in classes})
+
+
 def register(cls: type) -> type:
     """Let archives rebuild instances of the NamedTuple class ``cls``; returns ``cls``.
 
     Usable as a class decorator. The class is matched by its ``module:qualname``;
-    registering another class under the same name replaces the earlier one.
-    Classes defined in ``funcnn`` need no registration.
+    registering another class under the same name replaces the earlier one, but not one
+    of funcnn's own classes (which need no registration).
     """
-    if not _is_namedtuple_class(cls):
-        raise TypeError(f"register expects a NamedTuple class; got {cls!r}")
-    _registry[_class_name(cls)] = cls
+    name = _checked_name(cls, "register")
+    if _FUNCNN.get(name, cls) is not cls:
+        raise ValueError(f"{name} is the name of one of funcnn's own classes; give your class "
+                         "another name or module")
+    _registry[name] = cls
     return cls
 
 
 def _resolve_class(name: Any, path: str) -> type:
-    """The NamedTuple class ``module:qualname``: registered, or imported from funcnn only."""
-    if type(name) is not str or name.count(":") != 1:
+    """The NamedTuple class ``module:qualname`` from funcnn's table or the user's, never
+    imported (importing a module named in a file would run its code)."""
+    if type(name) is not str:
         raise FormatError(f"the header gives {path} an invalid class name {name!r:.100}")
-    if name in _registry:
-        return _registry[name]
-    module, qualname = name.split(":")
-    if module != "funcnn" and not module.startswith("funcnn."):
-        short = qualname.rpartition(".")[2]
+    cls = _FUNCNN.get(name) or _registry.get(name)
+    if cls is None:
+        short = name.rpartition(":")[2].rpartition(".")[2]
+        ours = ", ".join(sorted(c.__qualname__ for c in _FUNCNN.values()))
+        theirs = ", ".join(sorted(_registry)[:5]) + (", ..." if len(_registry) > 5 else "")
+        same = [n for n, c in _FUNCNN.items() if c.__qualname__ == short]
         raise FormatError(
-            f"{path} is a {name}, a NamedTuple class that is not part of funcnn and has not "
-            f"been registered; import it and call funcnn.checkpoint.register({short}) "
-            "before loading"
+            f"{path} is a {name!r:.100}, a class funcnn does not rebuild: a checkpoint may "
+            f"name funcnn's own NamedTuples ({ours}) and the classes registered with "
+            f"funcnn.checkpoint.register ({theirs or 'none'}), and funcnn never imports a "
+            "module a file names. " + (
+                f"funcnn's {short} is {same[0]!r}: this file was not written as funcnn.save "
+                "wrote it" if same else "For a class of yours, import it and call "
+                f"funcnn.checkpoint.register({short if short.isidentifier() else 'YourClass'}) "
+                "before loading")
         )
-    if not (_DOTTED_NAME.fullmatch(module) and _DOTTED_NAME.fullmatch(qualname)):
-        raise FormatError(f"the header gives {path} an invalid class name {name!r:.100}")
-    try:
-        obj: Any = importlib.import_module(module)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as err:
-        raise FormatError(f"{path} is a {name}, which this funcnn lacks ({err})") from None
-    if not _is_namedtuple_class(obj):
-        raise FormatError(f"{path} names {name}, which is not a NamedTuple class")
-    return obj
+    return cls
 
 
 # ---------------------------------------------------------------------------- encode
@@ -190,103 +200,21 @@ def _leaf_array(x: Any, path: str) -> tuple[str, np.ndarray]:
 
 
 def write_npz(f: BinaryIO, arrays: dict[str, np.ndarray], header: dict[str, Any]) -> None:
-    """Write ``arrays`` and the JSON ``header`` (as the member ``__funcnn__``) to ``f``."""
-    members = {**arrays, HEADER: np.frombuffer(json.dumps(header).encode("utf-8"), np.uint8)}
+    """Write ``arrays`` and the JSON ``header`` (as the member ``__funcnn__``) to ``f``.
+
+    Raises ValueError when the header is larger than :data:`MAX_HEADER_BYTES`, which
+    :func:`read_header` would refuse.
+    """
+    raw = json.dumps(header).encode("utf-8")
+    if len(raw) > MAX_HEADER_BYTES:
+        raise ValueError(f"the checkpoint header would be {len(raw)} bytes, more than the "
+                         f"{MAX_HEADER_BYTES} a checkpoint may have; keep metadata small (arrays "
+                         "belong in params, opt_state or extra)")
+    members = {**arrays, HEADER: np.frombuffer(raw, np.uint8)}
     np.savez(f, **members)  # through a file object: no ".npz" is appended to any name
 
 
 # ---------------------------------------------------------------------------- read
-
-
-class _Member(NamedTuple):
-    info: zipfile.ZipInfo
-    dtype: np.dtype
-    shape: tuple[int, ...]
-    fortran: bool
-
-
-class NpzReader:
-    """The members of an open ``.npz`` archive, each described by its ``.npy`` header.
-
-    Construction reads only the archive directory and the small ``.npy`` headers, and
-    checks that every member's size is what its header promises and fits in the file;
-    :meth:`read` then loads one member's data.
-    """
-
-    def __init__(self, f: BinaryIO, file_size: int):
-        start = f.read(6)
-        f.seek(0)
-        if start == b"\x93NUMPY":
-            raise FormatError("a single .npy array, not an .npz checkpoint")
-        try:
-            self._zip = zipfile.ZipFile(f)
-        except Exception as err:  # BadZipFile, or OSError/EOFError of a cut directory
-            raise FormatError(f"not an .npz archive ({_reason(err)})") from err
-        infos = self._zip.infolist()
-        names = [i.filename.removesuffix(".npy") for i in infos]
-        if HEADER not in names:
-            shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
-            raise FormatError(f"an .npz archive without the funcnn header {HEADER!r} "
-                              f"(its members: {shown or 'none'})")
-        if len(set(names)) != len(names):
-            raise FormatError("the archive holds two members of the same name")
-        self.members = {name: self._describe(name, info, file_size)
-                        for name, info in zip(names, infos, strict=True)}
-
-    def _describe(self, name: str, info: zipfile.ZipInfo, file_size: int) -> _Member:
-        if info.compress_size > file_size or (
-            info.compress_type == zipfile.ZIP_STORED and info.compress_size != info.file_size
-        ):
-            raise FormatError(f"the archive directory gives the member {name!r} a size "
-                              f"({info.file_size} bytes) that the file does not hold")
-        try:
-            with self._zip.open(info) as m:
-                version = np.lib.format.read_magic(m)
-                if version not in ((1, 0), (2, 0)):
-                    raise ValueError(f"unsupported .npy format version {version}")
-                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                        else np.lib.format.read_array_header_2_0)
-                shape, fortran, dtype = read(m)
-                offset = m.tell()
-        except Exception as err:  # a bad magic, header dict or zip entry
-            raise FormatError(f"the member {name!r} is not a .npy array ({_reason(err)})") \
-                from err
-        if dtype.hasobject:
-            raise FormatError(f"the member {name!r} holds Python objects (dtype {dtype}), "
-                              "which a checkpoint never contains")
-        nbytes = math.prod(shape) * dtype.itemsize
-        if offset + nbytes != info.file_size:
-            raise FormatError(
-                f"the member {name!r} promises shape {shape} of {dtype} ({nbytes} bytes) but "
-                f"holds {info.file_size - offset} bytes of data"
-            )
-        return _Member(info, dtype, tuple(shape), fortran)
-
-    def read(self, name: str) -> np.ndarray:
-        """The data of member ``name`` as a new writeable array (CRC checked)."""
-        member = self.members[name]
-        nbytes = math.prod(member.shape) * member.dtype.itemsize
-        try:
-            with self._zip.open(member.info) as m:
-                m.seek(member.info.file_size - nbytes)
-                data = m.read(nbytes)
-                if len(data) != nbytes or m.read(1):  # reading to the end checks the CRC
-                    raise EOFError(f"{len(data)} of {nbytes} bytes")
-        except Exception as err:  # zip, CRC or decompression errors of a damaged member
-            raise FormatError(f"a damaged archive member {name!r} ({_reason(err)})") from err
-        if nbytes == 0:
-            return np.zeros(member.shape, member.dtype)
-        order = "F" if member.fortran else "C"
-        return np.frombuffer(bytearray(data), member.dtype).reshape(member.shape, order=order)
-
-    def close(self) -> None:
-        self._zip.close()
-
-    def __enter__(self) -> NpzReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def read_header(reader: NpzReader, required: tuple[str, ...]) -> dict[str, Any]:
@@ -294,11 +222,15 @@ def read_header(reader: NpzReader, required: tuple[str, ...]) -> dict[str, Any]:
     member = reader.members[HEADER]
     if member.dtype != np.uint8 or len(member.shape) != 1:
         raise FormatError(f"the funcnn header {HEADER!r} is not a 1-d uint8 array")
+    if member.shape[0] > MAX_HEADER_BYTES:
+        raise FormatError(f"the funcnn header is {member.shape[0]} bytes, more than the "
+                          f"{MAX_HEADER_BYTES} a checkpoint header may have")
     raw = reader.read(HEADER)
     try:
         header = json.loads(raw.tobytes().decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as err:
-        raise FormatError(f"the funcnn header is not valid JSON ({_reason(err)})") from None
+        raise FormatError(f"the funcnn header is not valid JSON ({type(err).__name__}: "
+                          f"{err})") from None
     if type(header) is not dict or header.get("format") != FORMAT:
         raise FormatError(f"the header {HEADER!r} is not a funcnn checkpoint header")
     version = header.get("version")
@@ -313,75 +245,122 @@ def read_header(reader: NpzReader, required: tuple[str, ...]) -> dict[str, Any]:
     return header
 
 
-def decode_tree(node: Any, path: str, reader: NpzReader, used: set[str],
-                convert: Callable[[Any, str], Any]) -> Any:
-    """Rebuild the tree that ``node`` describes from ``reader``, adding the members used.
+class _Leaf(NamedTuple):
+    key: str  # its member
+    kind: str  # "array", "scalar" (a NumPy scalar) or "python" (a bool, int or float)
+    path: str
 
-    Each leaf's dtype and shape are compared with its member's before its data is read;
-    ``convert(array, path)`` turns the loaded arrays into the caller's backend.
+
+_NONE = {"node": "none"}
+_PYTHON_KINDS = {"bool": "b", "int": "iu", "float": "f"}  # the dtype kinds each is saved as
+
+
+def decode_trees(header: dict[str, Any], names: tuple[str, ...], reader: NpzReader,
+                 convert: Callable[[Any, str], Any]) -> dict[str, Any]:
+    """The trees ``header[name]`` (absent: ``None``) for each of ``names``, from ``reader``.
+
+    Everything is checked before any data is read: the structure and class names of every
+    tree, each leaf's dtype and shape against its member's, and that each member other than
+    the header is described exactly once. Then the leaves are read; ``convert(array,
+    path)`` turns the arrays into the caller's backend.
     """
+    used = {HEADER}
+    leaves: list[_Leaf] = []
+    try:
+        for name in names:
+            _check_node(header.get(name, _NONE), name, reader, used, leaves)
+    except RecursionError:
+        raise FormatError("the header nests its trees too deeply") from None
+    unused = sorted(set(reader.members) - used)
+    if unused:
+        raise FormatError(f"the archive holds arrays the header does not describe: {unused[:5]}")
+    values = {leaf.key: _read_leaf(leaf, reader, convert) for leaf in leaves}
+    return {name: _build(header.get(name, _NONE), values) for name in names}
 
-    def walk(node: Any, path: str) -> Any:
-        if type(node) is not dict:
-            raise FormatError(f"the header describes {path} with a malformed node: "
-                              f"{node!r:.200}")
-        kind = node.get("node")
-        if kind == "none":
-            return None
-        if kind in ("array", "scalar", "python"):
-            return leaf(node, kind, path)
-        if kind not in ("tuple", "list", "dict", "namedtuple"):
-            raise FormatError(f"the header gives {path} an unknown node type {kind!r:.100}")
-        children = node.get("children")
-        if type(children) is not list:
-            raise FormatError(f"the header describes {path} with a malformed node: "
-                              f"{node!r:.200}")
-        if kind == "tuple":
-            return tuple(walk(c, f"{path}[{i}]") for i, c in enumerate(children))
-        if kind == "list":
-            return [walk(c, f"{path}[{i}]") for i, c in enumerate(children)]
-        if kind == "dict":
-            keys = node.get("keys")
-            if (type(keys) is not list or len(keys) != len(children)
-                    or any(type(k) is not str for k in keys) or len(set(keys)) != len(keys)):
-                raise FormatError(f"the header gives {path} malformed dict keys: {keys!r:.200}")
-            return {k: walk(c, f"{path}[{k!r}]") for k, c in zip(keys, children, strict=True)}
-        cls = _resolve_class(node.get("class"), path)  # a namedtuple
+
+def _check_node(node: Any, path: str, reader: NpzReader, used: set[str],
+                leaves: list[_Leaf]) -> None:
+    """Check the tree ``node`` describes at ``path``, adding its leaves and members used."""
+    if type(node) is not dict:
+        raise FormatError(f"the header describes {path} with a malformed node: {node!r:.200}")
+    kind = node.get("node")
+    if kind == "none":
+        return
+    if kind in ("array", "scalar", "python"):
+        leaves.append(_check_leaf(node, kind, path, reader, used))
+        return
+    if kind not in ("tuple", "list", "dict", "namedtuple"):
+        raise FormatError(f"the header gives {path} an unknown node type {kind!r:.100}")
+    children = node.get("children")
+    if type(children) is not list:
+        raise FormatError(f"the header describes {path} with a malformed node: {node!r:.200}")
+    if kind == "dict":
+        keys = node.get("keys")
+        if (type(keys) is not list or len(keys) != len(children)
+                or any(type(k) is not str for k in keys) or len(set(keys)) != len(keys)):
+            raise FormatError(f"the header gives {path} malformed dict keys: {keys!r:.200}")
+        steps = [f"[{k!r}]" for k in keys]
+    elif kind == "namedtuple":
+        cls = _resolve_class(node.get("class"), path)
         fields = node.get("fields")
         if fields != list(cls._fields) or len(children) != len(fields):
             raise FormatError(
                 f"{path} was saved as {_class_name(cls)} with fields {fields!r:.200}, "
                 f"but that class now has fields {list(cls._fields)}"
             )
-        return cls(*(walk(c, f"{path}.{f}") for f, c in zip(fields, children, strict=True)))
+        steps = [f".{f}" for f in fields]
+    else:
+        steps = [f"[{i}]" for i in range(len(children))]
+    for step, child in zip(steps, children, strict=True):
+        _check_node(child, path + step, reader, used, leaves)
 
-    def leaf(node: dict[str, Any], kind: str, path: str) -> Any:
-        key = node.get("key")
-        if type(key) is not str or key == HEADER or key not in reader.members:
-            raise FormatError(f"the header maps {path} to {key!r:.100}, which is not in the "
-                              "archive")
-        if key in used:
-            raise FormatError(f"the header maps {path} to {key!r}, which another leaf uses too")
-        used.add(key)
-        member = reader.members[key]
-        if member.dtype.kind not in _LEAF_KINDS:
-            raise FormatError(f"the member {key!r} for {path} is not a numeric array")
-        want = (node.get("dtype"), node.get("shape"))
-        if want != (member.dtype.str, list(member.shape)):
-            raise FormatError(
-                f"the header says {path} is {want[0]!r:.20} of shape {want[1]!r:.100}, but the "
-                f"member {key!r} is {member.dtype.str!r} of shape {list(member.shape)}"
-            )
-        if kind != "array" and member.shape != ():
-            raise FormatError(f"the scalar {path} is stored with shape {member.shape}")
-        arr = reader.read(key)
-        if kind == "array":
-            return convert(arr, path)
-        if kind == "scalar":
-            return convert(arr[()], path)
-        value = arr.item()
-        if type(value) is not _PYTHON_SCALARS.get(node.get("type")):
-            raise FormatError(f"the Python scalar {path} is stored as {arr.dtype}")
-        return value
 
-    return walk(node, path)
+def _check_leaf(node: dict[str, Any], kind: str, path: str, reader: NpzReader,
+                used: set[str]) -> _Leaf:
+    key = node.get("key")
+    if type(key) is not str or key == HEADER or key not in reader.members:
+        raise FormatError(f"the header maps {path} to {key!r:.100}, which is not in the archive")
+    if key in used:
+        raise FormatError(f"the header maps {path} to {key!r}, which another leaf uses too")
+    used.add(key)
+    member = reader.members[key]
+    if member.dtype.kind not in _LEAF_KINDS:
+        raise FormatError(f"the member {key!r} for {path} is not a numeric array")
+    want = (node.get("dtype"), node.get("shape"))
+    if want != (member.dtype.str, list(member.shape)):
+        raise FormatError(
+            f"the header says {path} is {want[0]!r:.20} of shape {want[1]!r:.100}, but the "
+            f"member {key!r} is {member.dtype.str!r} of shape {list(member.shape)}"
+        )
+    if kind != "array" and member.shape != ():
+        raise FormatError(f"the scalar {path} is stored with shape {member.shape}")
+    python = node.get("type")
+    if kind == "python" and member.dtype.kind not in _PYTHON_KINDS.get(str(python), ""):
+        raise FormatError(f"the Python scalar {path} is stored as {member.dtype}")
+    return _Leaf(key, kind, path)
+
+
+def _read_leaf(leaf: _Leaf, reader: NpzReader, convert: Callable[[Any, str], Any]) -> Any:
+    arr = reader.read(leaf.key)
+    if leaf.kind == "array":
+        return convert(arr, leaf.path)
+    if leaf.kind == "scalar":
+        return convert(arr[()], leaf.path)
+    return arr.item()
+
+
+def _build(node: dict[str, Any], values: dict[str, Any]) -> Any:
+    """The tree of a node :func:`_check_node` accepted, with the leaves read into ``values``."""
+    kind = node["node"]
+    if kind == "none":
+        return None
+    if kind in ("array", "scalar", "python"):
+        return values[node["key"]]
+    children = [_build(child, values) for child in node["children"]]
+    if kind == "tuple":
+        return tuple(children)
+    if kind == "list":
+        return children
+    if kind == "dict":
+        return dict(zip(node["keys"], children, strict=True))
+    return _resolve_class(node["class"], "")(*children)

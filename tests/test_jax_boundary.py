@@ -7,16 +7,25 @@ validation holes, and conveniences that surprised a new user.
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+import textwrap
 import warnings
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import funcnn
 from funcnn.activations import ACTIVATIONS, OUTPUTS
+from funcnn.optax_adapter import from_optax
 from funcnn.testing import GradientMismatch, check_grads, check_optimizer
+from funcnn.tree import tree_map
 
 PAIRS = [(out, loss) for out in OUTPUTS for loss in ("cross_entropy", "binary_cross_entropy",
                                                       "mse")
@@ -181,11 +190,85 @@ def test_cross_entropy_rows_must_not_be_negative(backend):
         funcnn.loss(net, p, np.ones((1, 2), np.float32), funcnn.to_backend(y, backend))
 
 
-def test_to_backend_refuses_64_bit_jax_without_x64():
+# One rule for 64-bit values on jax without jax_enable_x64 (funcnn.backend.check_jax_dtype):
+# every way funcnn moves them to jax refuses, with the same sentence, naming the leaf.
+X64_NET = funcnn.MLP((3, 4, 2))
+
+
+def _x64_movers(tmp_path):
+    """``{what: (call, the leaf named)}``: calls that must refuse without jax_enable_x64."""
+    p64 = funcnn.init_params(X64_NET, 0, backend="numpy", dtype="float64")
+    funcnn.save(tmp_path / "p64.npz", p64)
+    opt = from_optax(optax.sgd(0.1))
+    state = opt.init(p64)  # the session has x64 on: built before it is turned off
+    x = np.ones((4, 3))
+    return {
+        "to_backend": (lambda: funcnn.to_backend(p64, "jax"), "tree[0].W"),
+        "to_backend of labels": (
+            lambda: funcnn.to_backend((x.astype(np.float32), np.arange(4, dtype=np.int64)), "jax"),
+            "tree[1] is int64"),
+        "to_backend's dtype": (lambda: funcnn.to_backend(x, "jax", "float64"), "dtype"),
+        "init_params": (lambda: funcnn.init_params(X64_NET, 0, backend="jax", dtype="float64"),
+                        "dtype"),
+        "load": (lambda: funcnn.load(tmp_path / "p64.npz", backend="jax"), "params[0].W"),
+        "checkpoint.convert": (lambda: funcnn.checkpoint.convert(p64, "jax", "params"),
+                               "params[0].W"),
+        "from_optax init": (lambda: opt.init(p64), "params[0].W"),
+        "from_optax update": (lambda: opt.update(p64, p64, state), "params[0].W"),
+        "fit with from_optax": (lambda: funcnn.fit(X64_NET, p64, opt, x, np.arange(4) % 2,
+                                                   epochs=1, batch_size=2, key=0),
+                                "params[0].W"),
+    }
+
+
+@pytest.mark.parametrize("what", ["to_backend", "to_backend of labels", "to_backend's dtype",
+                                  "init_params", "load", "checkpoint.convert", "from_optax init",
+                                  "from_optax update", "fit with from_optax"])
+def test_every_move_of_64_bit_values_to_jax_without_x64_is_refused(tmp_path, what):
+    call, leaf = _x64_movers(tmp_path)[what]
+    with jax.enable_x64(False), pytest.raises(ValueError) as info:
+        call()
+    message = str(info.value)
+    assert "which jax would silently turn into" in message and "jax_enable_x64" in message
+    assert leaf in message, message
+
+
+def test_32_bit_values_move_to_jax_without_x64_and_64_bit_ones_with_it():
+    p32 = funcnn.init_params(X64_NET, 0, backend="numpy")
+    p64 = funcnn.to_backend(p32, "numpy", "float64")
+    grads32 = tree_map(np.ones_like, p32)
     with jax.enable_x64(False):
-        with pytest.raises(ValueError, match="jax_enable_x64"):
-            funcnn.to_backend(np.ones(3), "jax", "float64")
         assert funcnn.to_backend(np.ones(3), "jax", "float32").dtype == np.float32
+        assert funcnn.to_backend((p32, 1.5, np.arange(3, dtype=np.int32)), "jax")[2].dtype \
+            == np.int32
+        opt = from_optax(optax.sgd(0.5))
+        new, _ = opt.update(p32, grads32, opt.init(p32))
+        assert type(new[0].W) is np.ndarray and new[0].W.dtype == np.float32
+        np.testing.assert_allclose(new[0].W, p32[0].W - 0.5, rtol=1e-6)
+    new, _ = opt.update(p64, funcnn.to_backend(grads32, "numpy", "float64"), opt.init(p64))
+    assert type(new[0].W) is np.ndarray and new[0].W.dtype == np.float64  # x64 on: kept
+    np.testing.assert_allclose(new[0].W, p64[0].W - 0.5, rtol=1e-15)
+
+
+@pytest.mark.slow
+def test_a_process_without_x64_refuses_float64_for_optax_and_to_backend():
+    code = textwrap.dedent("""
+        import jax, numpy as np, optax, funcnn
+        assert not jax.config.jax_enable_x64
+        p64 = funcnn.init_params(funcnn.MLP((2, 3)), 0, dtype="float64")
+        for call in (lambda: funcnn.to_backend(p64, "jax"),
+                     lambda: funcnn.optax_adapter.from_optax(optax.adam(1e-3)).init(p64)):
+            try:
+                call()
+            except ValueError as err:
+                assert "jax_enable_x64" in str(err), err
+            else:
+                raise AssertionError("float64 went to jax without x64")
+        print("ok")
+    """)
+    out = _python(code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
 
 
 # ---------------------------------------------------------------------------- 8. surprises
@@ -228,3 +311,45 @@ def test_finite_difference_reports_index_the_leaf_itself():
     with pytest.raises(GradientMismatch, match=r"params\.W: .* at \(2, 1\)"):
         funcnn.testing.check_gradient(lambda q: (q.W**3).sum() + (q.b**2).sum(), wrong, p,
                                       reference="finite_differences", max_per_leaf=None)
+
+
+# ---------------------------------------------------------------------------- 9. names in messages
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
+    env.pop("JAX_ENABLE_X64", None)
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+def _resolve(dotted: str):
+    """``funcnn.a.b`` by attribute access from the imported package only, never an import."""
+    obj = funcnn
+    for part in dotted.split(".")[1:]:
+        obj = getattr(obj, part)
+    return obj
+
+
+def test_the_names_in_the_optax_refusal_resolve_after_import_funcnn():
+    with pytest.raises(TypeError) as info:
+        funcnn.make_train_step(X64_NET, optax.sgd(1e-2))
+    names = re.findall(r"funcnn(?:\.\w+)+", str(info.value))
+    assert "funcnn.optax_adapter.from_optax" in names
+    for name in names:
+        assert callable(_resolve(name)), name
+    assert _resolve("funcnn.optax_adapter.from_optax") is from_optax
+
+
+@pytest.mark.slow
+def test_funcnn_optax_adapter_is_an_attribute_of_a_fresh_import_that_needs_numpy_alone():
+    out = _python(textwrap.dedent("""
+        import sys, funcnn
+        assert callable(funcnn.optax_adapter.from_optax)
+        assert not {"jax", "optax"} & set(sys.modules), "import funcnn imported jax or optax"
+        print("ok")
+    """))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

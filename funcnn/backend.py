@@ -261,12 +261,25 @@ def float_dtype(dtype: Any, backend: str) -> np.dtype:
     return dt
 
 
+def _int32_if_exact(leaf: Any) -> Any:
+    """A NumPy int64 array (labels, indices) as int32 when every value fits: the one 64-bit
+    type jax without x64 can take exactly; anything else is left to :func:`check_jax_dtype`."""
+    if not isinstance(leaf, np.ndarray | np.integer) or leaf.dtype != np.int64:
+        return leaf
+    info = np.iinfo(np.int32)
+    if leaf.size and (leaf.min() < info.min or leaf.max() > info.max):
+        return leaf
+    return np.asarray(leaf, np.int32)
+
+
 def to_backend(tree: Any, name: str, dtype: Any = None) -> Any:
     """Convert every array leaf of ``tree`` to backend ``name`` (optionally to ``dtype``).
 
     Containers (tuples, NamedTuples, lists, dicts) keep their types. On jax without
     ``jax_enable_x64``, a 64-bit ``dtype``, or without ``dtype`` a 64-bit leaf, is refused
-    with a ``ValueError`` (:func:`check_jax_dtype`): jax would silently give 32 bits.
+    with a ``ValueError`` (:func:`check_jax_dtype`): jax would silently give 32 bits. The
+    one exception is an int64 leaf whose values all fit in int32 (labels, indices): it moves
+    as int32, which changes no value.
     """
     name = _check_name(name)
     if name == "jax":
@@ -274,6 +287,7 @@ def to_backend(tree: Any, name: str, dtype: Any = None) -> Any:
         if dtype is not None:
             check_jax_dtype(dtype, "the dtype asked of to_backend")
         else:
+            tree = tree_map(_int32_if_exact, tree)
             check_jax_dtypes(tree, "tree", "; or convert to 32 bits, e.g. "
                              "funcnn.to_backend(tree, 'jax', 'float32') for float leaves")
 

@@ -204,8 +204,8 @@ def _x64_movers(tmp_path):
     x = np.ones((4, 3))
     return {
         "to_backend": (lambda: funcnn.to_backend(p64, "jax"), "tree[0].W"),
-        "to_backend of labels": (
-            lambda: funcnn.to_backend((x.astype(np.float32), np.arange(4, dtype=np.int64)), "jax"),
+        "to_backend of labels past int32": (
+            lambda: funcnn.to_backend((x.astype(np.float32), np.array([0, 2**31])), "jax"),
             "tree[1] is int64"),
         "to_backend's dtype": (lambda: funcnn.to_backend(x, "jax", "float64"), "dtype"),
         "init_params": (lambda: funcnn.init_params(X64_NET, 0, backend="jax", dtype="float64"),
@@ -221,7 +221,8 @@ def _x64_movers(tmp_path):
     }
 
 
-@pytest.mark.parametrize("what", ["to_backend", "to_backend of labels", "to_backend's dtype",
+@pytest.mark.parametrize("what", ["to_backend", "to_backend of labels past int32",
+                                  "to_backend's dtype",
                                   "init_params", "load", "checkpoint.convert", "from_optax init",
                                   "from_optax update", "fit with from_optax"])
 def test_every_move_of_64_bit_values_to_jax_without_x64_is_refused(tmp_path, what):
@@ -241,6 +242,8 @@ def test_32_bit_values_move_to_jax_without_x64_and_64_bit_ones_with_it():
         assert funcnn.to_backend(np.ones(3), "jax", "float32").dtype == np.float32
         assert funcnn.to_backend((p32, 1.5, np.arange(3, dtype=np.int32)), "jax")[2].dtype \
             == np.int32
+        labels = funcnn.to_backend(np.array([0, -3, 2**31 - 1]), "jax")  # int64 that fits
+        assert labels.dtype == np.int32 and labels.tolist() == [0, -3, 2**31 - 1]
         opt = from_optax(optax.sgd(0.5))
         new, _ = opt.update(p32, grads32, opt.init(p32))
         assert type(new[0].W) is np.ndarray and new[0].W.dtype == np.float32

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from funcnn._checks import check_positive
+from funcnn._checks import check_count
 from funcnn._files import check_writable
 from funcnn.checkpoint import CheckpointError, convert, load, save
 from funcnn.mlp import MLP, check_params
@@ -127,8 +127,9 @@ def save_fit_state(path: str | os.PathLike, net: MLP, state: FitState) -> None:
     extra = {"key": np.asarray(state.key, dtype=np.uint32),
              "loss": np.asarray(state.history.get("loss", []), dtype=np.float64),
              "best": state.best}
+    epoch = check_count("state.epoch", state.epoch, minimum=0)
     save(path, state.params, state.opt_state, net=net, extra=extra,
-         metadata={"epoch": state.epoch, "history": history})
+         metadata={"epoch": epoch, "history": history})
 
 
 def load_fit_state(path: str | os.PathLike, net: MLP, backend: str | None = None) -> FitState:
@@ -170,7 +171,7 @@ def checkpoint(path: str | os.PathLike, *, every: int = 1, resume: bool = False)
     process resumes from the file, which must be on a file system they all see.
     """
     target = os.fspath(path)
-    check_positive("every", every, integer=True)
+    every = check_count("every", every)
     if type(resume) is not bool:
         raise TypeError(f"resume must be True or False; got {type(resume).__name__}")
 
@@ -263,8 +264,8 @@ def grad_norms(x: Any, y: Any, *, top: int = 10, batch_size: int = 1024) -> Call
     ``grad_norm_max`` and ``grad_norm_top`` (the row indices of ``x`` with the ``top``
     largest norms, largest first). Pass the training set to watch it, or any other set.
     """
-    check_positive("top", top, integer=True)
-    check_positive("batch_size", batch_size, integer=True)
+    top = check_count("top", top)
+    batch_size = check_count("batch_size", batch_size)
 
     def on_epoch_end(state: FitState, info: FitInfo) -> None:
         norms = np.concatenate([

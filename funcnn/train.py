@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from funcnn import parallel, random
-from funcnn._checks import check_positive
+from funcnn._checks import check_count
 from funcnn._fit_checks import check_callbacks, check_hashable, check_optimizer
 from funcnn._fpu import flush_denormals
 from funcnn._mlp_checks import check_x, check_y
@@ -149,7 +149,7 @@ def evaluate(net: MLP, params, x, y, *, batch_size: int = 10_000) -> dict:
     """
     check_net(net)
     dtype = check_params(net, params)
-    check_positive("batch_size", batch_size, integer=True)
+    batch_size = check_count("batch_size", batch_size)
     backend = check_same_backend(params, x=x, y=y)
     x, y = _prepare_data(net, params, x, y, dtype, backend)
     return _evaluate(net, params, x, y, batch_size)
@@ -269,7 +269,8 @@ def _call(hooks: tuple, name: str, state: FitState, info: FitInfo) -> FitState:
                 != info.backend:
             raise TypeError(f"on_start of callback {i} returned {dtype} params on another "
                             f"backend or dtype than fit's {given} {info.backend} params")
-        state = new
+        state = new._replace(epoch=check_count(f"the epoch on_start of callback {i} returned",
+                                               new.epoch, minimum=0))
     return state
 
 
@@ -305,15 +306,15 @@ def fit(
     check_net(net)
     check_optimizer(optimizer)
     dtype = check_params(net, params)
-    check_positive("epochs", epochs, integer=True)
+    epochs = check_count("epochs", epochs)
     if batch_size is not None:
-        check_positive("batch_size", batch_size, integer=True)
-    check_positive("shuffle_every", shuffle_every, integer=True)
+        batch_size = check_count("batch_size", batch_size)
+    shuffle_every = check_count("shuffle_every", shuffle_every)
     if early_stopping is not None:
-        check_positive("early_stopping", early_stopping, integer=True)
+        early_stopping = check_count("early_stopping", early_stopping)
         if validation is None:
             raise ValueError("early_stopping needs validation=(x_val, y_val)")
-    check_positive("initial_epoch", initial_epoch, integer=True, allow_zero=True)
+    initial_epoch = check_count("initial_epoch", initial_epoch, minimum=0)
     if not 0 <= initial_epoch <= epochs:
         raise ValueError(f"initial_epoch must be in [0, epochs={epochs}]; got {initial_epoch}")
     backend = check_same_backend(params, x=x, y=y, opt_state=opt_state, validation=validation)

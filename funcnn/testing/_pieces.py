@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from funcnn._checks import check_count
 from funcnn.activations import Activation, get_activation, name_of, softmax
 from funcnn.backend import array_namespace
 from funcnn.losses import Loss, get_loss
@@ -139,6 +140,7 @@ def check_loss(loss: str | Loss, *, output: Any = "softmax", k: int = 3, y: Any 
     is the output activation the loss is fused with. Returns the worst point per dtype.
     """
     loss = get_loss(loss)
+    k = check_count("k", k)
     f_out = softmax if output == "softmax" else get_activation(output).fn
     what = f"loss {loss.name!r} with output {name_of(output)!r}"
     z = _logit_rows(k)

@@ -5,12 +5,14 @@
 - ``on_start(state, info) -> FitState | None``: before the first epoch; a returned
   state replaces the one ``fit`` was given (this is how a run resumes);
 - ``on_epoch_end(state, info)``: after each epoch, with the state after it;
-- ``on_end(state, info)``: once at the end, also when training raised.
+- ``on_end(state, info)``: once at the end, also when training raised; after a
+  :class:`funcnn.TrainingDiverged` it gets the last finite state, the one the diverged
+  epoch started from (as ``fit`` was left by it, also on jax).
 
 :class:`Callback` builds one from plain functions. ``state`` is a :class:`FitState`,
 everything needed to continue a run bit for bit; ``info`` is a :class:`FitInfo`.
-The arrays in ``state`` are valid during the call (on jax, the next epoch reuses
-their buffers): copy what you keep. Ready-made callbacks::
+The arrays in ``state`` stay valid after the call (``fit`` donates no buffer to its
+programs), but ``history`` is the live dict ``fit`` keeps filling. Ready-made callbacks::
 
     ckpt = funcnn.callbacks.checkpoint("run.ckpt", every=1, resume=True)
     params, opt_state, history = funcnn.fit(net, params, opt, x, y, epochs=20,

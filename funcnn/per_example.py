@@ -140,15 +140,9 @@ def _scaled_norms(inputs: tuple, deltas: tuple) -> tuple[Array, Array]:
     return peak, r
 
 
-def _norms(inputs: tuple, deltas: tuple) -> Array:
-    """``||g_i||`` of shape ``(m,)``: ``sqrt(sum_l ||d_i||^2 (||a_i||^2 + 1))``, finite for
-    every gradient whose norm is (see :func:`_scaled_norms`); inf where an element is."""
-    peak, r = _scaled_norms(inputs, deltas)
-    return _unscale(peak, r)
-
-
 def _unscale(peak: Array, r: Array) -> Array:
-    """``peak * r``, infinite where ``peak`` is (``r`` is NaN there: ``inf / inf``)."""
+    """``||g_i|| = peak * r``, ``(m,)``: finite whenever the norm is representable, inf
+    where ``peak`` is (``r`` is NaN there: ``inf / inf``)."""
     xp = array_namespace(peak)
     return xp.where(xp.isinf(peak), peak, peak * r)
 
@@ -160,7 +154,7 @@ def grads_from_cache(net: Any, params: Params, cache: Cache, y: Array) -> Grads:
 
 def norms_from_cache(net: Any, params: Params, cache: Cache, y: Array) -> Array:
     """Per-example global gradient norms ``(m,)`` from a forward cache (no checks)."""
-    return _norms(cache.inputs, example_deltas(net, params, cache, y))
+    return _unscale(*_scaled_norms(cache.inputs, example_deltas(net, params, cache, y)))
 
 
 def grad_and_norms_from_cache(net: Any, params: Params, cache: Cache, y: Array):
@@ -175,7 +169,7 @@ def grad_and_norms_from_cache(net: Any, params: Params, cache: Cache, y: Array):
     for a, d in zip(cache.inputs, deltas, strict=True):
         d = d * scale
         grads.append(Dense(a.T @ d, d.sum(axis=0)))
-    return tuple(grads), _norms(cache.inputs, deltas)
+    return tuple(grads), _unscale(*_scaled_norms(cache.inputs, deltas))
 
 
 def clipped_grad_from_cache(

@@ -188,7 +188,10 @@ def _copy(tree):  # jax arrays by device_put: no program to compile per leaf sha
 
 def _all_finite(tree) -> bool:
     """True when every float leaf of ``tree`` holds only finite numbers."""
-    leaves = [leaf for leaf in tree_leaves(tree) if np.dtype(leaf.dtype).kind == "f"]
+    leaves = [leaf for leaf in tree_leaves(tree)
+              if np.dtype(getattr(leaf, "dtype", np.int64)).kind == "f"]
+    if not leaves:
+        return True
     xp = array_namespace(*leaves)
     return bool(xp.all(xp.stack([xp.isfinite(leaf).all() for leaf in leaves])))  # one sync
 

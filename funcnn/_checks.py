@@ -29,6 +29,7 @@ from funcnn.tree import (
 )
 
 __all__ = [
+    "check_count",
     "check_float_leaves",
     "check_leaf_dtypes",
     "check_lr",
@@ -55,28 +56,51 @@ def _scalar_value(name: str, value: Any, want: str) -> Any:
     return value
 
 
-def check_positive(name: str, value: Any, *, integer: bool = False,
-                   allow_zero: bool = False) -> None:
-    """Raise unless ``value`` is a positive (or, with ``allow_zero``, non-negative) number.
+def check_count(name: str, value: Any, *, minimum: int = 1) -> int:
+    """``value`` as a Python ``int``, after checking it is a count of at least ``minimum``.
 
-    With ``integer=True`` it must be an int (``bool`` is refused). Without it, a finite
+    Every count funcnn takes (epochs, batch sizes, rows, steps, ...) goes through here, so
+    a Python int, a NumPy integer (``np.int64(10)``) and a 0-d integer array are the same
+    count, and what funcnn keeps (loop bounds, checkpoint metadata, hashed settings) is a
+    plain ``int``. ``bool`` is refused (``True`` is not a count), and so is a float, even
+    ``2.0``: ``TypeError``; an integer below ``minimum``: ``ValueError``.
+    """
+    want = {0: "a non-negative integer", 1: "a positive integer"}.get(
+        minimum, f"an integer of at least {minimum}")
+    if isinstance(value, np.ndarray) and value.shape == () and value.dtype.kind in "iu":
+        value = value[()]
+    elif is_jax_array(value) and value.shape == () and np.dtype(value.dtype).kind in "iu":
+        if not is_concrete(value):
+            raise TypeError(f"{name} must be {want}, known before tracing; got a traced value "
+                            "(make it a static argument of jax.jit)")
+        value = value.item()
+    if not isinstance(value, int | np.integer) or isinstance(value, bool):
+        what = f"{type(value).__name__} {value!r}"
+        if isinstance(value, np.ndarray) or is_jax_array(value):
+            what = f"an array of shape {tuple(value.shape)} and dtype {value.dtype}"
+        raise TypeError(f"{name} must be {want}; got {what}")
+    if value < minimum:
+        sign = {0: "non-negative", 1: "positive"}.get(minimum, f"at least {minimum}")
+        raise ValueError(f"{name} must be {sign}; got {value}")
+    return int(value)
+
+
+def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
+    """Raise unless ``value`` is a positive (or, with ``allow_zero``, non-negative) finite
     real number: a Python or NumPy scalar or a 0-d array. A jax tracer is not checked.
+    Counts are checked by :func:`check_count`.
     """
     if not is_concrete(value):
         return
     sign = "non-negative" if allow_zero else "positive"
-    want = f"a {sign} integer" if integer else f"a {sign} number"
-    if integer:
-        ok = isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
-    else:
-        value = _scalar_value(name, value, want)
-        ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(
-            value, bool | np.bool_
-        )
+    want = f"a {sign} number"
+    value = _scalar_value(name, value, want)
+    ok = isinstance(value, int | float | np.integer | np.floating) and not isinstance(
+        value, bool | np.bool_
+    )
     if not ok:
         raise TypeError(f"{name} must be {want}; got {type(value).__name__} {value!r}")
-    low_ok = value >= 0 if allow_zero else value > 0
-    if not low_ok or (not integer and not math.isfinite(value)):
+    if not (value >= 0 if allow_zero else value > 0) or not math.isfinite(value):
         raise ValueError(f"{name} must be {sign} and finite; got {value!r}")
 
 

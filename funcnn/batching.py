@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from funcnn import random
-from funcnn._checks import check_positive
+from funcnn._checks import check_count
 
 __all__ = ["BatchSplit", "batches", "epoch_order", "num_batches", "split_batches"]
 
@@ -48,9 +48,9 @@ class BatchSplit(NamedTuple):
 def split_batches(n: int, batch_size: int | None, drop_last: bool = False) -> BatchSplit:
     """The one rule for batch sizes: ``batch_size=None`` (or ``>= n``) is one full batch,
     and the last ``n % batch_size`` rows form a short batch unless ``drop_last``."""
-    check_positive("n", n, integer=True)
+    n = check_count("n", n)
     if batch_size is not None:
-        check_positive("batch_size", batch_size, integer=True)
+        batch_size = check_count("batch_size", batch_size)
     size = n if batch_size is None else min(batch_size, n)
     full, rest = divmod(n, size)
     return BatchSplit(size, full, 0 if drop_last else rest)
@@ -64,7 +64,9 @@ def num_batches(n: int, batch_size: int | None, drop_last: bool = False) -> int:
 def epoch_order(key: Any, n: int, *, epoch: int = 0, shuffle: bool = True,
                 shuffle_every: int = 1) -> Any:
     """The row order of epoch ``epoch``: a permutation (or ``arange(n)`` without shuffling)."""
-    check_positive("shuffle_every", shuffle_every, integer=True)
+    n = check_count("n", n)
+    epoch = check_count("epoch", epoch, minimum=0)
+    shuffle_every = check_count("shuffle_every", shuffle_every)
     if not shuffle:
         return np.arange(n)
     drawn_at = epoch - epoch % shuffle_every

@@ -5,12 +5,14 @@
 - ``on_start(state, info) -> FitState | None``: before the first epoch; a returned
   state replaces the one ``fit`` was given (this is how a run resumes);
 - ``on_epoch_end(state, info)``: after each epoch, with the state after it;
-- ``on_end(state, info)``: once at the end, also when training raised.
+- ``on_end(state, info)``: once at the end, also when training raised; after a
+  :class:`funcnn.TrainingDiverged` it gets the last finite state, the one the diverged
+  epoch started from (as ``fit`` was left by it, also on jax).
 
 :class:`Callback` builds one from plain functions. ``state`` is a :class:`FitState`,
 everything needed to continue a run bit for bit; ``info`` is a :class:`FitInfo`.
-The arrays in ``state`` are valid during the call (on jax, the next epoch reuses
-their buffers): copy what you keep. Ready-made callbacks::
+The arrays in ``state`` stay valid after the call (``fit`` donates no buffer to its
+programs), but ``history`` is the live dict ``fit`` keeps filling. Ready-made callbacks::
 
     ckpt = funcnn.callbacks.checkpoint("run.ckpt", every=1, resume=True)
     params, opt_state, history = funcnn.fit(net, params, opt, x, y, epochs=20,
@@ -32,7 +34,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from funcnn._checks import check_positive
+from funcnn._checks import check_count
 from funcnn._files import check_writable
 from funcnn.checkpoint import CheckpointError, convert, load, save
 from funcnn.mlp import MLP, check_params
@@ -131,8 +133,9 @@ def save_fit_state(path: str | os.PathLike, net: MLP, state: FitState) -> None:
     extra = {"key": np.asarray(state.key, dtype=np.uint32),
              "loss": np.asarray(state.history.get("loss", []), dtype=np.float64),
              "best": state.best}
+    epoch = check_count("state.epoch", state.epoch, minimum=0)
     save(path, state.params, state.opt_state, net=net, extra=extra,
-         metadata={"epoch": state.epoch, "history": history})
+         metadata={"epoch": epoch, "history": history})
 
 
 def load_fit_state(path: str | os.PathLike, net: MLP, backend: str | None = None) -> FitState:
@@ -174,7 +177,7 @@ def checkpoint(path: str | os.PathLike, *, every: int = 1, resume: bool = False)
     process resumes from the file, which must be on a file system they all see.
     """
     target = os.fspath(path)
-    check_positive("every", every, integer=True)
+    every = check_count("every", every)
     if type(resume) is not bool:
         raise TypeError(f"resume must be True or False; got {type(resume).__name__}")
 
@@ -267,8 +270,8 @@ def grad_norms(x: Any, y: Any, *, top: int = 10, batch_size: int = 1024) -> Call
     ``grad_norm_max`` and ``grad_norm_top`` (the row indices of ``x`` with the ``top``
     largest norms, largest first). Pass the training set to watch it, or any other set.
     """
-    check_positive("top", top, integer=True)
-    check_positive("batch_size", batch_size, integer=True)
+    top = check_count("top", top)
+    batch_size = check_count("batch_size", batch_size)
 
     def on_epoch_end(state: FitState, info: FitInfo) -> None:
         norms = np.concatenate([

@@ -83,13 +83,23 @@ def _logsumexp(z):
 
 # cross-entropy on softmax: L = mean_i [logsumexp(z_i) - <Y_i, z_i>];  dL/dz = (p - Y) / m
 def cross_entropy(output, z, a, y):
-    """Mean cross-entropy of ``softmax(z)``, ``(m, k)``, against labels ``(m,)`` or rows."""
+    """Mean cross-entropy of ``softmax(z)``, ``(m, k)``, against labels ``(m,)`` or rows.
+
+    A label outside ``[0, k)`` makes the loss NaN, and its gradient too (by
+    :func:`cross_entropy_delta` and by ``jax.grad`` of this function alike), never a
+    wrapped class: ``-1`` is not the last class. The checked entry points
+    (``funcnn.loss``, ``value_and_grad``, ``fit``, ...) refuse such a label with a
+    ``ValueError`` before computing; only under ``jax.jit``, where values cannot be
+    checked, does it reach here.
+    """
     xp = array_namespace(z)
-    m = z.shape[0]
+    m, k = z.shape
     logp = z - _logsumexp(z)
     if y.ndim == 1:
-        picked = xp.take_along_axis(logp, y[:, None], axis=1)
-        return -xp.sum(picked) / m
+        valid = (y >= 0) & (y < k)
+        picked = xp.take_along_axis(logp, xp.where(valid, y, 0)[:, None], axis=1)[:, 0]
+        # times NaN, not where(valid, picked, nan): the NaN must reach the gradient too
+        return -xp.sum(picked * xp.where(valid, 1.0, xp.nan).astype(z.dtype)) / m
     return -xp.sum(y * logp) / m
 
 
@@ -97,7 +107,7 @@ def cross_entropy_delta(output, z, a, y):
     m, k = z.shape
     if y.ndim == 1:
         # A label outside [0, k) (possible only under jit, where it cannot be checked)
-        # makes its row NaN, as jax makes the loss NaN, instead of a silently wrong gradient.
+        # makes its row NaN, as it makes the loss NaN, instead of a silently wrong gradient.
         xp = array_namespace(z)
         valid = ((y >= 0) & (y < k))[:, None]
         return xp.where(valid, a - one_hot(y, k, z.dtype), xp.nan) * (1.0 / m)

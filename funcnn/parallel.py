@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from funcnn._checks import check_count
 from funcnn.backend import _import_jax, is_jax_array
 from funcnn.batching import BatchSplit
 from funcnn.tree import tree_map, tree_paths
@@ -96,10 +97,10 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
             f"initialize needs coordinator_address, num_processes and process_id; {missing} "
             f"missing (pass them, or set ${ENV_COORDINATOR}, ${ENV_NUM_PROCESSES} and "
             f"${ENV_PROCESS_ID}, as `python -m funcnn.launch` does)")
-    if type(count) is not int or count < 1:
-        raise ValueError(f"num_processes must be a positive integer; got {count!r}")
-    if type(index) is not int or not 0 <= index < count:
-        raise ValueError(f"process_id must be an integer in [0, {count}); got {index!r}")
+    count = check_count("num_processes", count)
+    index = check_count("process_id", index, minimum=0)
+    if index >= count:
+        raise ValueError(f"process_id must be an integer in [0, {count}); got {index}")
     if not isinstance(address, str) or address.rpartition(":")[0] == "":
         raise ValueError(f"coordinator_address must be 'host:port'; got {address!r}")
     if count == 1:

@@ -24,6 +24,9 @@ to every element and divides by the batch size::
         = (inputs[l].T @ (delta[l] * s[:, None]) + noise) / m      one GEMM per layer
 
 so neither the norms nor the clipped sum ever materialise a per-example weight gradient.
+The norms are computed scaled by each example's largest element (as LAPACK's ``nrm2``
+scales), so a float32 gradient of 1e20, whose square overflows, clips to ``C`` instead of
+being dropped, and one of 1e-30 keeps its norm instead of 0.
 
 **The gradient hook.** :func:`dp_gradient` returns a frozen, hashable
 :class:`DPGradient`, a pure function with the signature::
@@ -48,6 +51,7 @@ the check-free pieces for a jitted loop. All run on NumPy and jax (also under
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,13 +112,39 @@ def _outer_grads(inputs: tuple, deltas: tuple) -> Grads:
                  for a, d in zip(inputs, deltas, strict=True))
 
 
-def _norms(inputs: tuple, deltas: tuple) -> Array:
-    """``||g_i||`` of shape ``(m,)`` from ``||d_i||^2 (||a_i||^2 + 1)`` summed over layers."""
+def _scaled_norms(inputs: tuple, deltas: tuple) -> tuple[Array, Array]:
+    """``(peak, r)``, both ``(m,)``, with ``||g_i|| = peak_i * r_i``: ``peak_i`` the largest
+    ``|element|`` of ``g_i`` and ``r_i`` in ``[1, sqrt(g_i.size)]``.
+
+    Scaled as LAPACK's ``nrm2`` scales, so that no square overflows or underflows (in
+    float32 a gradient of 1e20 would square to inf, one of 1e-30 to 0). Per layer, with
+    ``D = max|d_i|``, ``A = max(max|a_i|, 1)`` and so ``P = D A`` the layer's largest
+    element (of ``W``'s ``outer(a_i, d_i)`` when ``A > 1``, else of ``b``)::
+
+        ||d_i||^2 (||a_i||^2 + 1) = P^2 ||d_i / D||^2 (||a_i / A||^2 + A^-2)
+        r_i^2 = sum_l (P_l / peak_i)^2 ||d_i / D_l||^2 (||a_i / A_l||^2 + A_l^-2)
+    """
     xp = array_namespace(deltas[0])
-    squares = 0
+    peaks, sums = [], []
     for a, d in zip(inputs, deltas, strict=True):
-        squares = squares + xp.sum(d * d, axis=1) * (xp.sum(a * a, axis=1) + 1)
-    return xp.sqrt(squares)
+        top_d = xp.max(xp.abs(d), axis=1)                              # (m,)
+        top_a = xp.maximum(xp.max(xp.abs(a), axis=1), 1)               # (m,)
+        unit_d = d / xp.where(top_d > 0, top_d, 1)[:, None]           # |.| <= 1
+        unit_a = a / top_a[:, None]                                    # |.| <= 1
+        sums.append(xp.sum(unit_d * unit_d, axis=1)
+                    * (xp.sum(unit_a * unit_a, axis=1) + (1 / top_a) ** 2))
+        peaks.append(top_d * top_a)
+    peak = functools.reduce(xp.maximum, peaks)
+    safe = xp.where(peak > 0, peak, 1)
+    r = xp.sqrt(sum((p / safe) ** 2 * t for p, t in zip(peaks, sums, strict=True)))
+    return peak, r
+
+
+def _unscale(peak: Array, r: Array) -> Array:
+    """``||g_i|| = peak * r``, ``(m,)``: finite whenever the norm is representable, inf
+    where ``peak`` is (``r`` is NaN there: ``inf / inf``)."""
+    xp = array_namespace(peak)
+    return xp.where(xp.isinf(peak), peak, peak * r)
 
 
 def grads_from_cache(net: Any, params: Params, cache: Cache, y: Array) -> Grads:
@@ -124,7 +154,7 @@ def grads_from_cache(net: Any, params: Params, cache: Cache, y: Array) -> Grads:
 
 def norms_from_cache(net: Any, params: Params, cache: Cache, y: Array) -> Array:
     """Per-example global gradient norms ``(m,)`` from a forward cache (no checks)."""
-    return _norms(cache.inputs, example_deltas(net, params, cache, y))
+    return _unscale(*_scaled_norms(cache.inputs, example_deltas(net, params, cache, y)))
 
 
 def grad_and_norms_from_cache(net: Any, params: Params, cache: Cache, y: Array):
@@ -139,7 +169,7 @@ def grad_and_norms_from_cache(net: Any, params: Params, cache: Cache, y: Array):
     for a, d in zip(cache.inputs, deltas, strict=True):
         d = d * scale
         grads.append(Dense(a.T @ d, d.sum(axis=0)))
-    return tuple(grads), _norms(cache.inputs, deltas)
+    return tuple(grads), _unscale(*_scaled_norms(cache.inputs, deltas))
 
 
 def clipped_grad_from_cache(
@@ -155,18 +185,22 @@ def clipped_grad_from_cache(
     (see :class:`DPGradient`).
     """
     deltas = example_deltas(net, params, cache, y)
-    norms = _norms(cache.inputs, deltas)
-    xp = array_namespace(norms)
-    m = norms.shape[0]
-    weight = (max_norm / m) / xp.maximum(norms, max_norm)   # s_i / m, shape (m,)
+    peak, r = _scaled_norms(cache.inputs, deltas)
+    xp = array_namespace(peak)
+    m = peak.shape[0]
+    # s_i d_i / m = (d_i / peak_i) * min(peak_i, C / r_i) / m: no factor overflows or
+    # underflows, so any finite g_i (even of norm 1e20 in float32) clips to norm C.
+    # r_i >= 1 exactly unless g_i = 0 (then r_i = 0 and the weight is 0 * d_i anyway).
+    safe = xp.where(peak > 0, peak, 1)[:, None]                             # (m, 1)
+    weight = (xp.minimum(peak, max_norm / xp.maximum(r, 1)) * (1.0 / m))[:, None]
     grads = []
     for a, d in zip(cache.inputs, deltas, strict=True):
-        dw = d * weight[:, None]                            # (m, n_out): clipped, / m
+        dw = d / safe * weight                              # (m, n_out): clipped, / m
         grads.append(Dense(a.T @ dw, dw.sum(axis=0)))
     std = noise_multiplier * max_norm / m                   # of the noise after the / m
     if std > 0:
         grads = _add_noise(tuple(grads), std, key, noise_multiplier)
-    return tuple(grads), norms
+    return tuple(grads), _unscale(peak, r)
 
 
 def _add_noise(grads: Grads, std: float, key: Key | None, noise_multiplier: float) -> Grads:

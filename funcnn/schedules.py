@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from funcnn._checks import check_positive
+from funcnn._checks import check_count, check_positive
 from funcnn.backend import array_namespace
 
 __all__ = [
@@ -29,6 +29,12 @@ def _float(step):
     # float64 on NumPy; on jax the default float (float64 only with jax_enable_x64)
     dtype = float if xp.__name__ == "numpy" else xp.result_type(float)
     return xp.asarray(step, dtype=dtype)
+
+
+def _set_count(schedule, field: str, minimum: int = 1) -> None:
+    """Check a step count of a frozen schedule and keep it as a Python int."""
+    count = check_count(field, getattr(schedule, field), minimum=minimum)
+    object.__setattr__(schedule, field, count)
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,7 @@ class exponential_decay:  # noqa: N801
 
     def __post_init__(self):
         check_positive("init_value", self.init_value)
-        check_positive("transition_steps", self.transition_steps, integer=True)
+        _set_count(self, "transition_steps")
         check_positive("decay_rate", self.decay_rate)
 
     def __call__(self, step):
@@ -71,7 +77,7 @@ class exponential_decay:  # noqa: N801
 
 def step_decay(init_value: float, factor: float, every: int) -> exponential_decay:
     """``lr(step) = init_value * factor ** floor(step / every)``."""
-    return exponential_decay(init_value, factor, every, staircase=True)
+    return exponential_decay(init_value, factor, check_count("every", every), staircase=True)
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,7 @@ class cosine_decay:  # noqa: N801
 
     def __post_init__(self):
         check_positive("init_value", self.init_value)
-        check_positive("decay_steps", self.decay_steps, integer=True)
+        _set_count(self, "decay_steps")
         check_positive("alpha", self.alpha, allow_zero=True)
 
     def __call__(self, step):
@@ -110,8 +116,8 @@ class warmup_cosine_decay:  # noqa: N801
         check_positive("peak_value", self.peak_value)
         check_positive("init_value", self.init_value, allow_zero=True)
         check_positive("end_value", self.end_value, allow_zero=True)
-        check_positive("decay_steps", self.decay_steps, integer=True)
-        check_positive("warmup_steps", self.warmup_steps, integer=True, allow_zero=True)
+        _set_count(self, "decay_steps")
+        _set_count(self, "warmup_steps", minimum=0)
         if not 0 <= self.warmup_steps < self.decay_steps:
             raise ValueError(
                 f"warmup_steps must be in [0, decay_steps={self.decay_steps}); "

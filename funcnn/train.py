@@ -3,10 +3,11 @@
 ``fit`` runs whole epochs, and only that: checkpoints, resume and progress are
 callbacks (:mod:`funcnn.callbacks`). On the jax backend each epoch is one compiled
 ``lax.scan`` over the batches (the short last batch padded to a full one, so the program
-holds one copy of the step), donating the parameter and optimizer buffers; the compiled
-epoch is cached by (net, optimizer, shapes), so calling ``fit`` again does not
-recompile. On NumPy it runs the same pure step in a Python loop, with subnormal floats
-flushed to zero as XLA does (:func:`flush_denormals`).
+holds one copy of the step). It donates no buffer: the state an epoch started from stays
+valid, and is what a diverged run hands back. The compiled epoch is cached by (net,
+optimizer, shapes), so calling ``fit`` again does not recompile. On NumPy it runs the
+same pure step in a Python loop, with subnormal floats flushed to zero as XLA does
+(:func:`flush_denormals`).
 
 Randomness comes from the one ``key``: it is split into a shuffling key and a
 dropout key, and epoch ``e`` uses ``fold_in(., e)`` of each, so a run resumed
@@ -28,11 +29,12 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from funcnn import parallel, random
-from funcnn._checks import check_positive
+from funcnn._checks import check_count
 from funcnn._fit_checks import check_callbacks, check_hashable, check_optimizer
 from funcnn._fpu import flush_denormals
 from funcnn._mlp_checks import check_x, check_y
 from funcnn.backend import (
+    array_namespace,
     check_same_backend,
     enable_compilation_cache,
     is_jax_array,
@@ -45,19 +47,26 @@ from funcnn.mlp import MLP, apply, check_net, check_params, loss_from_cache
 from funcnn.optim import Optimizer
 from funcnn.per_example import has_grad_hook, needs_step_key
 from funcnn.step import n_correct, train_step
-from funcnn.tree import tree_map
+from funcnn.tree import tree_leaves, tree_map
 
 __all__ = ["TrainingDiverged", "enable_compilation_cache", "evaluate", "fit", "flush_denormals"]
 _HISTORY = ("loss", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
 
 
 class TrainingDiverged(FloatingPointError):
-    """The loss became NaN or infinite; ``epoch`` and ``step`` say where (from 0)."""
+    """The loss, or after an epoch a parameter or optimizer-state value, became NaN or
+    infinite; ``epoch`` and ``step`` say where (from 0).
 
-    def __init__(self, message: str, epoch: int, step: int):
+    ``state`` is the last finite :class:`~funcnn.callbacks.FitState`: the one the diverged
+    epoch started from (all its parameters and optimizer state finite, its arrays valid),
+    which the callbacks' ``on_end`` also receives. ``None`` when raised outside ``fit``.
+    """
+
+    def __init__(self, message: str, epoch: int, step: int, state: FitState | None = None):
         super().__init__(message)
         self.epoch = epoch
         self.step = step
+        self.state = state
 
 
 # ---------------------------------------------------------------------------- jax programs
@@ -109,8 +118,7 @@ def _jax_programs():
     import jax
 
     epoch = jax.jit(_epoch_scan,
-                    static_argnames=("net", "optimizer", "batch_size", "tail", "mesh"),
-                    donate_argnums=(0, 1))
+                    static_argnames=("net", "optimizer", "batch_size", "tail", "mesh"))
     evaluate_batch = jax.jit(_eval_batch, static_argnames=("net",))
     return epoch, evaluate_batch
 
@@ -149,7 +157,7 @@ def evaluate(net: MLP, params, x, y, *, batch_size: int = 10_000) -> dict:
     """
     check_net(net)
     dtype = check_params(net, params)
-    check_positive("batch_size", batch_size, integer=True)
+    batch_size = check_count("batch_size", batch_size)
     backend = check_same_backend(params, x=x, y=y)
     x, y = _prepare_data(net, params, x, y, dtype, backend)
     return _evaluate(net, params, x, y, batch_size)
@@ -178,16 +186,31 @@ def _copy(tree):  # jax arrays by device_put: no program to compile per leaf sha
         if is_jax_array(a) else np.array(a, copy=True), tree)
 
 
-def _raise_if_diverged(losses: np.ndarray, epoch: int) -> None:
-    bad = np.flatnonzero(~np.isfinite(losses))
+def _all_finite(tree) -> bool:
+    """True when every float leaf of ``tree`` holds only finite numbers."""
+    leaves = [leaf for leaf in tree_leaves(tree)
+              if np.dtype(getattr(leaf, "dtype", np.int64)).kind == "f"]
+    if not leaves:
+        return True
+    xp = array_namespace(*leaves)
+    return bool(xp.all(xp.stack([xp.isfinite(leaf).all() for leaf in leaves])))  # one sync
+
+
+def _raise_if_diverged(losses: np.ndarray, trained: tuple, before: FitState) -> None:
+    """Raise :class:`TrainingDiverged` (carrying ``before``, the state the epoch started
+    from) when a step's loss, or the ``(params, opt_state)`` the epoch ``trained``, is not
+    finite. Finite losses do not make finite params (the update after the last loss may
+    overflow), so both are checked: by induction ``before`` is finite."""
+    bad, epoch = np.flatnonzero(~np.isfinite(losses)), before.epoch
     if bad.size:
-        step = int(bad[0])
-        raise TrainingDiverged(
-            f"the loss became {losses[step]} at epoch {epoch}, step {step} (counted from 0); "
-            "lower the learning rate, clip gradients (funcnn.optim.with_clipping) or check "
-            "the data",
-            epoch, step,
-        )
+        step, what = int(bad[0]), f"the loss became {losses[bad[0]]}"
+    elif not _all_finite(trained):
+        step, what = losses.size - 1, "the parameters or optimizer state became NaN or infinite"
+    else:
+        return
+    raise TrainingDiverged(
+        f"{what} at epoch {epoch}, step {step} (counted from 0); lower the learning rate, "
+        "clip gradients (funcnn.optim.with_clipping) or check the data", epoch, step, before)
 
 
 def _padded(order: np.ndarray, split: BatchSplit, optimizer: Optimizer):
@@ -236,7 +259,7 @@ def _train_epoch(run: _Run, state: FitState) -> FitState:
     order = epoch_order(run.keys[0], run.x.shape[0], epoch=epoch, **run.order)
     params, opt_state, losses, right = _run_epoch(
         run, state.params, state.opt_state, order, random.fold_in(run.keys[1], epoch))
-    _raise_if_diverged(losses, epoch)
+    _raise_if_diverged(losses, (params, opt_state), state)
     history = state.history
     history["loss"].extend(losses.tolist())
     sizes = [run.split.size] * run.split.full + [run.split.tail] * (run.split.tail > 0)
@@ -269,7 +292,8 @@ def _call(hooks: tuple, name: str, state: FitState, info: FitInfo) -> FitState:
                 != info.backend:
             raise TypeError(f"on_start of callback {i} returned {dtype} params on another "
                             f"backend or dtype than fit's {given} {info.backend} params")
-        state = new
+        state = new._replace(epoch=check_count(f"the epoch on_start of callback {i} returned",
+                                               new.epoch, minimum=0))
     return state
 
 
@@ -300,20 +324,22 @@ def fit(
     ``history`` holds ``loss`` (every step), and per epoch ``train_loss``,
     ``train_accuracy`` (running, as Keras reports them), ``val_loss``, ``val_accuracy``
     and ``seconds`` (and ``best_epoch`` after early stopping). A NaN or infinite loss
-    raises :class:`TrainingDiverged`.
+    (or, after an epoch, parameter or optimizer-state value) raises
+    :class:`TrainingDiverged`, which carries the last finite state as ``state``; the
+    callbacks' ``on_end`` gets that same state.
     """
     check_net(net)
     check_optimizer(optimizer)
     dtype = check_params(net, params)
-    check_positive("epochs", epochs, integer=True)
+    epochs = check_count("epochs", epochs)
     if batch_size is not None:
-        check_positive("batch_size", batch_size, integer=True)
-    check_positive("shuffle_every", shuffle_every, integer=True)
+        batch_size = check_count("batch_size", batch_size)
+    shuffle_every = check_count("shuffle_every", shuffle_every)
     if early_stopping is not None:
-        check_positive("early_stopping", early_stopping, integer=True)
+        early_stopping = check_count("early_stopping", early_stopping)
         if validation is None:
             raise ValueError("early_stopping needs validation=(x_val, y_val)")
-    check_positive("initial_epoch", initial_epoch, integer=True, allow_zero=True)
+    initial_epoch = check_count("initial_epoch", initial_epoch, minimum=0)
     if not 0 <= initial_epoch <= epochs:
         raise ValueError(f"initial_epoch must be in [0, epochs={epochs}]; got {initial_epoch}")
     backend = check_same_backend(params, x=x, y=y, opt_state=opt_state, validation=validation)
@@ -354,8 +380,8 @@ def fit(
 
 
 def _ready(state: FitState, early_stopping: int | None, backend: str) -> FitState:
-    """The state training starts from: private copies (the jax programs donate their
-    inputs, the caller's arrays stay valid), the key on the backend, early stopping's memory."""
+    """The state training starts from: private copies (what callbacks receive is never
+    the caller's arrays), the key on the backend, early stopping's memory."""
     best = None if early_stopping is None else (
         state.best if state.best is not None else Best(math.inf, state.epoch - 1, None, None))
     return FitState(_copy(state.params), _copy(state.opt_state), state.epoch,

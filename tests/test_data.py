@@ -446,9 +446,9 @@ def test_one_hot_bad_arguments():
         one_hot(np.array([0.0, 1.0]), 2)
     with pytest.raises(TypeError, match="integer dtype"):
         one_hot(np.array([True, False]), 2)
-    with pytest.raises(TypeError, match="k must be an int"):
+    with pytest.raises(TypeError, match="k must be a positive integer"):
         one_hot(np.array([0]), 2.0)
-    with pytest.raises(ValueError, match="k must be at least 1"):
+    with pytest.raises(ValueError, match="k must be positive; got 0"):
         one_hot(np.array([0]), 0)
 
 

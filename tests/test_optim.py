@@ -488,6 +488,41 @@ def test_clip_by_global_norm(backend):
         np.testing.assert_allclose(np.asarray(p), -g / 4, rtol=1e-12)
 
 
+def _extreme(backend, value):
+    """A float32 tree whose every element is ``value`` or ``-value``: its norm is
+    representable but the squares of 1e20 overflow float32 and those of 1e-30 underflow."""
+    signs = np.array([[1.0, -1.0, 1.0], [-1.0, 1.0, 1.0]])
+    tree = (Dense(signs * value, signs[0] * value), Dense(signs.T * value, signs[1, :2] * value))
+    return funcnn.to_backend(tree, backend, dtype="float32")
+
+
+@pytest.mark.parametrize(("backend", "jit"), [("numpy", False), ("jax", False), ("jax", True)],
+                         ids=["numpy", "jax", "jax-jit"])
+@pytest.mark.parametrize("value", [1e20, 1e-30])
+def test_clip_by_global_norm_of_gradients_whose_squares_overflow(backend, value, jit):
+    grads = _extreme(backend, value)
+    rows = np.concatenate([np.asarray(g, np.float64).ravel() for g in tree_leaves(grads)])
+    norm = float(np.linalg.norm(rows))  # float64: 1e20 * sqrt(17), 1e-30 * sqrt(17)
+    norm_fn, clip = optim.global_norm, optim.clip_by_global_norm
+    if jit:
+        norm_fn, clip = jax.jit(norm_fn), jax.jit(clip, static_argnums=1)
+    np.testing.assert_allclose(float(norm_fn(grads)), norm, rtol=1e-6)
+    for bound in (norm * 0.5, 1.0, 1e-3):
+        clipped = clip(grads, bound)
+        got = np.concatenate([np.asarray(c, np.float64).ravel() for c in tree_leaves(clipped)])
+        if bound < norm:  # the direction kept, the norm at the bound, no gradient zeroed
+            np.testing.assert_allclose(got, rows * (bound / norm), rtol=1e-6)
+        else:  # unchanged, bit for bit
+            assert np.array_equal(got, rows)
+        assert {np.asarray(c).dtype for c in tree_leaves(clipped)} == {np.dtype(np.float32)}
+    # with_clipping: SGD with lr=1 moves the params by the clipped gradient
+    opt = optim.with_clipping(optim.sgd(lr=1.0), 1.0)
+    params = tree_map(lambda g: g * 0, grads)
+    new, _ = (jax.jit(opt.update) if jit else opt.update)(params, grads, opt.init(params))
+    moved = np.concatenate([np.asarray(p, np.float64).ravel() for p in tree_leaves(new)])
+    np.testing.assert_allclose(moved, -rows * min(1.0, 1.0 / norm), rtol=1e-6)
+
+
 # --------------------------------------------------------------- factories and errors
 
 

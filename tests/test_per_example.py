@@ -441,3 +441,71 @@ def test_grad_and_norms_from_one_pass(make_params, backend, pair):
     np.testing.assert_allclose(norms, pe.norms_from_cache(net, params, cache, y), rtol=1e-14)
     np.testing.assert_allclose(norms, np.linalg.norm(
         flat(pe.grads_from_cache(net, params, cache, y)), axis=1), rtol=RTOL)
+
+
+# ------------------------------------------------------------------ extreme magnitudes
+
+
+def extreme_case(depth: int):
+    """float32 examples whose gradients are representable but whose squares are not.
+
+    Identity layers and MSE: with ``W0 = 1e-20`` the first layer maps ``x = 1e20`` to 1,
+    so row 0's gradient has an element ``x * delta = 1e20`` (its square overflows float32);
+    row 1 (``x = 0``, output 0) has its target ``1e-30`` away, so its gradient is ``~1e-30``
+    (its square underflows to 0); row 2 is moderate."""
+    if depth == 1:
+        net = funcnn.MLP((1, 1), output="identity", loss="mse")
+        params = (funcnn.Dense(np.full((1, 1), 1e-20), np.zeros(1)),)
+    else:
+        net = funcnn.MLP((1, 1, 1), hidden="identity", output="identity", loss="mse")
+        params = (funcnn.Dense(np.full((1, 1), 1e-20), np.zeros(1)),
+                  funcnn.Dense(np.ones((1, 1)), np.zeros(1)))
+    params = funcnn.to_backend(params, "numpy", dtype="float32")
+    x = np.array([[1e20], [0.0], [2.0]], np.float32)
+    out = np.asarray(funcnn.predict(net, params, x), np.float32)
+    y = out + np.array([[-0.5], [1e-30], [0.75]], np.float32)
+    return net, params, x, y
+
+
+def extreme_reference(net, params, x, y):
+    """Per-example grads of the same float32 numbers, in float64 (where nothing overflows)."""
+    p64 = funcnn.to_backend(params, "numpy", dtype="float64")
+    return flat(reference(net, p64, x.astype(np.float64), y.astype(np.float64),
+                          (None,) * (net.n_layers - 1)))
+
+
+@pytest.mark.parametrize(("backend", "jit"), [("numpy", False), ("jax", False), ("jax", True)],
+                         ids=["numpy", "jax", "jax-jit"])
+@pytest.mark.parametrize("depth", [1, 2])
+def test_norms_and_clipping_of_gradients_whose_squares_overflow_or_underflow(
+        backend, depth, jit):
+    net, params, x, y = extreme_case(depth)
+    rows = extreme_reference(net, params, x, y)
+    want_norms = np.linalg.norm(rows, axis=1)
+    assert want_norms[0] > 1e19 and 0 < want_norms[1] < 1e-29  # the case is what it says
+    params, x_b, y_b = funcnn.to_backend((params, x, y), backend)
+
+    norms_fn = functools.partial(pe.per_example_grad_norms, net)
+    clip_fn = functools.partial(pe.clipped_mean_grad, net)
+    if jit:
+        norms_fn, clip_fn = jax.jit(norms_fn), jax.jit(clip_fn, static_argnames=("max_norm",))
+    norms = np.asarray(norms_fn(params, x_b, y_b), np.float64)
+    np.testing.assert_allclose(norms, want_norms, rtol=1e-6)
+
+    for max_norm in (1.0, 1e-3):  # each example clipped to the bound, none dropped
+        scale = np.minimum(1.0, max_norm / want_norms)
+        want = (rows * scale[:, None]).mean(axis=0)
+        got = flat(tree_map(lambda g: g[None], clip_fn(params, x_b, y_b, max_norm=max_norm)))[0]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * max_norm)
+    # row 0 alone: its unit direction times the bound, not 0 (weight C / inf)
+    alone = clip_fn(params, x_b[:1], y_b[:1], max_norm=1.0)
+    got = flat(tree_map(lambda g: g[None], alone))[0]
+    np.testing.assert_allclose(got, rows[0] / want_norms[0], rtol=1e-5, atol=1e-6)
+
+    cache = apply(net, params, x_b, (None,) * (net.n_layers - 1))
+    targets = check_y(net, y_b, 3, np.float32)
+    _, one_pass = pe.grad_and_norms_from_cache(net, params, cache, targets)
+    dp, dp_norms = pe.clipped_grad_from_cache(net, params, cache, targets, max_norm=1.0)
+    for n in (one_pass, dp_norms, pe.norms_from_cache(net, params, cache, targets)):
+        np.testing.assert_allclose(np.asarray(n, np.float64), want_norms, rtol=1e-6)
+    assert all(np.isfinite(np.asarray(leaf)).all() for leaf in tree_leaves(dp))

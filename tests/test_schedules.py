@@ -124,7 +124,7 @@ def test_schedules_are_frozen_and_compare_by_value():
         (lambda: schedules.exponential_decay(0.1, 0.5, 2.5), TypeError, "transition_steps"),
         (lambda: schedules.exponential_decay(0.1, 0.0, 10), ValueError, "decay_rate"),
         (lambda: schedules.exponential_decay(0.1, -0.5, 10), ValueError, "decay_rate"),
-        (lambda: schedules.step_decay(0.1, 0.5, 0), ValueError, "transition_steps"),
+        (lambda: schedules.step_decay(0.1, 0.5, 0), ValueError, "every must be positive"),
         (lambda: schedules.cosine_decay(0.1, 0), ValueError, "decay_steps"),
         (lambda: schedules.cosine_decay(0.1, -5), ValueError, "decay_steps"),
         (lambda: schedules.warmup_cosine_decay(1.0, 100, 100), ValueError, "warmup_steps"),

@@ -19,6 +19,7 @@ from funcnn.testing import (
     LeafReport,
     check_gradient,
     check_grads,
+    check_loss,
     finite_difference_grads,
 )
 from funcnn.tree import tree_map
@@ -228,3 +229,36 @@ def test_finite_differences_work_without_jax():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr + result.stdout
     assert result.stdout.strip() == "ok"
+
+
+# ---------------------------------------------------------------------------- check_loss
+
+
+@pytest.mark.parametrize("reference", ["jax", "finite_differences"])
+@pytest.mark.parametrize("loss", sorted(funcnn.losses.LOSSES))
+def test_every_builtin_loss_passes_check_loss_with_its_defaults(loss, reference):
+    """A correct built-in loss must pass on its own output (issue 17: binary cross-entropy
+    was checked on softmax, a pairing MLP refuses, and reported an error of 0.5)."""
+    reports = check_loss(loss, reference=reference)
+    assert [r.dtype for r in reports] == ["float32", "float64"]
+    assert all(r.error <= 1e-5 for r in reports), reports
+
+
+@pytest.mark.parametrize("loss, output", [
+    ("binary_cross_entropy", "softmax"), ("binary_cross_entropy", "tanh"),
+    ("cross_entropy", "sigmoid"), ("cross_entropy", "identity"),
+])
+def test_check_loss_refuses_a_pairing_mlp_refuses(loss, output):
+    with pytest.raises(ValueError) as by_mlp:
+        funcnn.MLP((2, 3), output=output, loss=loss)
+    with pytest.raises(ValueError) as by_check:
+        check_loss(loss, output=output)
+    assert str(by_check.value) == str(by_mlp.value)
+    assert f"needs output {funcnn.losses.LOSSES[loss].outputs[0]}" in str(by_check.value)
+
+
+def test_check_loss_checks_mse_on_any_output():
+    # MSE takes any output: softmax (its Jacobian-vector product) by default, or one given
+    assert check_loss("mse") == check_loss("mse", output="softmax")
+    for output in ("sigmoid", "tanh", "identity"):
+        assert all(r.error <= 1e-5 for r in check_loss("mse", output=output))

@@ -732,6 +732,52 @@ def test_callbacks_see_every_epoch_and_on_start_may_replace_the_state(backend):
     assert np.array_equal(history["loss"], want[2]["loss"])
 
 
+def _blow_up_at(count: int):
+    """SGD whose learning rate is infinite at update ``count`` (from 0) and 0.01 before:
+    the loss of that step is still finite (it is computed before the update), the
+    parameters after it are not."""
+
+    def schedule(step):
+        xp = funcnn.backend.array_namespace(step)
+        return xp.where(xp.asarray(step) == count, xp.inf, 1e-2)
+
+    return funcnn.optim.sgd(schedule)
+
+
+def _read_every_leaf(seen: list):
+    """An ``on_end`` that reads every leaf of the state it is handed (a deleted jax array
+    raises here) and records whether each is finite."""
+
+    def on_end(state, info):
+        leaves = tree_leaves((state.params, state.opt_state))
+        seen.append((state.epoch, [bool(np.isfinite(np.asarray(leaf)).all()) for leaf in
+                                   leaves if np.asarray(leaf).dtype.kind == "f"]))
+    return Callback(on_end=on_end)
+
+
+# the update that blows up: mid-epoch (the next step's loss is NaN), or the last of an
+# epoch (every loss of the epoch is finite; the params it hands on are not)
+@pytest.mark.parametrize("update, epoch", [(8, 2), (7, 1)], ids=["mid-epoch", "last-step"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_diverged_fit_hands_the_last_finite_state(backend, update, epoch):
+    x, y = _regression()
+    data = (x[:32], y[:32])  # 4 steps of 8 rows an epoch
+    seen: list = []
+    kwargs = {"net": MSE_NET, "data": data, "batch_size": 8, "shuffle": False}
+    with pytest.raises(funcnn.TrainingDiverged) as info:
+        _fit(backend, optimizer=_blow_up_at(update), epochs=4,
+             callbacks=[_read_every_leaf(seen)], **kwargs)
+    assert info.value.epoch == epoch
+    # on_end read every leaf (no deleted buffer replaced TrainingDiverged): all finite
+    assert seen == [(epoch, [True] * len(seen[0][1]))] and seen[0][1]
+    # the state handed on is the one the diverged epoch started from, bit for bit
+    state = info.value.state
+    assert isinstance(state, FitState) and state.epoch == epoch
+    want = _fit(backend, optimizer=_blow_up_at(update), epochs=epoch, **kwargs)
+    _assert_trees_equal((state.params, state.opt_state), want[:2])
+    assert state.history["loss"] == want[2]["loss"]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_on_end_is_called_when_training_diverges(backend):
     ends = []

@@ -31,7 +31,7 @@ from funcnn.activations import ACTIVATIONS, OUTPUTS
 from funcnn.backend import BACKENDS
 from funcnn.initializers import INITIALIZERS
 from funcnn.losses import LOSSES
-from funcnn.tree import describe
+from funcnn.tree import describe, tree_leaves
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "funcnn"
@@ -786,6 +786,34 @@ def test_under_jit_values_are_not_checked(fn):
     # the same calls without jit raise
     _raises(ValueError, lambda: funcnn.loss(NET, params, x, out_of_range), "labels")
     _raises(ValueError, lambda: funcnn.loss(NET, params, nan_x, _labels(4, 2)), "NaN")
+
+
+@pytest.mark.parametrize("label", [-1, 3, -3, 7])
+def test_under_jit_a_label_out_of_range_gives_a_nan_loss_and_nan_gradients(label):
+    """Not a wrapped class (issue 17: -1 was the last class for the loss, NaN for the
+    gradient): the loss, backprop's gradient and jax.grad of the loss are all NaN."""
+    net = funcnn.MLP((3, 4, 3), hidden="tanh")  # tanh: a NaN row reaches every element
+    params = _params(net, "jax")
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32))
+    bad, good = jnp.asarray([0, 1, label, 2]), jnp.asarray([0, 1, 2, 2])
+    backprop = jax.jit(funcnn.value_and_grad, static_argnums=0)
+    autodiff = jax.jit(jax.value_and_grad(lambda p, y: funcnn.loss(net, p, x, y)))
+    for value, grads in (backprop(net, params, x, bad), autodiff(params, bad)):
+        assert np.isnan(float(value))
+        assert all(np.isnan(np.asarray(leaf)).all() for leaf in tree_leaves(grads))
+    # the same with labels in range: finite, and the two gradients agree
+    (v1, g1), (v2, g2) = backprop(net, params, x, good), autodiff(params, good)
+    assert np.isfinite(float(v1)) and abs(float(v1) - float(v2)) <= 1e-6 * abs(float(v2))
+    for a, b in zip(tree_leaves(g1), tree_leaves(g2), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+    # the check-free pieces on NumPy (what a loop of one's own calls) agree with jit
+    p_np, x_np, y_np = _params(net, "numpy"), np.asarray(x), np.asarray(bad)
+    cache = funcnn.apply(net, p_np, x_np, (None,))
+    with np.errstate(invalid="ignore"):
+        assert np.isnan(funcnn.mlp.loss_from_cache(net, cache, y_np))
+        assert np.isnan(funcnn.backward(net, p_np, cache, y_np)[0].W).all()
+    # outside jit, the eager check's clear error
+    _raises(ValueError, lambda: funcnn.loss(net, params, x, bad), "labels", str(label))
 
 
 def test_a_traced_learning_rate_or_max_norm_is_not_checked():

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from funcnn import random as fnr
+from funcnn._checks import check_count
 from funcnn.backend import array_namespace, concrete_value
 from funcnn.losses import one_hot as _one_hot_rows
 
@@ -22,10 +23,7 @@ def one_hot(labels: Any, k: int, dtype: Any = "float32") -> Any:
     Raises ``ValueError`` naming the first label outside ``[0, k)`` and its
     index; values are not checked under ``jax.jit``, where they are unknown.
     """
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise TypeError(f"k must be an int; got {type(k).__name__} {k!r}")
-    if k < 1:
-        raise ValueError(f"k must be at least 1; got {k}")
+    k = check_count("k", k)
     xp = array_namespace(labels)
     labels = xp.asarray(labels)
     if labels.dtype == bool or not np.issubdtype(labels.dtype, np.integer):

@@ -12,16 +12,9 @@ from typing import Any
 import numpy as np
 
 from funcnn import random as fnr
-from funcnn._checks import check_positive
+from funcnn._checks import check_count, check_positive
 
 __all__ = ["regression", "spirals", "xor"]
-
-
-def _check_int(name: str, value: Any, low: int) -> int:
-    check_positive(name, value, integer=True)
-    if value < low:
-        raise ValueError(f"{name} must be at least {low}; got {value}")
-    return int(value)
 
 
 def _check_noise(noise: Any) -> float:
@@ -43,8 +36,8 @@ def spirals(
     on arm ``c`` has angle ``2 pi c / classes + 3 pi t`` (1.5 turns); ``noise``
     is the std of Gaussian jitter added to each coordinate.
     """
-    classes = _check_int("classes", classes, 2)
-    n = _check_int("n", n, classes)
+    classes = check_count("classes", classes, minimum=2)
+    n = check_count("n", n, minimum=classes)
     noise = _check_noise(noise)
     k_t, k_noise, k_order = _keys(key, 3)
     y = np.arange(n) % classes
@@ -63,7 +56,7 @@ def xor(key: Any, n: int = 200, noise: float = 0.1) -> tuple[np.ndarray, np.ndar
     ``y[:, None]`` as targets for a single sigmoid output). ``noise`` is the std
     of each blob.
     """
-    n = _check_int("n", n, 1)
+    n = check_count("n", n)
     noise = _check_noise(noise)
     k_corner, k_noise = _keys(key, 2)
     signs = fnr.bernoulli(k_corner, 0.5, (n, 2))
@@ -81,8 +74,8 @@ def regression(
     Inputs are uniform in ``[-1, 1)``. Returns ``x`` float32 ``(n, features)`` and
     ``y`` float32 ``(n, 1)``.
     """
-    n = _check_int("n", n, 1)
-    features = _check_int("features", features, 1)
+    n = check_count("n", n)
+    features = check_count("features", features)
     noise = _check_noise(noise)
     k_x, k_noise = _keys(key, 2)
     x = fnr.uniform(k_x, (n, features), "float64", -1.0, 1.0)

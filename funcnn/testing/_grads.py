@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from funcnn import mlp, random
+from funcnn._checks import check_count
 from funcnn._mlp_checks import check_x, check_y
 from funcnn.backend import backend_of, to_backend
 from funcnn.testing._reports import (
@@ -23,6 +24,10 @@ from funcnn.tree import tree_leaves, tree_paths, tree_structure, tree_unflatten
 __all__ = ["KINKED", "check_gradient", "check_grads", "finite_difference_grads"]
 
 
+def _sample_size(max_per_leaf: int | None) -> int | None:
+    return None if max_per_leaf is None else check_count("max_per_leaf", max_per_leaf)
+
+
 def finite_difference_grads(
     f: Callable[[Any], float], params: Any, *, eps: float = 1e-6, max_per_leaf: int | None = None,
     key: Any = 0, kinks: Callable[[Any], np.ndarray] | None = None,
@@ -34,6 +39,7 @@ def finite_difference_grads(
     With ``kinks(p) -> bool array`` (which side of its kink each pre-activation is on),
     an element whose perturbation changes that pattern is left out of ``checked``.
     """
+    max_per_leaf = _sample_size(max_per_leaf)
     leaves = [np.array(leaf, dtype=np.float64) for leaf in tree_leaves(params)]
     key = random.as_key(key, "numpy")
     estimates, masks = [], []
@@ -76,6 +82,7 @@ def check_gradient(
     :func:`finite_difference_grads`). Returns one :class:`LeafReport` per leaf; raises
     :class:`GradientMismatch`.
     """
+    max_per_leaf = _sample_size(max_per_leaf)
     reference = _resolve_reference(reference)
     if reference == "jax":
         rtol = 1e-7 if rtol is None else rtol
@@ -126,6 +133,7 @@ def check_grads(
     Against finite differences, elements whose perturbation crosses the kink of a ReLU or
     leaky ReLU are skipped and counted in ``LeafReport.skipped``.
     """
+    max_per_leaf = _sample_size(max_per_leaf)
     params64 = to_backend(params, "numpy", dtype="float64")
     x64 = check_x(net, to_backend(x, "numpy"), np.float64)
     y_np = to_backend(y, "numpy")

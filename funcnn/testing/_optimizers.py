@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from funcnn import mlp, random
-from funcnn._checks import check_positive
+from funcnn._checks import check_count
 from funcnn.backend import to_backend
 from funcnn.testing._reports import GradientMismatch, LeafReport, _raise_if_bad, _rel_report
 from funcnn.tree import (
@@ -73,7 +73,7 @@ def check_optimizer(
             "update must be a function (params, grads, state) -> (params, state) or an "
             f"Optimizer; got {update!r}"
         )
-    check_positive("steps", steps, integer=True)
+    steps = check_count("steps", steps)
     key = random.as_key(key, "numpy")
     k_params, k_grads = random.split(key)
     if params is None:

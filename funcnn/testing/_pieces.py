@@ -16,9 +16,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from funcnn._checks import check_count
 from funcnn.activations import Activation, get_activation, name_of, softmax
 from funcnn.backend import array_namespace
 from funcnn.losses import Loss, get_loss
+from funcnn.mlp import MLP
 from funcnn.testing._reports import GradientMismatch, _resolve_reference, _x64
 
 __all__ = ["PointReport", "check_activation", "check_loss"]
@@ -128,7 +130,7 @@ def _default_targets(loss: Loss, m: int, k: int) -> np.ndarray:
     return rng.uniform(0.0, 1.0, size=(m, k))
 
 
-def check_loss(loss: str | Loss, *, output: Any = "softmax", k: int = 3, y: Any = None,
+def check_loss(loss: str | Loss, *, output: Any = None, k: int = 3, y: Any = None,
                reference: str = "jax", dtypes: Sequence[str] = ("float32", "float64"),
                rtol: float | None = None) -> list[PointReport]:
     """Check ``loss.delta`` against the gradient of ``loss.value`` with respect to the logits.
@@ -136,9 +138,17 @@ def check_loss(loss: str | Loss, *, output: Any = "softmax", k: int = 3, y: Any 
     The logits are rows of ``k`` values over the hard points (all zeros, +-1e-6, moderate,
     +-30 and +-100); ``y`` are targets of shape ``(rows, k)`` (default: one-hot rows for
     cross-entropy, 0/1 for binary cross-entropy, uniform in [0, 1) otherwise); ``output``
-    is the output activation the loss is fused with. Returns the worst point per dtype.
+    is the output activation the loss is fused with: by default the loss's own (the first
+    of ``loss.outputs``: softmax for cross-entropy, sigmoid for binary cross-entropy),
+    softmax for a loss that takes any output (MSE). A pairing that :class:`funcnn.MLP`
+    refuses (binary cross-entropy on softmax) is refused here with the same ``ValueError``.
+    Returns the worst point per dtype.
     """
     loss = get_loss(loss)
+    k = check_count("k", k)
+    if output is None:
+        output = loss.outputs[0] if loss.outputs else "softmax"
+    MLP((1, k), output=output, loss=loss)  # refuses what a net refuses, with its message
     f_out = softmax if output == "softmax" else get_activation(output).fn
     what = f"loss {loss.name!r} with output {name_of(output)!r}"
     z = _logit_rows(k)

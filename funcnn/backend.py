@@ -266,6 +266,8 @@ def _int32_if_exact(leaf: Any) -> Any:
     type jax without x64 can take exactly; anything else is left to :func:`check_jax_dtype`."""
     if not isinstance(leaf, np.ndarray | np.integer) or leaf.dtype != np.int64:
         return leaf
+    if _import_jax()[0].dtypes.canonicalize_dtype(np.int64) == np.int64:
+        return leaf  # x64 on: jax keeps int64
     info = np.iinfo(np.int32)
     if leaf.size and (leaf.min() < info.min or leaf.max() > info.max):
         return leaf

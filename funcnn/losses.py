@@ -71,7 +71,7 @@ def one_hot(y, k, dtype):
     A label outside ``[0, k)`` gives a row of zeros (``funcnn.data.one_hot`` checks them).
     """
     xp = array_namespace(y)
-    classes = xp.arange(k).reshape((1,) * y.ndim + (k,))
+    classes = xp.arange(k, dtype=y.dtype).reshape((1,) * y.ndim + (k,))
     return (y[..., None] == classes).astype(dtype)
 
 

@@ -49,7 +49,7 @@ def n_correct(net: MLP, out: Any, y: Any, valid: Any = None) -> Any:
     xp = array_namespace(out)
     if net.loss == "cross_entropy":
         labels = y if y.ndim == 1 else xp.argmax(y, axis=1)
-        right = xp.argmax(out, axis=1) == labels
+        right = xp.argmax(out, axis=1).astype(labels.dtype) == labels
         return xp.sum(right if valid is None else right & valid)
     if net.loss == "binary_cross_entropy":
         right = (out > 0.5) == (y > 0.5)

@@ -356,3 +356,19 @@ def test_funcnn_optax_adapter_is_an_attribute_of_a_fresh_import_that_needs_numpy
     """))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("label_dtype", [np.int32, np.int64, np.uint8])
+def test_fit_and_evaluate_on_jax_take_labels_of_any_integer_width(label_dtype):
+    """Accuracy compares argmax (int64 with x64 on) with the labels in their own dtype,
+    under jax's strict promotion too: int32 labels (what to_backend gives without x64)
+    and int64 ones count the same rows right."""
+    x = np.linspace(-1.0, 1.0, 40, dtype=np.float32).reshape(20, 2)
+    y = jnp.asarray((x[:, 0] > x[:, 1]).astype(label_dtype))
+    net = funcnn.MLP((2, 4, 2))
+    params = funcnn.init_params(net, 0, backend="jax")
+    _, _, history = funcnn.fit(net, params, funcnn.optim.sgd(0.1), jnp.asarray(x), y,
+                               epochs=1, batch_size=8, key=0, progress=False)
+    want = funcnn.evaluate(net, params, x, np.asarray(y, np.int64))["accuracy"]
+    assert funcnn.evaluate(net, params, jnp.asarray(x), y)["accuracy"] == want
+    assert np.isfinite(history["loss"]).all()

@@ -5,6 +5,10 @@ docs/backprop.md."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 from dataclasses import dataclass
 
 import jax
@@ -12,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
-from test_docs import BUGS, FORMULAS, assert_close, rel_error, run
+from test_docs import BUGS, FORMULAS, ROOT, assert_close, rel_error, run
+from test_testing_api import NO_JAX
 
 import funcnn
 from funcnn.activations import ACTIVATIONS
@@ -455,6 +460,45 @@ def test_check_layer_catches_the_planted_bugs(bug, in_shape, leaf):
 def test_every_tie_max_pool_is_caught_on_a_constant_image():
     with pytest.raises(GradientMismatch, match=r"\n  x: relative error 1 .*expected 0\)"):
         check_layer(EveryTieMaxPool(2), (4, 4, 1), x=np.ones((2, 4, 4, 1)))
+
+
+@pytest.mark.slow
+def test_layers_and_check_layer_work_without_jax():
+    code = NO_JAX + textwrap.dedent("""
+        import warnings
+        from dataclasses import dataclass
+        import numpy as np
+        from funcnn.layers import BatchNorm, Conv2D, Flatten, MaxPool2D, Serial
+        from funcnn.testing import GradientMismatch, check_layer
+
+        net = Serial([Conv2D(3, 3, padding="same", bias=False), BatchNorm(), MaxPool2D(2),
+                      Flatten()])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            reports = check_layer(net, (4, 4, 2), max_per_leaf=8)  # jax asked for, not there
+        assert any("jax is not installed" in str(w.message) for w in caught), caught
+        assert len(reports) == 4 and max(r.rel_error for r in reports) < 1e-5, reports
+
+        @dataclass(frozen=True)
+        class Halved(Conv2D):
+            def backward(self, params, cache, dy):
+                grads, dx = super().backward(params, cache, dy)
+                return grads, dx / 2
+        try:
+            check_layer(Halved(2, 3), (5, 5, 1), reference="finite_differences")
+        except GradientMismatch as err:
+            assert "\\n  x: relative error" in str(err) and "params.W" not in str(err), str(err)
+        else:
+            raise SystemExit("a halved input gradient passed")
+        assert "jax" not in sys.modules
+        print("ok")
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("FUNCNN_BACKEND", None)
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert result.stdout.strip() == "ok"
 
 
 # ---------------------------------------------------------------------------- docs/backprop.md

@@ -75,7 +75,8 @@ def check_layer(
     if x is None:
         inputs = [("", np.asarray(random.normal(k_x, (batch, *in_shape), "float64")))]
         if reference == "jax":
-            draws = np.asarray(random.uniform(k_x, (batch, *in_shape), "float64"))
+            draws = np.asarray(random.uniform(random.fold_in(k_x, 1), (batch, *in_shape),
+                                              "float64"))
             inputs.append((" at the tied input", _TIE_VALUES[(draws * 5).astype(int)]))
     uses_jax = backend == "jax" or reference == "jax"
     with _x64() if uses_jax and jax_available() else contextlib.nullcontext():
@@ -136,12 +137,13 @@ def _jitted(name: str):
     return _import_jax()[0].jit(fn, static_argnums=(0, 1))
 
 
-def _moved(tree: Any, key: Any, first: int, shape_noise) -> Any:
-    """Each leaf plus ``shape_noise(0.5 * N(0, 1))`` from its own key (``fold_in``)."""
+def _moved(tree: Any, key: Any, first: int, transform) -> Any:
+    """Each leaf plus ``transform(0.5 * N(0, 1))``, leaf ``i`` drawn from
+    ``fold_in(key, first + i)``."""
     leaves = tree_leaves(tree)
     moved = [np.asarray(leaf, np.float64)
-             + shape_noise(0.5 * np.asarray(random.normal(random.fold_in(key, first + i),
-                                                          leaf.shape, "float64")))
+             + transform(0.5 * np.asarray(random.normal(random.fold_in(key, first + i),
+                                                        leaf.shape, "float64")))
              for i, leaf in enumerate(leaves)]
     return tree_unflatten(tree, moved)
 

@@ -5,9 +5,6 @@ docs/backprop.md."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from dataclasses import dataclass
 
@@ -16,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
-from test_docs import BUGS, FORMULAS, ROOT, assert_close, rel_error, run
-from test_testing_api import NO_JAX
+from test_docs import BUGS, FORMULAS, assert_close, rel_error, run
+from test_testing_api import NO_JAX, assert_prints_ok_without_jax
 
 import funcnn
 from funcnn.activations import ACTIVATIONS
@@ -493,12 +490,7 @@ def test_layers_and_check_layer_work_without_jax():
         assert "jax" not in sys.modules
         print("ok")
     """)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("FUNCNN_BACKEND", None)
-    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr + result.stdout
-    assert result.stdout.strip() == "ok"
+    assert_prints_ok_without_jax(code, timeout=300)
 
 
 # ---------------------------------------------------------------------------- docs/backprop.md

@@ -20,13 +20,14 @@ The public names, by what they are for (``ARCHITECTURE.md`` says where each live
   in ``funcnn.parallel``);
 - checkpoints: ``save``, ``load``, ``Checkpoint``;
 - backends: ``get_backend``, ``set_backend``, ``to_backend`` (keys in ``funcnn.random``);
-- modules: ``activations``, ``losses``, ``optim``, ``schedules``, ``random``, ``data``,
+- modules: ``activations``, ``layers``, ``losses``, ``optim``, ``schedules``, ``random``, ``data``,
   ``callbacks``, ``per_example``, ``parallel``, ``testing``.
 """
 
 from funcnn import activations as activations
 from funcnn import callbacks as callbacks
 from funcnn import data as data
+from funcnn import layers as layers
 from funcnn import losses as losses
 from funcnn import optax_adapter as optax_adapter  # named by fit's error for optax; no optax here
 from funcnn import optim as optim
@@ -131,6 +132,7 @@ __all__ = [
     "activations",
     "callbacks",
     "data",
+    "layers",
     "losses",
     "optim",
     "parallel",

@@ -123,10 +123,14 @@ BUG_TITLES = [
 ]
 
 
+LAYERS = ("formula: layer ", "bug: layer ")  # the layers' blocks: checked in tests/test_layers.py
+
+
 def test_every_formula_on_the_page_is_checked_here():
     """A formula added to the page without a check here, or a check of a vanished one, fails."""
-    assert sorted(FORMULAS) == sorted(ACTIVATION_TITLES + LOSS_TITLES + OTHER_TITLES)
-    assert sorted(BUGS) == sorted(BUG_TITLES)
+    assert sorted(t for t in FORMULAS if not t.startswith(LAYERS)) == sorted(
+        ACTIVATION_TITLES + LOSS_TITLES + OTHER_TITLES)
+    assert sorted(t for t in BUGS if not t.startswith(LAYERS)) == sorted(BUG_TITLES)
 
 
 # ---------------------------------------------------------------------------- activations

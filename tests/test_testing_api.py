@@ -168,6 +168,16 @@ sys.meta_path.insert(0, _NoJax())
 """
 
 
+def assert_prints_ok_without_jax(code: str, timeout: float = 120) -> None:
+    """Run ``code`` (which starts with NO_JAX) in a fresh Python; it must print just "ok"."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("FUNCNN_BACKEND", None)
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert result.stdout.strip() == "ok"
+
+
 def test_finite_differences_work_without_jax():
     code = NO_JAX + textwrap.dedent("""
         import numpy as np
@@ -223,12 +233,7 @@ def test_finite_differences_work_without_jax():
         assert "jax" not in sys.modules
         print("ok")
     """)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("FUNCNN_BACKEND", None)
-    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr + result.stdout
-    assert result.stdout.strip() == "ok"
+    assert_prints_ok_without_jax(code)
 
 
 # ---------------------------------------------------------------------------- check_loss

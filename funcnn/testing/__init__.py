@@ -22,6 +22,7 @@ from funcnn.testing._grads import KINKED as KINKED
 from funcnn.testing._grads import check_gradient as check_gradient
 from funcnn.testing._grads import check_grads as check_grads
 from funcnn.testing._grads import finite_difference_grads as finite_difference_grads
+from funcnn.testing._layers import check_layer as check_layer
 from funcnn.testing._optimizers import check_optimizer as check_optimizer
 from funcnn.testing._pieces import PointReport as PointReport
 from funcnn.testing._pieces import check_activation as check_activation
@@ -37,6 +38,7 @@ __all__ = [
     "check_activation",
     "check_gradient",
     "check_grads",
+    "check_layer",
     "check_loss",
     "check_optimizer",
     "finite_difference_grads",

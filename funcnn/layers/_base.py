@@ -1,0 +1,139 @@
+"""What every layer shares: the protocol of three pure functions, and shape errors that
+name the layer, where it sits in its stack and the shapes.
+
+A layer is a frozen, hashable dataclass (a static argument of ``jax.jit``) with::
+
+    init(key, in_shape, dtype="float32", *, backend=None) -> (params, state, out_shape)
+    forward(params, state, x, *, train, key=None)         -> (y, cache, new_state)
+    backward(params, cache, dy)                           -> (grads, dx)
+
+``in_shape`` and ``out_shape`` leave out the batch axis; ``x`` is ``(m, *in_shape)``.
+``params`` is a NamedTuple of arrays (``()`` without parameters), ``state`` a NamedTuple
+(``()`` for every layer but ``BatchNorm``), ``grads`` has the structure of ``params`` and
+``dx`` the shape of ``x``. Nothing is kept between calls: what the backward pass needs
+travels in ``cache``, the running statistics in ``state``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from funcnn import random
+from funcnn.backend import concrete_value, float_dtype, get_backend, is_jax_array, to_backend
+from funcnn.initializers import initialize
+
+__all__ = ["Layer", "ShapeError"]
+
+
+class ShapeError(ValueError):
+    """A layer cannot take its input's shape (or channels, or dtype).
+
+    The message names the layer, its place in the stack (``layers[2].layers[0]``: the
+    first layer of the block at index 2), the input shape ``(m, ...)`` and what was
+    expected. ``path`` is that place, ``""`` for a layer used on its own.
+    """
+
+    def __init__(self, layer: Any, in_shape: tuple, problem: str, path: str = ""):
+        super().__init__(layer, tuple(in_shape), problem, path)
+        self.layer, self.in_shape, self.problem, self.path = layer, tuple(in_shape), problem, path
+
+    def __str__(self) -> str:
+        where = f"layers{self.path}: " if self.path else ""
+        dims = ", ".join(str(d) for d in ("m", *self.in_shape))
+        return f"{where}{self.layer!r} on inputs of shape ({dims}): {self.problem}"
+
+    def inside(self, index: int) -> ShapeError:
+        """The same error seen from the stack that holds this layer at ``index``."""
+        step = f"[{index}]" if not self.path else f"[{index}].layers{self.path}"
+        return ShapeError(self.layer, self.in_shape, self.problem, step)
+
+
+class Layer:
+    """The base of every layer: the protocol above; no parameters and no state by default."""
+
+    def output_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The output shape for ``in_shape`` (batch axis excluded); ``ShapeError`` if unfit."""
+        raise NotImplementedError
+
+    def init(self, key: Any, in_shape: tuple[int, ...], dtype: Any = "float32", *,
+             backend: str | None = None) -> tuple[Any, Any, tuple[int, ...]]:
+        """``(params, state, out_shape)``: here ``((), (), out_shape)``."""
+        return (), (), self.output_shape(check_in_shape(in_shape))
+
+    def forward(self, params: Any, state: Any, x: Any, *, train: bool, key: Any = None):
+        """``(y, cache, new_state)`` for ``x`` of shape ``(m, *in_shape)``."""
+        raise NotImplementedError
+
+    def backward(self, params: Any, cache: Any, dy: Any):
+        """``(grads, dx)`` from the cache of :meth:`forward` and ``dy = dL/dy``."""
+        raise NotImplementedError
+
+
+def check_in_shape(in_shape: Any) -> tuple[int, ...]:
+    """``in_shape`` as a tuple of positive ints (the batch axis excluded)."""
+    dims = tuple(in_shape) if isinstance(in_shape, tuple | list) else None
+    if not dims or not all(_is_int(d) and d > 0 for d in dims):
+        raise ValueError(
+            "in_shape must be a non-empty tuple of positive ints, the shape of one example "
+            f"without the batch axis, e.g. (28, 28, 1); got {in_shape!r}"
+        )
+    return tuple(int(d) for d in dims)
+
+
+def init_context(key: Any, dtype: Any, backend: str | None):
+    """``(key, dtype, backend)`` for an ``init``: the backend is ``backend``, else a jax
+    key's, else the default; the key on that backend; ``dtype`` float32 or float64."""
+    if backend is None and is_jax_array(key):
+        backend = "jax"
+    backend = get_backend(backend)
+    return random.as_key(key, backend), float_dtype(dtype, backend), backend
+
+
+def he_normal(key: Any, shape: tuple[int, int], dtype: Any, backend: str) -> Any:
+    """A He-normal ``(fan_in, fan_out)`` matrix on ``backend``. A jax key known outside a
+    trace draws on the host (NumPy's threefry: jax's numbers, normal draws within 4 ulp)
+    and moves the result, as ``funcnn.init_params`` does: no sampler compiled per shape."""
+    if backend == "jax":
+        words = concrete_value(key)
+        if words is not None:
+            host = initialize("he_normal", random.as_key(words, "numpy"), shape, dtype)
+            return to_backend(host, "jax")
+    return initialize("he_normal", key, shape, dtype)
+
+
+def positive_pair(layer_name: str, field: str, value: Any) -> tuple[int, int]:
+    """An int or a pair of ints, all positive, as a pair ``(rows, columns)``."""
+    pair = (value, value) if _is_int(value) else value
+    if not (isinstance(pair, tuple | list) and len(pair) == 2
+            and all(_is_int(v) and v > 0 for v in pair)):
+        raise ValueError(f"{layer_name} {field} must be a positive int or a pair of them; "
+                         f"got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def check_input(layer: Layer, x: Any, rank: int, what: str) -> None:
+    """``ShapeError`` unless ``x`` has ``rank`` axes (batch included)."""
+    if getattr(x, "ndim", None) != rank:
+        shape = tuple(getattr(x, "shape", ()))
+        raise ShapeError(layer, shape[1:],
+                         f"expects {rank}-D inputs of shape {what}; got {len(shape)}-D ones")
+
+
+def check_dtype(layer: Layer, x: Any, leaf: Any, name: str) -> None:
+    """``ShapeError`` unless ``x`` has the dtype of the parameter ``leaf``: a float32 input
+    with float64 params would silently compute in float64 on NumPy."""
+    if x.dtype != leaf.dtype:
+        raise ShapeError(layer, x.shape[1:], f"x is {x.dtype} but params.{name} is "
+                         f"{leaf.dtype}; cast one to the other (funcnn never promotes)")
+
+
+def broadcast_last(v: Any, ndim: int) -> Any:
+    """A per-feature vector ``(n,)`` as ``(1, ..., 1, n)`` of rank ``ndim`` (an explicit
+    broadcast: jax's strict rank promotion refuses an implicit one)."""
+    return v.reshape((1,) * (ndim - 1) + tuple(v.shape))
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool)

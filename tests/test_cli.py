@@ -185,6 +185,7 @@ def leaf_rows(stdout: str) -> list[list[str]]:
     ["--activation", "elu", "--output", "identity", "--dropout", "0.3", "--hidden", "5"],
     ["--activation", "relu", "--reference", "finite_differences", "--dtype", "float32"],
 ])
+@pytest.mark.slow
 def test_gradcheck_passes_and_prints_a_row_per_leaf(capsys, flags):
     code, out, err = run_cli(capsys, "gradcheck", *flags)
     assert code == 0, err
@@ -258,6 +259,7 @@ def check_run(out_dir: Path, result: dict, *, epochs: int, train_rows: int, test
     return ckpt
 
 
+@pytest.mark.slow
 def test_train_then_evaluate_on_small_idx_files(capsys, digits, tmp_path):
     out_dir = tmp_path / "run"
     code, out, err = run_cli(capsys, "train", "--data", digits, "--limit", 2000, "--epochs", 1,
@@ -306,6 +308,7 @@ def test_train_and_evaluate_on_real_mnist(capsys, mnist_dir, tmp_path):
                                                             abs=1.5e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["numpy", "jax"])
 def test_resume_after_an_interruption_is_bit_identical(capsys, monkeypatch, digits, tmp_path,
                                                        backend):
@@ -494,6 +497,7 @@ def test_evaluate_a_bad_checkpoint(capsys, digits, tmp_path, case, needles):
     assert_short_error(err, *needles)
 
 
+@pytest.mark.slow
 def test_user_errors_through_python_dash_m(tmp_path):
     proc = run_module("train", "--data", tmp_path / "nowhere", "--out", tmp_path / "o")
     assert proc.returncode == 1 and proc.stdout == ""

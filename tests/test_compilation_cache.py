@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = r'''
@@ -48,6 +50,7 @@ def _run(cache: Path, mode: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_a_second_process_reads_the_epoch_program_from_the_cache(tmp_path):
     cache = tmp_path / "jax-cache"
     first = _run(cache, "on")

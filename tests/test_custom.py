@@ -148,6 +148,7 @@ def test_custom_pieces_under_jit_and_scan_compile_once():
     assert grad_fn._cache_size() == 1
 
 
+@pytest.mark.slow
 def test_the_custom_activation_example_runs():
     result = subprocess.run([sys.executable, str(ROOT / "examples" / "custom_activation.py"),
                              "--epochs", "3"], capture_output=True, text=True, timeout=300,

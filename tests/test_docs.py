@@ -247,6 +247,7 @@ NETS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("net", NETS, ids=lambda n: f"{n.hidden}-{n.output}-{n.loss}")
 def test_forward_and_backward_pass_formulas(net, make_params):
     forward_code = formula("formula: forward pass")
@@ -449,6 +450,7 @@ def page_programs():
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("page", page_programs())
 def test_page_code_runs_as_written(page, tmp_path, monkeypatch):
     blocks = fenced_blocks(page)

@@ -72,6 +72,7 @@ def assert_png(path: Path) -> None:
 # ---------------------------------------------------------------------------- MNIST examples
 
 
+@pytest.mark.slow
 @pytest.mark.mnist
 def test_mnist_example(mnist_dir, tmp_path):
     _, result = run_example("mnist.py", "--data", mnist_dir, "--limit", 3000, "--epochs", 2,
@@ -83,6 +84,7 @@ def test_mnist_example(mnist_dir, tmp_path):
     assert Path(result["plot"]) == tmp_path / "mnist_curves.png"
 
 
+@pytest.mark.slow
 @pytest.mark.mnist
 def test_mnist_example_runs_with_the_jax_extra_alone(mnist_dir, tmp_path):
     """`pip install -e ".[jax]"` has no matplotlib or tqdm: the main job still runs."""
@@ -105,6 +107,7 @@ def test_mnist_example_runs_with_the_jax_extra_alone(mnist_dir, tmp_path):
     assert not (tmp_path / "out" / "mnist_curves.png").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.mnist
 def test_seed_runs(mnist_dir, tmp_path):
     stdout, result = run_example("seed_runs.py", "--data", mnist_dir, "--limit", 2000,
@@ -118,6 +121,7 @@ def test_seed_runs(mnist_dir, tmp_path):
     assert_png(tmp_path / "seed_runs.png")
 
 
+@pytest.mark.slow
 @pytest.mark.mnist
 def test_custom_loop_mnist(mnist_dir):
     pytest.importorskip("jax")
@@ -183,6 +187,7 @@ def test_seed_runs_labels_its_progress_bars(capsys, digits, tmp_path):
 # ---------------------------------------------------------------------------- synthetic examples
 
 
+@pytest.mark.slow
 def test_custom_loop_synthetic():
     pytest.importorskip("jax")
     stdout, result = run_example("custom_loop.py", "--synthetic", "--epochs", 2)
@@ -191,6 +196,7 @@ def test_custom_loop_synthetic():
     assert len(re.findall(r"^epoch +\d+ +train loss", stdout, re.M)) == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reference", ["jax", "finite_differences"])
 def test_catch_the_bug(reference):
     if reference == "jax":

@@ -45,6 +45,7 @@ def _targets(net, m, rng):
 # ---------------------------------------------------------------------------- 1. traced values
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("closed_over", ["jax", "numpy"])
 def test_every_entry_point_runs_under_jit_with_closed_over_data(closed_over):
     net = funcnn.MLP((4, 8, 3))
@@ -132,6 +133,7 @@ def test_binary_cross_entropy_at_logit_zero():
     assert float(auto[0].b[0]) == pytest.approx(-0.5, abs=1e-15)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hidden", sorted(ACTIVATIONS))
 @pytest.mark.parametrize(("output", "loss"), PAIRS)
 def test_gradients_at_exact_zeros_against_jax_and_finite_differences(hidden, output, loss):

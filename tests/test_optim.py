@@ -913,6 +913,7 @@ def test_an_array_mask_works_under_jit_and_in_a_scan():
         chex.assert_trees_all_close(got, want, rtol=1e-12, atol=0)
 
 
+@pytest.mark.slow
 def test_fit_on_jax_takes_adamw_with_an_array_mask():
     jnp = jax.numpy
     params, fit = _tiny_jax_fit()

@@ -245,6 +245,7 @@ def four_devices(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_four_devices_equal_one_device(four_devices, reference):
     out = four_devices
     assert out["devices"] == 4
@@ -340,6 +341,7 @@ def two_processes(tmp_path_factory):
     return reports, params, resumed, more
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process(two_processes, reference):
     reports, params, _, _ = two_processes
     for i, report in enumerate(reports):

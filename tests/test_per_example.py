@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _tiers import sample_quick
 from conftest import leaves_close
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -120,15 +121,15 @@ MATRIX = [(h, p, 3) for h in HIDDEN for p in PAIRS] + [("relu", p, 1) for p in P
 JITTED = [(h, p, 3) for h, p in zip(HIDDEN, PAIRS, strict=True)] + [("tanh", "identity+mse", 1)]
 
 
-@pytest.mark.parametrize(("hidden", "pair", "depth"), MATRIX,
-                         ids=[f"{h}-{p}-d{d}" for h, p, d in MATRIX])
+@pytest.mark.parametrize(("hidden", "pair", "depth"),
+                         sample_quick(MATRIX, 6, ids=[f"{h}-{p}-d{d}" for h, p, d in MATRIX]))
 @pytest.mark.parametrize("train", [True, False], ids=["dropout", "no-dropout"])
 def test_per_example_grads_match_vmap_grad(make_params, backend, hidden, pair, depth, train):
     check_case(make_params, backend, hidden, pair, depth, train, everything)
 
 
-@pytest.mark.parametrize(("hidden", "pair", "depth"), JITTED,
-                         ids=[f"{h}-{p}-d{d}" for h, p, d in JITTED])
+@pytest.mark.parametrize(("hidden", "pair", "depth"),
+                         sample_quick(JITTED, 4, ids=[f"{h}-{p}-d{d}" for h, p, d in JITTED]))
 def test_per_example_grads_match_vmap_grad_under_jit(make_params, hidden, pair, depth):
     check_case(make_params, "jax", hidden, pair, depth, True, everything_jitted)
 
@@ -203,6 +204,7 @@ def numpy_clipped_mean(per_example, max_norm):
     return (rows * scale[:, None]).mean(axis=0), scale
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("hidden", "pair"), CLIP_CASES)
 def test_clipped_mean_grad_clips_each_example(make_params, backend, hidden, pair):
     net, kind = net_for(hidden, pair)
@@ -231,6 +233,7 @@ def test_clipped_mean_grad_clips_each_example(make_params, backend, hidden, pair
                                units.mean(axis=0), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("max_norm", [0.5, 3.0])
 def test_noise_has_the_dp_sgd_standard_deviation(backend, max_norm):
     """Noise N(0, (sigma C)^2) per element of the sum, then / m: the difference to the
@@ -277,6 +280,7 @@ def test_clipped_mean_grad_draws_dropout_and_noise_from_split_key(make_params, b
     assert_close(got, want, "clipped_mean_grad vs the hook with the split keys", rtol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_dtypes_are_preserved(backend, dtype):
     net = funcnn.MLP((5, 6, 3), hidden="gelu", dropout=0.2)
@@ -339,6 +343,7 @@ OPTIMIZERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_hook_replaces_the_gradient_for_every_optimizer(backend, name):
     """A DP step is ``optimizer.update`` of the hook's gradient, for every optimizer, and

@@ -19,6 +19,7 @@ def _blobs_with_flipped_labels(n=200, flipped=(3, 50, 120)):
     return x, y_noisy, set(flipped)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["numpy", "jax"])
 def test_the_largest_norms_point_at_the_flipped_labels(backend, tmp_path):
     x, y, flipped = _blobs_with_flipped_labels()
@@ -48,6 +49,7 @@ def test_the_norms_history_survives_a_checkpoint(tmp_path):
         funcnn.callbacks.grad_norms(x, y, top=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["numpy", "jax"])
 def test_dp_optimizer_in_fit(backend):
     x, y, _ = _blobs_with_flipped_labels()

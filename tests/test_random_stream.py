@@ -116,6 +116,7 @@ def test_traced_fold_in_data_under_jit_matches_numpy():
 # ---------------------------------------------------------------------- bits and uniforms
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", SEEDS)
 def test_random_bits_are_identical(seed):
     k_np, ref = fnr.key(seed, "numpy"), raw_key(seed)
@@ -127,6 +128,7 @@ def test_random_bits_are_identical(seed):
             np.testing.assert_array_equal(got, want, err_msg=f"{width} bits {shape}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", SEEDS)
 def test_uniform_is_identical_bit_for_bit(seed):
     k_np, k_jax, ref = fnr.key(seed, "numpy"), fnr.key(seed, "jax"), raw_key(seed)
@@ -140,6 +142,7 @@ def test_uniform_is_identical_bit_for_bit(seed):
                 assert_identical_bits(fnr.uniform(k_jax, shape, dtype, lo, hi), want, what)
 
 
+@pytest.mark.slow
 def test_uniform_on_a_large_draw_and_under_jit_is_identical():
     """Jitted with the key traced, and with the bounds either traced or constants. (With
     constant bounds exactly 1 apart, XLA folds ``(f - 1) * 1 + lo`` into ``f + (lo - 1)``,
@@ -158,6 +161,7 @@ def test_uniform_on_a_large_draw_and_under_jit_is_identical():
 # ---------------------------------------------------------------------- normal
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", SEEDS)
 def test_normal_is_within_a_few_ulp(seed):
     k_np, k_jax, ref = fnr.key(seed, "numpy"), fnr.key(seed, "jax"), raw_key(seed)
@@ -171,6 +175,7 @@ def test_normal_is_within_a_few_ulp(seed):
                 assert worst <= NORMAL_ULPS[dtype], f"normal {shape} {dtype.__name__}: {worst} ulp"
 
 
+@pytest.mark.slow
 def test_normal_on_large_draws_and_under_jit_is_within_a_few_ulp():
     for seed in (0, 1, 2**32):
         k_np, k_jax = fnr.key(seed, "numpy"), fnr.key(seed, "jax")
@@ -200,6 +205,7 @@ def test_erfinv_follows_xla_in_every_branch(dtype):
 # ---------------------------------------------------------------------- bernoulli, permutation
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", SEEDS)
 def test_bernoulli_is_identical(seed):
     k_np, k_jax, ref = fnr.key(seed, "numpy"), fnr.key(seed, "jax"), raw_key(seed)
@@ -223,6 +229,7 @@ def test_bernoulli_compares_with_float32_p_whatever_x64():
         np.testing.assert_array_equal(np.asarray(fnr.bernoulli(k_jax, p, (4096,))), want)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 10, 100, 1625, 1626, 4097, 100_000])
 def test_permutation_is_identical(n):
     """1625 -> 1626 is where jax goes from one sort round to two."""
@@ -255,6 +262,7 @@ def test_init_params_agree_across_backends_for_every_initializer(dtype):
                                        err_msg=f"init={init}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", FLOATS)
 def test_dropout_masks_are_identical(dtype):
     net = funcnn.MLP((5, 33, 17, 9, 2), dropout=0.3)
@@ -267,6 +275,7 @@ def test_dropout_masks_are_identical(dtype):
             assert 0.5 < float(np.mean(a != 0)) < 0.9  # about 70% kept
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("partitionable", [True, False])
 @pytest.mark.parametrize(("dtype", "rtol"), [(np.float32, 1e-5), (np.float64, 1e-10)])
 def test_fit_with_dropout_and_shuffling_gives_the_same_params_on_both_backends(
@@ -298,6 +307,7 @@ def run_python(code: str, **env) -> subprocess.CompletedProcess:
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_float32_draws_are_identical_with_x64_off():
     result = run_python("""
         import jax, numpy as np
@@ -330,6 +340,7 @@ def test_float32_draws_are_identical_with_x64_off():
     assert result.stdout.strip() == "ok"
 
 
+@pytest.mark.slow
 def test_the_numpy_stream_follows_threefry_partitionable():
     """Flipping jax's flag flips both backends to jax's other counter layout."""
     shape, k_np, ref = (5, 3), fnr.key(7, "numpy"), raw_key(7)

@@ -82,6 +82,7 @@ def test_every_example_has_a_command():
     assert not missing, f"the README gives no command for {missing}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(f"examples/{p.name}" for p in EXAMPLES.glob("*.py")))
 def test_the_flags_of_each_command_exist(script):
     """A flag the README shows, e.g. ``--synthetic``, must be one the script accepts."""
@@ -95,6 +96,7 @@ def test_the_flags_of_each_command_exist(script):
         assert not unknown, f"README: {script} {' '.join(args)}: {script} has no {unknown}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("problem", ["missing folder", "unreadable files"])
 def test_custom_loop_without_data_says_so_in_one_line(problem, tmp_path):
     pytest.importorskip("jax")

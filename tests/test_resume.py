@@ -149,6 +149,7 @@ def _assert_same_run(got: funcnn.Checkpoint, want: funcnn.Checkpoint) -> None:
 # ---------------------------------------------------------------------------- resume
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_resume_in_a_fresh_process_is_bit_identical_to_an_uninterrupted_run(tmp_path, backend):
     ckpt = tmp_path / "run.ckpt"
@@ -218,6 +219,7 @@ EARLY = {"flip_validation": True, "early_stopping": 3}
 CUT = 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_an_early_stopped_run_resumed_in_a_fresh_process_stops_at_the_same_epoch(tmp_path,
                                                                                 backend):
@@ -245,6 +247,7 @@ def test_an_early_stopped_run_resumed_in_a_fresh_process_stops_at_the_same_epoch
     assert funcnn.load(ckpt).metadata["epoch"] == stopped
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_relaunching_a_finished_early_stopped_run_does_not_train_again(tmp_path, backend):
     net = funcnn.MLP((2, 16, 2), dropout=0.1)
@@ -414,6 +417,7 @@ def test_a_fit_checkpoint_stores_the_loss_history_as_an_array(tmp_path):
         load_fit_state(tmp_path / "plain.ckpt", net)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_hand_written_loop_and_fit_continue_each_others_checkpoints(tmp_path, backend):
     path = tmp_path / "shared.ckpt"
@@ -470,6 +474,7 @@ def _kill_during_a_write(proc: subprocess.Popen, directory: Path, name: str, wri
     return True
 
 
+@pytest.mark.slow
 def test_sigkill_while_writing_a_checkpoint_leaves_the_previous_one_loadable(tmp_path):
     rng = np.random.default_rng(20240611)  # the kill moments; no global seed
     epochs = 6
@@ -529,6 +534,7 @@ def _mse_setup(backend):
     return net, params, x, y
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_huge_row_introduced_on_resume_stops_fit_at_its_epoch_and_step(tmp_path, backend):
     net, params, x, y = _mse_setup(backend)

@@ -115,6 +115,7 @@ def _step_fn(net, optimizer, backend):
 # ---------------------------------------------------------------------------- make_train_step
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_train_step_is_pure(backend):
     opt = _adam()
@@ -153,6 +154,7 @@ PROBLEMS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("problem", list(PROBLEMS))
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_train_step_decreases_loss(backend, problem):
@@ -172,6 +174,7 @@ def test_train_step_decreases_loss(backend, problem):
     assert params[0].W.dtype == np.float32
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_train_step_with_dropout(backend):
     opt = _adam()
@@ -194,6 +197,7 @@ def test_train_step_with_dropout(backend):
     assert float(funcnn.loss(NET, _np(params), x, y)) < 0.95 * start
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_the_step_of_a_net_with_dropout_needs_a_key(backend):
     # one rule, as forward(train=True): dropout without a key is an error, not a silent
@@ -237,6 +241,7 @@ def test_fit_decreases_loss(backend):
     assert new_params[0].W.dtype == np.float32
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fit_history_and_step_count(backend):
     epochs = 3
@@ -257,6 +262,7 @@ def test_fit_history_and_step_count(backend):
     np.testing.assert_allclose(history["train_loss"], steps @ sizes / N, rtol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fit_continues_the_optimizer_state(backend):
     p2, s2, h2 = _fit(backend, net=DROPOUT_NET, epochs=2)
@@ -320,6 +326,7 @@ def test_fit_full_batch(backend):
         assert np.array_equal(h["loss"], h_none["loss"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fit_drop_last(backend):
     epochs = 3
@@ -340,6 +347,7 @@ def _frozen_steps(history) -> np.ndarray:
     return np.reshape(history["loss"], (FROZEN["epochs"], STEPS))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fit_shuffle_every(backend):
     x, y = _spirals()
@@ -371,6 +379,7 @@ def test_fit_without_shuffle_takes_rows_in_order(backend):
     np.testing.assert_allclose(_frozen_steps(history), [want] * 4, rtol=1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fit_draws_new_dropout_masks_for_every_batch(backend):
     # four copies of the same 25 rows, not shuffled: every batch holds the same rows
@@ -422,6 +431,7 @@ def test_fit_early_stopping_restores_the_best_params(backend):
     assert int(state.count) == (best + 1) * STEPS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fit_sigmoid_binary_cross_entropy(backend):
     assert SIGMOID_NET.loss == "binary_cross_entropy"
@@ -488,6 +498,7 @@ _TAIL_CASES = {  # every loss, built in or custom, with N = 3 x 32 + a short bat
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(_TAIL_CASES))
 def test_the_padded_short_batch_on_jax_trains_what_numpy_trains_on_the_short_batch(case):
     """jax pads the short last batch to a full one and masks it; NumPy trains on the short
@@ -788,6 +799,7 @@ def test_on_end_is_called_when_training_diverges(backend):
     assert ends == [2]  # the state of the last epoch that finished
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fit_with_an_adapted_optax_adam_matches_funcnn_adam(backend):
     params = _params(NET, backend, "float64")
@@ -834,6 +846,7 @@ def test_fit_on_jax_names_an_unhashable_hyperparameter():
 # ---------------------------------------------------------------------------- evaluate
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_evaluate_softmax_matches_a_direct_computation(backend):
     x, y = _spirals()
@@ -851,6 +864,7 @@ def test_evaluate_softmax_matches_a_direct_computation(backend):
     assert again["accuracy"] == pytest.approx(got["accuracy"], abs=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_evaluate_sigmoid_and_mse(backend):
     x, y = _xor()

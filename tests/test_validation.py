@@ -172,6 +172,7 @@ def test_empty_x_is_refused(backend):
 # ---------------------------------------------------------------------------- y
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", sorted(Y_ENTRY_POINTS))
 @PER_ENTRY
 @given(data=st.data(), m=st.integers(1, 6), backend=st.sampled_from(BACKENDS),
@@ -188,6 +189,7 @@ def test_y_whose_length_differs_from_x(data, m, entry, backend, loss):
     assert f"y has length {n_y} but x has {m} rows" in message
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", sorted(Y_ENTRY_POINTS))
 @PER_ENTRY
 @given(data=st.data(), k=st.integers(2, 5), backend=st.sampled_from(BACKENDS))
@@ -282,6 +284,7 @@ ACCEPTED_X = [np.bool_, np.int8, np.int32, np.int64, np.uint8, np.float16, np.fl
               np.float64]
 
 
+@pytest.mark.slow
 @FEW
 @given(x_dtype=st.sampled_from(ACCEPTED_X), dtype=st.sampled_from(["float32", "float64"]),
        backend=st.sampled_from(BACKENDS))
@@ -340,6 +343,7 @@ def test_ragged_or_non_numeric_inputs_are_refused():
             "x must be an array")
 
 
+@pytest.mark.slow
 @FEW
 @given(update=st.sampled_from(UPDATES), backend=st.sampled_from(BACKENDS),
        dtype=st.sampled_from(["float32", "float64"]), schedule=st.booleans(),

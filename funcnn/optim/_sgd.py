@@ -52,6 +52,12 @@ def sgd_update(params, grads, state: SGDState, *, lr=1e-2, momentum=0.0, nestero
 
     ``momentum`` in [0, 1), ``weight_decay`` >= 0 (L2, coupled into the gradient);
     ``nesterov`` needs ``momentum > 0``. With ``momentum = 0`` this is ``p = p - lr * g``.
+    ``lr`` is a number or a schedule ``lr(count)`` (count 0 at the first update).
+
+    Returns ``(new_params, new_state)``: the updated parameters, a tree like ``params``,
+    and ``SGDState(count + 1, velocity)`` holding the new ``v`` of every leaf (with
+    ``momentum = 0`` the velocity passes through unchanged). ``params`` and ``state``
+    are left as they were.
     """
     check_hyper(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
     check_state(SGDState, state, params, grads)

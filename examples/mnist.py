@@ -26,6 +26,14 @@ import numpy as np
 import funcnn
 
 
+def count(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more; got {n}")
+    return n
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=None,
@@ -47,10 +55,10 @@ def parse_args(argv=None):
     p.add_argument("--validation", type=float, default=0.1,
                    help="share of the training images held out for validation, as "
                         "`funcnn train` does (default: 0.1)")
-    p.add_argument("--shifted-copies", type=int, default=3,
+    p.add_argument("--shifted-copies", type=count, default=3,
                    help="train on the images plus this many copies, each image moved by a "
                         "random offset of up to --max-shift pixels (drawn once)")
-    p.add_argument("--max-shift", type=int, default=1, help="pixels, for --shifted-copies")
+    p.add_argument("--max-shift", type=count, default=1, help="pixels, for --shifted-copies")
     p.add_argument("--limit", type=int, default=None, help="use only the first N training rows")
     p.add_argument("--out", default="runs/mnist", help="folder for the plot")
     p.add_argument("--no-progress", action="store_true")

@@ -23,6 +23,7 @@ from funcnn.data import (
     IDXError,
     load_mnist,
     one_hot,
+    random_shift,
     read_idx,
     regression,
     spirals,
@@ -550,6 +551,75 @@ def test_train_val_split_determinism():
 def test_train_val_split_bad_arguments(n_y, fraction, error, match):
     with pytest.raises(error, match=match):
         train_val_split(0, np.zeros((10, 2)), np.zeros(n_y), val_fraction=fraction)
+
+
+def _moved(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """The textbook shift, pixel by pixel: ``out[r, c] = image[r - dy, c - dx]`` or 0."""
+    h, w = image.shape
+    out = np.zeros_like(image)
+    for r in range(h):
+        for c in range(w):
+            if 0 <= r - dy < h and 0 <= c - dx < w:
+                out[r, c] = image[r - dy, c - dx]
+    return out
+
+
+@pytest.mark.parametrize("max_shift", [1, 2])
+def test_random_shift_moves_each_image_by_one_offset_in_range(max_shift):
+    n, h, w = 300, 7, 6
+    # every pixel a distinct positive value, so where a pixel went gives the offset
+    images = (np.arange(n * h * w, dtype=np.float32).reshape(n, h, w) + 1)
+    out = random_shift(5, images, max_shift)
+    assert out.shape == images.shape and out.dtype == images.dtype
+    centre = images[:, h // 2, w // 2]  # survives any shift smaller than half the image
+    seen = set()
+    for i in range(n):
+        (r,), (c,) = np.nonzero(out[i] == centre[i])
+        dy, dx = r - h // 2, c - w // 2
+        assert max(abs(dy), abs(dx)) <= max_shift, (i, dy, dx)
+        np.testing.assert_array_equal(out[i], _moved(images[i], dy, dx), err_msg=f"image {i}")
+        seen.add((dy, dx))
+    assert len(seen) == (2 * max_shift + 1) ** 2  # every offset is drawn
+
+
+def test_random_shift_offsets_are_uniform():
+    n = 9000
+    images = np.zeros((n, 5, 5), dtype=np.uint8)
+    images[:, 2, 2] = 1
+    out = random_shift(11, images, 1)
+    counts = out.sum(axis=0)[1:4, 1:4]  # how often the lit pixel landed at each offset
+    assert counts.sum() == n
+    np.testing.assert_allclose(counts, n / 9, rtol=0.1)  # binomial sd is 3% of n / 9
+
+
+def test_random_shift_flat_rows_key_and_identity():
+    rng = np.random.default_rng(0)
+    grid = rng.integers(0, 256, size=(40, 28, 28)).astype(np.uint8)
+    flat = grid.reshape(40, 784)
+    out = random_shift(3, flat, 2, image_shape=(28, 28))
+    assert out.shape == (40, 784) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out.reshape(40, 28, 28), random_shift(3, grid, 2))
+    np.testing.assert_array_equal(out, random_shift(fnr.key(3), flat, 2, image_shape=(28, 28)))
+    assert not np.array_equal(out, random_shift(4, flat, 2, image_shape=(28, 28)))
+    np.testing.assert_array_equal(random_shift(3, grid, 0), grid)
+    assert random_shift(3, grid, 1) is not grid  # a new array; the input is left alone
+    np.testing.assert_array_equal(grid.reshape(40, 784), flat)
+
+
+@pytest.mark.parametrize(
+    "images, kwargs, error, match",
+    [
+        (np.zeros((2, 4, 4)), {"max_shift": True}, TypeError, "max_shift must be an int"),
+        (np.zeros((2, 4, 4)), {"max_shift": 1.0}, TypeError, "max_shift must be an int"),
+        (np.zeros((2, 4, 4)), {"max_shift": -1}, ValueError, r"in \[0, 4\)"),
+        (np.zeros((2, 4, 4)), {"max_shift": 4}, ValueError, r"in \[0, 4\)"),
+        (np.zeros((2, 16)), {}, ValueError, r"\(n, h, w\), or \(n, h \* w\)"),
+        (np.zeros((2, 15)), {"image_shape": (4, 4)}, ValueError, r"shape \(n, 16\)"),
+    ],
+)
+def test_random_shift_bad_arguments(images, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        random_shift(0, images, **kwargs)
 
 
 # ---------------------------------------------------------------- synthetic sets

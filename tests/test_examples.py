@@ -76,8 +76,11 @@ def assert_png(path: Path) -> None:
 @pytest.mark.mnist
 def test_mnist_example(mnist_dir, tmp_path):
     _, result = run_example("mnist.py", "--data", mnist_dir, "--limit", 3000, "--epochs", 2,
-                            "--out", tmp_path, "--no-progress")
-    assert result["epochs"] == 2 and result["train_rows"] == 3000
+                            "--shifted-copies", 1, "--out", tmp_path, "--no-progress")
+    # 10% of the 3000 images held out; the other 2700 trained on with one shifted copy each
+    assert result["epochs"] == 2 and result["validation_rows"] == 300
+    assert result["train_rows"] == 2 * 2700
+    assert 0.5 < result["validation_accuracy"] <= 1.0
     assert 0.5 < result["test_accuracy"] <= 1.0
     assert np.isfinite(result["test_loss"])
     assert_png(tmp_path / "mnist_curves.png")
@@ -171,6 +174,43 @@ def test_mnist_example_prints_each_epoch_as_it_ends(capsys, monkeypatch, digits,
     assert re.findall(r"^epoch (\d)/3 ", printed, re.M) == ["1", "2", "3"], printed
     for k in (2, 3):  # by the end of epoch k, epoch k-1 was printed
         assert f"epoch {k - 1}/3 " in "".join(printed_by_epoch[:k]), printed_by_epoch
+
+
+def test_mnist_example_validates_on_held_out_training_rows_and_tests_once(
+        capsys, monkeypatch, digits, tmp_path):
+    """fit validates on training images it never trains on (shifted copies included),
+    never on test images; the test set is evaluated once, after training."""
+    data = funcnn.data.load_mnist(digits)
+    fit, evaluate = funcnn.fit, funcnn.evaluate
+    seen, evaluated = {}, []
+
+    def fit_spy(net, params, optimizer, x, y, **kwargs):
+        assert not evaluated, "the test set was evaluated before training ended"
+        seen["x"], seen["validation"] = np.asarray(x), kwargs["validation"]
+        return fit(net, params, optimizer, x, y, **kwargs)
+
+    def evaluate_spy(net, params, x, y, **kwargs):
+        evaluated.append(np.asarray(x))
+        return evaluate(net, params, x, y, **kwargs)
+
+    monkeypatch.setattr(funcnn, "fit", fit_spy)
+    monkeypatch.setattr(funcnn, "evaluate", evaluate_spy)
+    load_example("mnist").main(["--data", str(digits), "--limit", "600", "--hidden", "32",
+                                "--epochs", "1", "--shifted-copies", "1", "--backend", "numpy",
+                                "--out", str(tmp_path), "--no-progress"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    def rows(a) -> set:
+        return {row.tobytes() for row in np.asarray(a)}
+
+    images, x_val = rows(data.x_train[:600]), seen["validation"][0]
+    assert len(x_val) == 60 == result["validation_rows"]
+    assert rows(x_val) <= images  # held out of the training images
+    assert not rows(x_val) & rows(data.x_test)  # not the test images
+    assert not rows(x_val) & rows(seen["x"])  # and never trained on, shifted or not
+    assert len(seen["x"]) == 2 * 540 == result["train_rows"]
+    assert rows(seen["x"][:540]) == images - rows(x_val)  # the rest of the images, as they are
+    assert len(evaluated) == 1 and np.array_equal(evaluated[0], data.x_test)
 
 
 def test_seed_runs_labels_its_progress_bars(capsys, digits, tmp_path):

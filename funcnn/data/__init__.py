@@ -7,6 +7,7 @@ from funcnn.data.mnist import MNIST as MNIST
 from funcnn.data.mnist import ChecksumError as ChecksumError
 from funcnn.data.mnist import load_mnist as load_mnist
 from funcnn.data.preprocess import one_hot as one_hot
+from funcnn.data.preprocess import random_shift as random_shift
 from funcnn.data.preprocess import standardize as standardize
 from funcnn.data.preprocess import train_val_split as train_val_split
 from funcnn.data.synthetic import regression as regression
@@ -19,6 +20,7 @@ __all__ = [
     "IDXError",
     "load_mnist",
     "one_hot",
+    "random_shift",
     "read_idx",
     "regression",
     "spirals",

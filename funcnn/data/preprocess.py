@@ -1,4 +1,5 @@
-"""Small, pure preprocessing steps: one-hot targets, standardization, a seeded split."""
+"""Small, pure preprocessing steps: one-hot targets, standardization, a seeded split, and
+random pixel shifts of images (data augmentation)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from funcnn._checks import check_count
 from funcnn.backend import array_namespace, concrete_value
 from funcnn.losses import one_hot as _one_hot_rows
 
-__all__ = ["one_hot", "standardize", "train_val_split"]
+__all__ = ["one_hot", "random_shift", "standardize", "train_val_split"]
 
 
 def one_hot(labels: Any, k: int, dtype: Any = "float32") -> Any:
@@ -104,3 +105,48 @@ def train_val_split(
     order = np.asarray(fnr.permutation(fnr.as_key(key), n))
     val, train = order[:n_val], order[n_val:]
     return x[train], y[train], x[val], y[val]
+
+
+def random_shift(
+    key: Any, images: Any, max_shift: int = 1, image_shape: tuple[int, int] | None = None
+) -> np.ndarray:
+    """Each image moved by its own random whole-pixel offset, the uncovered border set to 0.
+
+    ``images`` has shape ``(n, h, w)``, or ``(n, h * w)`` with ``image_shape=(h, w)``
+    (MNIST's flattened rows: ``image_shape=(28, 28)``); the result has the same shape
+    and dtype. Image ``i`` moves ``dy[i]`` rows down and ``dx[i]`` columns right,
+    each drawn uniformly from ``{-max_shift, ..., max_shift}`` with ``key`` (a
+    funcnn.random key or int seed)::
+
+        out[i, r, c] = images[i, r - dy[i], c - dx[i]]   (0 where that is outside)
+
+    A host step (data augmentation before training): the result is a NumPy array.
+    """
+    if isinstance(max_shift, bool) or not isinstance(max_shift, numbers.Integral):
+        raise TypeError(f"max_shift must be an int; got {type(max_shift).__name__} {max_shift!r}")
+    images = np.asarray(images)
+    if image_shape is None:
+        if images.ndim != 3:
+            raise ValueError(f"images must have shape (n, h, w), or (n, h * w) with "
+                             f"image_shape=(h, w); got {images.shape}")
+        h, w = images.shape[1:]
+    else:
+        h, w = (int(d) for d in image_shape)
+        if images.ndim != 2 or images.shape[1] != h * w:
+            raise ValueError(f"images must have shape (n, {h * w}) for image_shape=({h}, {w}); "
+                             f"got {images.shape}")
+    if not 0 <= max_shift < min(h, w):
+        raise ValueError(f"max_shift must be in [0, {min(h, w)}) for {h}x{w} images; "
+                         f"got {max_shift}")
+    n, k = len(images), 2 * max_shift + 1
+    grid = images.reshape(n, h, w)
+    u = np.asarray(fnr.uniform(fnr.as_key(key), (n, 2)))
+    offsets = np.minimum(np.floor(u * k).astype(np.int64), k - 1)  # (n, 2) in [0, k)
+    codes = offsets[:, 0] * k + offsets[:, 1]  # (n,): which of the k * k moves
+    out = np.zeros_like(grid)
+    for code in np.unique(codes):  # one block copy per move, not one per image
+        rows = np.flatnonzero(codes == code)
+        dy, dx = int(code // k) - max_shift, int(code % k) - max_shift
+        out[rows, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+            grid[rows][:, max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out.reshape(images.shape)

@@ -18,7 +18,7 @@ import sys
 
 import funcnn
 from funcnn.cli import _evaluate, _gradcheck, _train
-from funcnn.cli._common import CommandError, Parser, versions
+from funcnn.cli._common import CommandError, Parser, interrupt_later, versions
 
 __all__ = ["build_parser", "main"]
 
@@ -64,7 +64,8 @@ def _main(argv: list[str] | None) -> int:
         print("  hint: run python -m funcnn from another folder (e.g. inside the clone), "
               "or use the funcnn command", file=sys.stderr)
         return 1
-    parser = build_parser()
+    with interrupt_later():  # imports jax (to know whether it can): a second or more
+        parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help, --version and usage errors

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import math
 import os
 import platform
+import signal
 import sys
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,7 @@ __all__ = [
     "describe_net",
     "drops_units",
     "fraction",
+    "interrupt_later",
     "load_data",
     "machine",
     "non_negative_float",
@@ -176,6 +181,56 @@ def check_out(folder: str, name: str = "--out") -> Path:
         reason = err.strerror or str(err)
         raise CommandError(f"cannot write into {name} {folder}: {reason}") from None
     return path
+
+
+@contextlib.contextmanager
+def interrupt_later(message: str = "") -> Iterator[Callable[[], None]]:
+    """Within the block, the first Ctrl-C is noted (and ``message`` printed) instead of
+    raising ``KeyboardInterrupt`` at once; a second one raises at once.
+
+    Yields ``check``, which raises ``KeyboardInterrupt`` when a Ctrl-C was noted: call it
+    at safe points. Leaving the block normally calls it too. Why: a KeyboardInterrupt
+    raised inside jax is lost when it lands in a callback of the garbage collector (jax
+    runs one often while it is imported), and one raised while a compiled program runs
+    can leave jax to crash the process at exit (a segmentation fault, not exit 130).
+    Outside the main thread, or where Ctrl-C is ignored, nothing changes.
+    """
+    noted: list[int] = []
+
+    def check() -> None:
+        if noted:
+            raise KeyboardInterrupt
+
+    def note(signum: int, frame: object) -> None:
+        if noted:
+            raise KeyboardInterrupt
+        noted.append(signum)
+        if message:
+            _say_now(f"\n{message}\n")
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main_thread else None
+    if previous is not signal.default_int_handler:
+        yield check
+        return
+    signal.signal(signal.SIGINT, note)
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    check()
+
+
+def _say_now(text: str) -> None:
+    """Write on stderr from a signal handler: straight to the file descriptor, since
+    ``print`` could re-enter a write under way (a RuntimeError); through ``sys.stderr``
+    when it has none (a captured stream)."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        sys.stderr.write(text)
+        return
+    os.write(fd, text.encode())
 
 
 def write_json(path: Path, obj: Any) -> None:

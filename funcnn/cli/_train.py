@@ -26,6 +26,7 @@ from funcnn.cli._common import (
     describe_net,
     drops_units,
     fraction,
+    interrupt_later,
     load_data,
     machine,
     non_negative_float,
@@ -48,6 +49,8 @@ METRICS, CURVES = "metrics.json", "curves.png"
 NOT_COMPARED = ("data", "out", "resume", "no_progress")
 # The most steps a run may take: jax counts the optimizer's steps in int32.
 MAX_STEPS = 2**31 - 1
+STOPPING = ("Ctrl-C: stopping when this epoch ends, once its checkpoint is written "
+            "(Ctrl-C again stops at once)")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -284,16 +287,20 @@ def train(args, net, params, optimizer, data, validation, out: Path, record: dic
     """``funcnn.fit`` with the checkpoint written after every epoch; ``(params, history,
     seconds)``, or a CommandError. KeyboardInterrupt passes through."""
     ckpt = out / CHECKPOINT
-    callbacks = [funcnn.callbacks.checkpoint(ckpt, every=1, resume=args.resume)]
-    if args.no_progress:
-        callbacks.append(funcnn.callbacks.print_epochs())
     start = time.perf_counter()
     try:
-        params, _, history = funcnn.fit(
-            net, params, optimizer, *data, epochs=args.epochs, batch_size=args.batch_size,
-            key=args.seed + 1, validation=validation, early_stopping=args.early_stopping,
-            progress=not args.no_progress, callbacks=callbacks,
-        )
+        with interrupt_later(STOPPING) as check:
+            callbacks = [  # a Ctrl-C stops the run after the epoch is saved and shown
+                funcnn.callbacks.checkpoint(ckpt, every=1, resume=args.resume),
+                funcnn.callbacks.print_epochs() if args.no_progress
+                else funcnn.callbacks.progress_bar(),
+                funcnn.callbacks.Callback(on_epoch_end=lambda state, info: check()),
+            ]
+            params, _, history = funcnn.fit(
+                net, params, optimizer, *data, epochs=args.epochs, batch_size=args.batch_size,
+                key=args.seed + 1, validation=validation, early_stopping=args.early_stopping,
+                progress=False, callbacks=callbacks,
+            )
     except TrainingDiverged as err:
         raise CommandError(
             f"training diverged: the loss became NaN or infinite in epoch {err.epoch + 1}, "

@@ -9,7 +9,8 @@ starts the command ``--processes`` times. Process ``i`` gets ``$FUNCNN_PROCESS_I
 or ``--port``), which :func:`funcnn.parallel.initialize` reads; with
 ``--devices-per-process D`` its ``XLA_FLAGS`` also ask for ``D`` CPU devices. The
 processes share this terminal. When one of them fails, the launcher stops the others
-and exits with the failed process's code (1 when it was killed by a signal); after
+and exits with the code of the process that failed first (1 when it was killed by a
+signal): the others often fail only because it did, when they wait for it. After
 ``--timeout`` seconds it stops them all and exits with 124. It exits 0 when all did.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import re
 import shutil
 import signal
@@ -98,12 +100,33 @@ def _stop(procs: list[subprocess.Popen]) -> None:
                 pass
 
 
+def _watch(procs: list[subprocess.Popen]) -> queue.SimpleQueue:
+    """A queue that receives ``(index, exit code)`` of each process as it exits.
+
+    One thread per process waits for it, so the exits arrive in the order they happen,
+    however close together: a process that fails because another one died (a collective
+    that waits for it) comes after the one that died.
+    """
+    exits: queue.SimpleQueue = queue.SimpleQueue()
+    for i, p in enumerate(procs):
+        threading.Thread(target=lambda i=i, p=p: exits.put((i, p.wait())), daemon=True,
+                         name=f"funcnn.launch: wait for process {i}").start()
+    return exits
+
+
+def _how(code: int) -> str:
+    return f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+
+
 def launch(command: Sequence[str], processes: int, *, devices_per_process: int | None = None,
            port: int | None = None, timeout: float = 86_400.0, poll: float = 0.05) -> int:
     """Run ``command`` as ``processes`` local processes of one run; return the exit code.
 
     Each process runs in its own process group, so stopping it stops its children too;
     SIGTERM to the launcher stops them all, and on Linux they die with the launcher.
+    The code is 0 when every process exits 0; else that of the process that failed
+    first (in time, not by index; 1 when a signal killed it), or 124 after ``timeout``
+    seconds. ``poll`` is how often, in seconds, the timeout is checked.
     """
     if not command:
         raise ValueError("no command to launch: put it after `--`, e.g. "
@@ -116,6 +139,8 @@ def launch(command: Sequence[str], processes: int, *, devices_per_process: int |
                          f"got {devices_per_process!r}")
     if not timeout > 0:
         raise ValueError(f"timeout must be positive seconds; got {timeout!r}")
+    if port is not None and (type(port) is not int or not 0 < port < 65536):
+        raise ValueError(f"port must be an integer in [1, 65535]; got {port!r}")
     if shutil.which(command[0]) is None:
         raise ValueError(f"command not found: {command[0]!r}")
     coordinator = f"localhost:{free_port() if port is None else port}"
@@ -127,27 +152,28 @@ def launch(command: Sequence[str], processes: int, *, devices_per_process: int |
             env = worker_env(os.environ, i, processes, coordinator, devices_per_process)
             procs.append(subprocess.Popen(_worker_command(command), env=env,
                                           start_new_session=True))
+        exits = _watch(procs)
         deadline = time.monotonic() + timeout
-        while True:
-            codes = [p.poll() for p in procs]
-            failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
-            if failed:
-                i, code = failed[0]
-                how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-                running = sum(c is None for c in codes)
-                _say(f"process {i} of {processes} {how}; stopping the other {running} "
-                     f"running process(es)")
-                _stop(procs)
-                return code if code > 0 else 1
-            if all(c == 0 for c in codes):
-                return 0
-            if time.monotonic() > deadline:
-                running = [i for i, c in enumerate(codes) if c is None]
+        done: dict[int, int] = {}
+        while len(done) < processes:
+            try:
+                i, code = exits.get(timeout=poll)
+            except queue.Empty:
+                if time.monotonic() <= deadline:
+                    continue
+                running = [j for j in range(processes) if j not in done]
                 _say(f"timed out after {timeout:g} s with process(es) {running} still running; "
                      "stopping them")
                 _stop(procs)
                 return TIMED_OUT
-            time.sleep(poll)
+            done[i] = code
+            if code != 0:
+                running = processes - len(done)
+                _say(f"process {i} of {processes} {_how(code)}, the first to fail; stopping "
+                     f"the other {running} running process(es)")
+                _stop(procs)
+                return code if code > 0 else 1
+        return 0
     except KeyboardInterrupt:
         _say("interrupted; stopping every process")
         _stop(procs)

@@ -13,6 +13,8 @@ import argparse
 import json
 import os
 import re
+import shlex
+import signal
 import subprocess
 import sys
 import tomllib
@@ -138,6 +140,48 @@ def test_python_dash_m_funcnn():
     assert proc.returncode == 0 and "gradcheck" in proc.stdout, proc.stderr
 
 
+EDITABLE_INSTALL = """\
+import sys
+from importlib.machinery import PathFinder
+from importlib.util import spec_from_file_location
+
+PACKAGE = {package!r}
+
+class _Editable:  # what `pip install -e .` installs: a finder after the path's
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name == "funcnn":
+            return spec_from_file_location(name, PACKAGE + "/__init__.py")
+        if name.rpartition(".")[0] == "funcnn":
+            return PathFinder.find_spec(name, [PACKAGE])
+        return None
+
+# right after the path finder (ahead of the finder of any real editable install of funcnn)
+sys.meta_path.insert(sys.meta_path.index(PathFinder) + 1, _Editable)
+"""
+
+
+@pytest.mark.slow
+def test_python_dash_m_funcnn_beside_a_clone_named_funcnn(tmp_path):
+    """From the folder holding a clone `funcnn/` (no __init__.py: the repository, not the
+    package), `python -m funcnn` imports the clone as a namespace package ahead of an
+    editable install; the command says so in two lines instead of a traceback."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(EDITABLE_INSTALL.format(package=str(ROOT / "funcnn")))
+    parent = tmp_path / "parent"
+    (parent / "funcnn").mkdir(parents=True)
+    (parent / "funcnn" / "README.md").write_text("# funcnn\n")
+    env = {"PYTHONPATH": str(shim)}
+    proc = run_module("--help", env=env, cwd=parent)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert_short_error(proc.stderr, str(parent / "funcnn"), "hides the installed funcnn",
+                       "another folder")
+    # the same install works from any other folder: the shim is a faithful install
+    proc = run_module("--version", env=env, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.startswith("funcnn "), proc.stderr
+
+
 def test_the_funcnn_script_is_declared_and_installed():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"funcnn": "funcnn.cli:main"}
@@ -170,6 +214,145 @@ def test_usage_errors_exit_2_in_two_lines(capsys, argv, needle):
     assert code == 2
     assert_short_error(err, needle)
     assert out == ""
+
+
+def numeric_flags() -> list[tuple[str, str]]:
+    """``(command, flag)`` for every flag of every command that takes a value through a
+    ``type=`` function (numbers and widths)."""
+    commands = next(a for a in build_parser()._actions
+                    if isinstance(a, argparse._SubParsersAction)).choices
+    return [(name, action.option_strings[-1]) for name, parser in commands.items()
+            for action in parser._actions if action.type is not None]
+
+
+def test_every_command_has_numeric_flags():
+    """The contract test below covers the flags it should (no silent empty list)."""
+    flags = numeric_flags()
+    for expected in [("train", "--warmup-epochs"), ("train", "--seed"), ("train", "--lr"),
+                     ("gradcheck", "--seed"), ("gradcheck", "--rows"), ("gradcheck", "--rtol")]:
+        assert expected in flags
+
+
+@pytest.mark.parametrize("command, flag", numeric_flags())
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "-1", "1e400", "0x10", "ten"])
+def test_every_numeric_flag_refuses_odd_numbers_in_one_line(capsys, command, flag, value):
+    """inf, nan, negative, overflowing or non-numbers: a usage error (exit 2) naming the
+    flag, never a traceback from deep inside training."""
+    code, out, err = run_cli(capsys, command, f"{flag}={value}")
+    assert code == 2, err
+    assert_short_error(err, flag, repr(value))
+    assert out == ""
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["train", "--seed", str(2**64)], "--seed"),
+    (["train", "--seed", str(2**64 - 2)], "--seed"),  # train also uses SEED+2
+    (["gradcheck", "--seed", str(2**64)], "--seed"),
+    (["train", "--hidden", "512,10000000"], "--hidden"),
+    (["gradcheck", "--n-in", str(10**30)], "--n-in"),
+    (["gradcheck", "--rows", "0"], "--rows"),
+    (["gradcheck", "--n-out", str(10**7)], "--n-out"),
+])
+def test_huge_and_out_of_range_integers_are_usage_errors(capsys, argv, needle):
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2
+    assert_short_error(err, needle)
+
+
+def test_the_largest_seed_is_accepted(capsys):
+    code, out, err = run_cli(capsys, "gradcheck", "--seed", str(2**64 - 3), "--hidden", "3")
+    assert code == 0, err
+    assert last_json(out)["ok"] is True
+
+
+def test_ctrl_c_before_the_command_starts_is_one_line(capsys, monkeypatch):
+    """Ctrl-C while jax is imported (building the parser asks whether it can be)."""
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(funcnn.backend, "jax_available", interrupted)
+    code, out, err = run_cli(capsys, "gradcheck")
+    assert code == 130 and out == ""
+    assert err.strip() == "funcnn: interrupted"
+
+
+def test_ctrl_c_during_a_command_is_one_line(capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(funcnn.testing, "check_grads", interrupted)
+    code, out, err = run_cli(capsys, "gradcheck")
+    assert code == 130
+    assert err.strip() == "funcnn: interrupted"
+
+
+INTERRUPT_JAX_IMPORT = """\
+import sys
+
+class _CtrlC:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "jax":
+            raise KeyboardInterrupt
+
+sys.meta_path.insert(0, _CtrlC())
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_jax_imports_through_python_dash_m(tmp_path):
+    """The first second of `python -m funcnn train`: jax being imported. A sitecustomize
+    hook raises KeyboardInterrupt there, as Ctrl-C would."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(INTERRUPT_JAX_IMPORT)
+    proc = run_module("train", "--out", tmp_path / "o",
+                      env={"PYTHONPATH": os.pathsep.join([str(shim), str(ROOT)])})
+    assert proc.returncode == 130
+    assert proc.stderr.strip() == "funcnn: interrupted", proc.stderr
+
+
+CTRL_C_IN_A_GC_CALLBACK = """\
+import gc, os, signal, sys
+
+def _ctrl_c_once(phase, info):
+    gc.callbacks.remove(_ctrl_c_once)
+    os.kill(os.getpid(), signal.SIGINT)
+    for _ in range(1000):  # Python runs the SIGINT handler here, inside the callback
+        pass
+
+class _CtrlCWhileJaxImports:
+    def find_spec(self, name, path=None, target=None):
+        if name == "jax":
+            sys.meta_path.remove(self)
+            gc.callbacks.append(_ctrl_c_once)
+            gc.collect()
+
+sys.meta_path.insert(0, _CtrlCWhileJaxImports())
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_lost_in_a_gc_callback_while_jax_imports(tmp_path):
+    """jax runs a callback at every garbage collection, many while it is imported: a
+    KeyboardInterrupt raised there is printed as 'Exception ignored' and dropped, and the
+    command went on as if no Ctrl-C had come. A real SIGINT handled inside a gc callback
+    during `import jax` must still stop the command, in one line."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(CTRL_C_IN_A_GC_CALLBACK)
+    proc = run_module("gradcheck", env={"PYTHONPATH": os.pathsep.join([str(shim), str(ROOT)])})
+    assert proc.returncode == 130, proc.stderr
+    assert proc.stderr.strip() == "funcnn: interrupted" and proc.stdout == ""
+
+
+def test_out_of_memory_is_one_line(capsys, monkeypatch):
+    def too_big(*args, **kwargs):
+        raise MemoryError("Unable to allocate 7.28 TiB for an array with shape (10**6, 10**6)")
+
+    monkeypatch.setattr(funcnn, "init_params", too_big)
+    code, out, err = run_cli(capsys, "gradcheck", "--hidden", "1000000,1000000")
+    assert code == 1 and out == ""
+    assert_short_error(err, "out of memory", "7.28 TiB", "--hidden")
 
 
 # ---------------------------------------------------------------------------- gradcheck
@@ -293,6 +476,40 @@ def test_train_then_evaluate_on_small_idx_files(capsys, digits, tmp_path):
     assert (out_dir / "confusion.png").read_bytes()[:8] == PNG_MAGIC
 
 
+def offline_without_data(monkeypatch, tmp_path: Path) -> None:
+    """No MNIST anywhere but where --data points: no $FUNCNN_DATA, an empty cache, no
+    network."""
+    def offline(url):
+        raise OSError("no network in this test")
+
+    monkeypatch.delenv("FUNCNN_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty cache"))
+    monkeypatch.setattr(funcnn.data.mnist, "_fetch", offline)
+
+
+@pytest.mark.slow
+def test_the_next_hint_can_be_pasted(capsys, monkeypatch, digits, tmp_path):
+    """The `next:` line after training is a command that works as printed: it carries
+    --data (the test images are there, not in the default places) and quotes paths."""
+    offline_without_data(monkeypatch, tmp_path)
+    out_dir = tmp_path / "my run"
+    code, out, err = run_cli(capsys, "train", "--data", digits, "--limit", 600, *QUICK,
+                             "--backend", "numpy", "--out", out_dir)
+    assert code == 0, err
+    trained = last_json(out)
+    hint = next(line for line in out.splitlines() if line.startswith("next: "))
+    words = shlex.split(hint.removeprefix("next: "))
+    assert words[:2] == ["funcnn", "evaluate"] and "--data" in words
+    code, out, err = run_cli(capsys, *words[1:])
+    assert code == 0, err
+    assert last_json(out)["test_loss"] == pytest.approx(trained["test_loss"], rel=1e-5)
+
+
+def test_the_next_hint_without_data_has_no_data_flag():
+    hint = funcnn.cli._train.next_command(Path("runs/mnist/model.npz"), None)
+    assert hint == "funcnn evaluate --checkpoint runs/mnist/model.npz"
+
+
 def test_train_and_evaluate_on_real_mnist(capsys, mnist_dir, tmp_path):
     code, out, err = run_cli(capsys, "train", "--data", mnist_dir, "--limit", 2000,
                              "--epochs", 1, "--out", tmp_path, "--no-progress")
@@ -359,6 +576,80 @@ def test_train_with_a_missing_data_folder(capsys, tmp_path):
     assert_short_error(err, "nowhere", "no such folder")
 
 
+def test_data_given_a_file(capsys, tmp_path):
+    notes = tmp_path / "mnist.gz"
+    notes.write_bytes(b"not a folder")
+    for command in (["train", *QUICK, "--out", tmp_path / "o"],
+                    ["evaluate", "--checkpoint", tmp_path / "model.npz"]):
+        code, out, err = run_cli(capsys, *command, "--data", notes)
+        if command[0] == "evaluate":  # the checkpoint is read first: give it one
+            assert "no checkpoint file" in err
+            continue
+        assert code == 1 and out == ""
+        assert_short_error(err, "mnist.gz", "is a file", "a folder is expected")
+        assert "no such folder" not in err
+
+
+def with_label(digits: Path, folder: Path, split: str, label: int, at: int) -> Path:
+    """A copy of the digits whose ``split`` ("train" or "t10k") has ``label`` at ``at``."""
+    folder.mkdir()
+    for name in MNIST_FILES:
+        (folder / f"{name}.gz").write_bytes((digits / f"{name}.gz").read_bytes())
+    data = funcnn.data.load_mnist(digits)
+    labels = (data.y_train if split == "train" else data.y_test).astype(np.uint8)
+    labels[at] = label
+    funcnn.data.write_idx(folder / f"{split}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
+@pytest.mark.parametrize("split, label, at", [("t10k", 10, 7), ("train", 10, 1234),
+                                              ("t10k", 255, 0)])
+def test_labels_out_of_range_are_refused_before_training(capsys, digits, tmp_path, split,
+                                                         label, at):
+    """A bad label anywhere (also in the test set, used only after training) stops the
+    run before it trains: one line naming the file, the label and where; nothing written."""
+    bad = with_label(digits, tmp_path / "bad", split, label, at)
+    out_dir = tmp_path / "run"
+    code, out, err = run_cli(capsys, "train", "--data", bad, *QUICK, "--limit", 600,
+                             "--backend", "numpy", "--out", out_dir)
+    assert code == 1 and out == ""
+    assert_short_error(err, f"{split}-labels-idx1-ubyte", f"label {label} at index {at}",
+                       "0 to 9")
+    assert not (out_dir / "metrics.json").exists() and not (out_dir / "checkpoint.npz").exists()
+    assert "epoch" not in err
+
+
+def test_evaluate_refuses_labels_out_of_range(capsys, digits, tmp_path):
+    bad = with_label(digits, tmp_path / "bad", "t10k", 10, 3)
+    model = save_checkpoint(tmp_path / "model.npz", funcnn.MLP((784, 16, 10)))
+    code, out, err = run_cli(capsys, "evaluate", "--checkpoint", model, "--data", bad)
+    assert code == 1 and out == ""
+    assert_short_error(err, "t10k-labels-idx1-ubyte", "label 10 at index 3")
+
+
+def test_more_steps_than_a_run_can_count(capsys, digits, tmp_path):
+    """On jax the optimizer counts steps in int32: refused before training, not an
+    OverflowError from a jitted call."""
+    code, out, err = run_cli(capsys, "train", "--data", digits, "--limit", 600, "--epochs",
+                             10**12, "--out", tmp_path, "--no-progress")
+    assert code == 2 and out == ""
+    assert_short_error(err, "--epochs", str(2**31 - 1))
+    assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_huge_values_that_make_sense_train(capsys, digits, tmp_path):
+    """Values past the data (more rows, a bigger batch, more patience, a longer warm-up
+    than there is) are allowed, and clipped to what there is."""
+    huge = str(10**30)
+    code, out, err = run_cli(capsys, "train", "--data", digits, "--limit", huge, "--batch-size",
+                             huge, "--early-stopping", huge, "--warmup-epochs", "1e300",
+                             "--hidden", "8", "--epochs", "1", "--backend", "numpy",
+                             "--no-progress", "--out", tmp_path)
+    assert code == 0, err
+    assert last_json(out)["train_rows"] == 2160  # 90% of the 2400 training digits
+
+
 def test_train_with_files_missing(capsys, digits, tmp_path):
     partial = tmp_path / "partial"
     partial.mkdir()
@@ -393,12 +684,7 @@ def test_train_with_images_of_the_wrong_size(capsys, digits, tmp_path):
 
 
 def test_train_without_data_anywhere_and_no_network(capsys, monkeypatch, tmp_path):
-    def offline(url):
-        raise OSError("no network in this test")
-
-    monkeypatch.delenv("FUNCNN_DATA", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setattr(funcnn.data.mnist, "_fetch", offline)
+    offline_without_data(monkeypatch, tmp_path)
     code, _, err = run_cli(capsys, "train", *QUICK, "--out", tmp_path / "o")
     assert code == 1
     assert_short_error(err, "MNIST files not found", "--data")
@@ -428,6 +714,137 @@ def test_training_that_diverges(capsys, digits, tmp_path):
                              "--schedule", "constant", "--out", tmp_path)
     assert code == 1 and out == ""
     assert_short_error(err, "training diverged", "--lr")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "training diverged" in metrics["error"]
+
+
+@pytest.mark.slow
+def test_an_interrupted_run_keeps_the_history_of_its_finished_epochs(capsys, monkeypatch,
+                                                                     digits, tmp_path):
+    """Ctrl-C after epoch 1, --resume, Ctrl-C after epoch 2, --resume: each time
+    metrics.json holds the epochs the checkpoint holds, with their history."""
+    flags = ["train", "--data", digits, "--limit", 600, "--hidden", 16, "--epochs", 3,
+             "--backend", "numpy", "--no-progress", "--out", tmp_path]
+    save = funcnn.callbacks.save_fit_state
+    saves = []
+
+    def save_then_interrupt(path, net, state):
+        save(path, net, state)
+        saves.append(state.epoch)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(funcnn.callbacks, "save_fit_state", save_then_interrupt)
+    for resume, epochs in (([], 1), (["--resume"], 2)):
+        code, out, err = run_cli(capsys, *flags, *resume)
+        assert code == 130 and out == "" and "Traceback" not in err
+        assert f"holds epoch {epochs}, the last finished" in err
+        metrics = json.loads((tmp_path / "metrics.json").read_text())
+        saved = funcnn.load(tmp_path / "checkpoint.npz").metadata
+        assert metrics["status"] == "interrupted" and saved["epoch"] == epochs
+        assert metrics["epochs_trained"] == epochs
+        for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"):
+            assert metrics["history"][name] == pytest.approx(saved["history"][name], abs=0), name
+            assert len(metrics["history"][name]) == epochs
+    monkeypatch.setattr(funcnn.callbacks, "save_fit_state", save)
+    code, out, err = run_cli(capsys, *flags, "--resume")
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and len(metrics["history"]["val_loss"]) == 3
+    assert saves == [1, 2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_ctrl_c_during_an_epoch_stops_when_it_ends(capsys, monkeypatch, digits, tmp_path,
+                                                   backend):
+    """A real SIGINT in the middle of epoch 2's checkpoint write: the write completes, the
+    run stops after epoch 2 (not inside jax, which can crash the process at exit), and
+    --resume continues from it."""
+    save = funcnn.callbacks.save_fit_state
+
+    def save_with_ctrl_c(path, net, state):
+        if state.epoch == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # noted, not raised: the save goes on
+        save(path, net, state)
+
+    monkeypatch.setattr(funcnn.callbacks, "save_fit_state", save_with_ctrl_c)
+    flags = ["train", "--data", digits, "--limit", 600, "--hidden", 16, "--epochs", 4,
+             "--backend", backend, "--no-progress", "--out", tmp_path]
+    code, out, err = run_cli(capsys, *flags)
+    assert code == 130 and out == "" and "Traceback" not in err
+    assert "Ctrl-C: stopping when this epoch ends" in err
+    assert "holds epoch 2, the last finished" in err
+    assert re.search(r"^epoch 2/4 .*\n\ninterrupted: ", err, re.M), err  # shown, then stop
+    assert funcnn.load(tmp_path / "checkpoint.npz").metadata["epoch"] == 2
+    assert json.loads((tmp_path / "metrics.json").read_text())["epochs_trained"] == 2
+    monkeypatch.setattr(funcnn.callbacks, "save_fit_state", save)
+    code, out, err = run_cli(capsys, *flags, "--resume")
+    assert code == 0, err
+    assert last_json(out)["epochs"] == 4
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_a_second_ctrl_c_stops_at_once(capsys, monkeypatch, digits, tmp_path):
+    def save_with_two_ctrl_c(path, net, state):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        raise AssertionError("the second Ctrl-C did not stop the run at once")
+
+    monkeypatch.setattr(funcnn.callbacks, "save_fit_state", save_with_two_ctrl_c)
+    code, _, err = run_cli(capsys, "train", "--data", digits, "--limit", 300, *QUICK,
+                           "--hidden", 8, "--backend", "numpy", "--out", tmp_path)
+    assert code == 130 and "Traceback" not in err
+    assert "interrupted before the first epoch ended" in err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_jax_trains_exits_130(digits, tmp_path):
+    """The whole process, a real Ctrl-C during the jax training of epoch 2 or later: exit
+    130 after the epoch (an interrupt inside jax used to end in a segmentation fault)."""
+    # a Python handler here becomes the default one in the child (not so an ignored
+    # SIGINT, as in a shell's background job); no preexec_fn: jax warns of a fork
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "funcnn", "train", "--data", str(digits), "--limit", "2000",
+             "--hidden", "64", "--epochs", "200", "--backend", "jax", "--no-progress",
+             "--out", str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, env={**os.environ, "MPLBACKEND": "Agg"})
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        lines = []
+        for line in proc.stderr:  # wait for epoch 1 to end
+            lines.append(line)
+            if line.startswith("epoch 1/200"):
+                break
+        proc.send_signal(signal.SIGINT)
+        _, rest = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    err = "".join(lines) + rest
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Ctrl-C: stopping when this epoch ends" in err
+    held = int(re.search(r"holds epoch (\d+), the last finished", err)[1])
+    assert 2 <= held < 200
+    assert funcnn.load(tmp_path / "checkpoint.npz").metadata["epoch"] == held
+
+
+def test_interrupted_before_the_first_epoch_ends(capsys, monkeypatch, digits, tmp_path):
+    """Even when an older checkpoint is in --out, nothing of this run can be resumed."""
+    save_checkpoint(tmp_path / "checkpoint.npz", funcnn.MLP((784, 16, 10)))
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(funcnn.callbacks, "save_fit_state", interrupt)
+    code, _, err = run_cli(capsys, "train", "--data", digits, "--limit", 300, *QUICK,
+                           "--hidden", 8, "--backend", "numpy", "--out", tmp_path)
+    assert code == 130
+    assert "interrupted before the first epoch ended: nothing to resume from" in err
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and metrics["epochs_trained"] == 0
 
 
 def test_resume_with_other_flags_is_refused(capsys, digits, tmp_path):
@@ -497,6 +914,38 @@ def test_evaluate_a_bad_checkpoint(capsys, digits, tmp_path, case, needles):
     assert_short_error(err, *needles)
 
 
+def _swish(z):
+    return z * funcnn.activations.sigmoid(z)
+
+
+def _swish_grad(z, a):
+    s = funcnn.activations.sigmoid(z)
+    return s + a * (1 - s)
+
+
+SWISH = funcnn.activations.Activation("swish", _swish, _swish_grad)
+MY_CE = funcnn.losses.Loss("my_ce", funcnn.losses.cross_entropy,
+                           funcnn.losses.cross_entropy_delta, ("softmax",))
+
+
+@pytest.mark.parametrize("field, piece, needles", [
+    ("hidden", SWISH, ["custom activation 'swish' (hidden)", "hidden=<your activation>"]),
+    ("loss", MY_CE, ["custom loss 'my_ce' (loss)", "loss=<your loss>"]),
+])
+def test_evaluate_a_net_with_a_custom_piece(capsys, digits, tmp_path, field, piece, needles):
+    """A file keeps only the name of a custom activation or loss: the command line cannot
+    run it, and says so (and how to evaluate it in Python) in two lines."""
+    net = funcnn.MLP((784, 16, 10), **{field: piece})
+    path = tmp_path / "custom.npz"
+    funcnn.save(path, funcnn.init_params(net, 0), net=net)
+    code, out, err = run_cli(capsys, "evaluate", "--checkpoint", path, "--data", digits)
+    assert code == 1 and out == ""
+    assert_short_error(err, "custom.npz", "only Python can evaluate it", "funcnn.load(path, "
+                       "net=net)", *needles)
+    # the advice works: with the net given, funcnn.load rebuilds the net
+    assert funcnn.load(path, net=net).net == net
+
+
 @pytest.mark.slow
 def test_user_errors_through_python_dash_m(tmp_path):
     proc = run_module("train", "--data", tmp_path / "nowhere", "--out", tmp_path / "o")
@@ -545,6 +994,52 @@ def test_early_stopping_keeps_the_best_epoch(capsys, digits, tmp_path):
                              "--data", digits)
     assert code == 0, err
     assert last_json(out)["test_loss"] == pytest.approx(result["test_loss"], rel=1e-5)
+
+
+# ---------------------------------------------------------------------------- figures and titles
+
+
+@pytest.mark.parametrize("sizes, dropout, says_dropout", [
+    ((784, 10), 0.2, False),  # --hidden none: dropout acts on hidden units only
+    ((784, 16, 10), 0.2, True),
+    ((784, 16, 10), 0.0, False),
+])
+def test_a_net_is_said_to_drop_units_only_when_it_does(sizes, dropout, says_dropout):
+    net = funcnn.MLP(sizes, dropout=dropout)
+    text = funcnn.cli._common.describe_net(net)
+    assert ("dropout" in text) == says_dropout, text
+    assert funcnn.cli._common.drops_units(net) == says_dropout
+
+
+def history_of(n: int) -> dict:
+    rng = np.random.default_rng(n)
+    return {name: list(rng.uniform(0.1, 0.9, n)) for name in
+            ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [1, 2, 12, 45])
+def test_curves_have_integer_epoch_ticks_and_visible_points(tmp_path, n):
+    """A 1-epoch run: one tick, at 1 (not 0.5, 0.6, ...), and its lone points drawn big."""
+    pytest.importorskip("matplotlib")
+    fig = funcnn.cli._plots.curves_figure(history_of(n), tmp_path / "c.png", title="t",
+                                          test={"loss": 0.5, "accuracy": 0.5}, dropout=False)
+    assert (tmp_path / "c.png").read_bytes()[:8] == PNG_MAGIC
+    for ax in fig.axes:
+        low, high = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if low <= t <= high]
+        assert ticks and all(t == int(t) for t in ticks), ticks
+        assert set(ticks) <= set(range(1, n + 1))
+        lines = [line for line in ax.get_lines()
+                 if line.get_label().startswith(("train", "validation"))]
+        assert len(lines) == 2 and all(len(line.get_xdata()) == n for line in lines)
+        for line in lines:
+            if n <= 5:
+                assert line.get_marker() == "o" and line.get_markersize() >= 6
+            elif n > 30:
+                assert line.get_marker() in (None, "None", "", " ")
+        labels = [line.get_label() for line in lines]
+        assert not any("dropout" in label for label in labels), labels
 
 
 # ---------------------------------------------------------------------------- documentation

@@ -443,6 +443,41 @@ def test_launcher_stops_the_rest_when_one_fails(tmp_path):
     assert _gone(tmp_path / "pid_0")
 
 
+# Process FIRST exits with code 3; the others wait until it is gone (its lock on a file
+# is released when it exits, as a peer's connection closes) and then fail with code 1,
+# as jax.distributed workers do when a peer dies.
+DIES_FIRST = r'''
+import fcntl, os, sys, time
+folder, first = sys.argv[1], int(sys.argv[2])
+lock = open(f"{folder}/lock", "a")
+if int(os.environ["FUNCNN_PROCESS_ID"]) == first:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    open(f"{folder}/ready", "w").close()
+    time.sleep(0.3)
+    os._exit(3)
+while not os.path.exists(f"{folder}/ready"):
+    time.sleep(0.005)
+fcntl.flock(lock, fcntl.LOCK_SH)  # returns once process FIRST has exited
+time.sleep(0.3)  # noticing a dead peer takes a moment
+os._exit(1)
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first", [2, 1, 0])
+def test_launcher_blames_the_process_that_failed_first(tmp_path, capfd, first):
+    """Process FIRST fails, the others fail after it because it did: the launcher names
+    FIRST and returns its code, whatever its index. poll=5: all exits happen between two
+    looks at the clock, so the order can only come from when each process exited."""
+    script = tmp_path / "worker.py"
+    script.write_text(DIES_FIRST)
+    code = launch.launch([sys.executable, str(script), str(tmp_path), str(first)], 3, poll=5.0)
+    err = capfd.readouterr().err
+    assert code == 3, err
+    assert f"process {first} of 3 exited with code 3, the first to fail" in err
+    assert err.count("funcnn.launch:") == 1, err
+
+
 def test_launcher_times_out(tmp_path):
     proc = _launch(tmp_path, "sleep", "--processes", "2", "--timeout", "1")
     assert proc.returncode == launch.TIMED_OUT, proc.stderr
@@ -490,6 +525,11 @@ def test_launcher_refuses_bad_arguments():
         launch.launch(["true"], 0)
     with pytest.raises(ValueError, match="devices_per_process must be a positive integer"):
         launch.launch(["true"], 1, devices_per_process=0)
+    for port in (0, -1, 65536, 10**9):
+        with pytest.raises(ValueError, match=rf"port must be .* \[1, 65535\]; got {port}"):
+            launch.launch(["true"], 1, port=port)
+    with pytest.raises(ValueError, match="timeout must be positive seconds; got nan"):
+        launch.launch(["true"], 1, timeout=float("nan"))
     with pytest.raises(ValueError, match="command not found: 'no-such-program-here'"):
         launch.launch(["no-such-program-here"], 1)
     assert launch.main(["--processes", "1", "--", sys.executable, "-c", "pass"]) == 0

@@ -16,8 +16,9 @@ from __future__ import annotations
 import os
 import sys
 
+import funcnn
 from funcnn.cli import _evaluate, _gradcheck, _train
-from funcnn.cli._common import CommandError, Parser, versions
+from funcnn.cli._common import CommandError, Parser, interrupt_later, versions
 
 __all__ = ["build_parser", "main"]
 
@@ -43,8 +44,28 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``funcnn`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
-    parser = build_parser()
+    """Run ``funcnn`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code.
+
+    Whatever happens, the user sees one or two lines: Ctrl-C at any moment (also while
+    jax is imported, before the command starts) exits 130.
+    """
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("\nfuncnn: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
+    shadow = shadowing_folder()
+    if shadow is not None:
+        print(f"funcnn: error: the folder {shadow} (a clone of funcnn?) hides the installed "
+              "funcnn package: Python imports that folder as 'funcnn'", file=sys.stderr)
+        print("  hint: run python -m funcnn from another folder (e.g. inside the clone), "
+              "or use the funcnn command", file=sys.stderr)
+        return 1
+    with interrupt_later():  # imports jax (to know whether it can): a second or more
+        parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help, --version and usage errors
@@ -59,8 +80,24 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `funcnn ... | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except MemoryError as err:
+        failure = CommandError(f"out of memory ({err or 'MemoryError'})",
+                               "choose smaller sizes (--hidden, --rows, --n-in, --limit)")
     except CommandError as err:
-        print(f"funcnn {args.command}: error: {err}", file=sys.stderr)
-        if err.hint:
-            print(f"  hint: {err.hint}", file=sys.stderr)
-        return err.code
+        failure = err
+    print(f"funcnn {args.command}: error: {failure}", file=sys.stderr)
+    if failure.hint:
+        print(f"  hint: {failure.hint}", file=sys.stderr)
+    return failure.code
+
+
+def shadowing_folder() -> str | None:
+    """The folder imported as ``funcnn`` when it is not the package, else ``None``.
+
+    From the folder that holds a clone named ``funcnn``, ``python -m funcnn`` finds that
+    folder (the repository, with no ``__init__.py``) first and imports it as a namespace
+    package, ahead of an editable install; the submodules still come from the install.
+    """
+    if getattr(funcnn, "__file__", None) is not None:
+        return None
+    return os.pathsep.join(list(getattr(funcnn, "__path__", None) or ["?"]))

@@ -3,32 +3,49 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
+import math
 import os
 import platform
+import signal
 import sys
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 import funcnn
 from funcnn._files import check_writable, write_bytes
 from funcnn.data.mnist import FILES as MNIST_FILES
 
 __all__ = [
+    "MAX_SEED",
+    "MAX_WIDTH",
+    "N_CLASSES",
     "CommandError",
     "Parser",
     "check_out",
     "describe_net",
+    "drops_units",
     "fraction",
+    "interrupt_later",
     "load_data",
     "machine",
+    "non_negative_float",
     "positive_float",
     "positive_int",
+    "seed",
     "versions",
+    "width",
     "widths",
     "write_json",
 ]
+
+N_CLASSES = 10  # MNIST's digits
 
 
 class CommandError(Exception):
@@ -52,59 +69,75 @@ class Parser(argparse.ArgumentParser):
 
 # ---------------------------------------------------------------------------- flag types
 
+# Each flag type turns the text of one flag into its value or raises ArgumentTypeError,
+# which argparse reports in one line with exit code 2. Every number is checked for
+# range, so that inf, nan, negative and huge values fail here, not deep in training.
+
+MAX_WIDTH = 1_000_000  # a layer or batch wider than this cannot fit a CPU's memory anyway
+MAX_SEED = 2**64 - 3  # a key takes [0, 2**64), and `train` also uses SEED+1 and SEED+2
+
+
+def _number(text: str, convert, ok, expected: str):
+    try:
+        value = convert(text)
+    except (ValueError, OverflowError):
+        value = None
+    if value is None or not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _number(text, int, lambda v: v > 0, "a positive integer")
+
+
+def width(text: str) -> int:
+    """A layer width or a row count: a positive integer up to :data:`MAX_WIDTH`."""
+    return _number(text, int, lambda v: 0 < v <= MAX_WIDTH,
+                   f"a positive integer up to {MAX_WIDTH}")
+
+
+def seed(text: str) -> int:
+    return _number(text, int, lambda v: 0 <= v <= MAX_SEED,
+                   "an integer seed in [0, 2**64 - 3]")
+
+
+def positive_float(text: str) -> float:
+    return _number(text, float, lambda v: 0 < v < math.inf, "a positive finite number")
+
+
+def non_negative_float(text: str) -> float:
+    return _number(text, float, lambda v: 0 <= v < math.inf, "a finite number >= 0")
+
+
+def fraction(text: str) -> float:
+    """A number in [0, 1)."""
+    return _number(text, float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+
 
 def widths(text: str) -> tuple[int, ...]:
     """``"512,256"`` -> ``(512, 256)``; ``""`` or ``"none"`` -> no hidden layer."""
     if text.strip().lower() in ("", "none"):
         return ()
     try:
-        out = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        out = ()
-    if not out or min(out) <= 0:
+        return tuple(width(part) for part in text.split(","))
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated positive integers like 512,256; got {text!r}")
-    return out
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}")
-    return value
-
-
-def fraction(text: str) -> float:
-    """A number in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1); got {text!r}")
-    return value
+            f"expected comma-separated positive integers (up to {MAX_WIDTH}) like 512,256, "
+            f"or none; got {text!r}") from None
 
 
 # ---------------------------------------------------------------------------- data and files
 
 
 def load_data(folder: str | None) -> funcnn.data.MNIST:
-    """MNIST from ``--data`` (or ``$FUNCNN_DATA``, the cache, a download), or a CommandError."""
+    """MNIST from ``--data`` (or ``$FUNCNN_DATA``, the cache, a download), checked: both
+    splits non-empty and every label a digit, before anything trains; or a CommandError."""
     if folder is not None:
         path = Path(folder)
+        if path.exists() and not path.is_dir():
+            raise CommandError(f"--data {folder} is a file; a folder is expected",
+                               "pass the folder that holds the four MNIST files")
         if not path.is_dir():
             raise CommandError(f"--data {folder}: no such folder",
                                "pass the folder that holds the four MNIST files")
@@ -114,7 +147,7 @@ def load_data(folder: str | None) -> funcnn.data.MNIST:
             raise CommandError(f"--data {folder} lacks {', '.join(missing)}",
                                "each MNIST file may be raw or gzip-compressed (.gz)")
     try:
-        return funcnn.data.load_mnist(folder)
+        data = funcnn.data.load_mnist(folder)
     except FileNotFoundError:
         raise CommandError(
             "MNIST files not found ($FUNCNN_DATA, the cache) and the download failed",
@@ -123,6 +156,17 @@ def load_data(folder: str | None) -> funcnn.data.MNIST:
         ) from None
     except ValueError as err:  # IDXError, ChecksumError, wrong shapes
         raise CommandError(f"cannot read the MNIST files: {_first_line(err)}") from None
+    where = f"--data {folder}" if folder is not None else "the MNIST files"
+    for labels, name in ((data.y_train, MNIST_FILES[1]), (data.y_test, MNIST_FILES[3])):
+        if len(labels) == 0:
+            raise CommandError(f"{where}: {name} holds no labels (and its images file none)")
+        bad = np.flatnonzero((labels < 0) | (labels >= N_CLASSES))
+        if len(bad):
+            raise CommandError(
+                f"{where}: {name} holds the label {labels[bad[0]]} at index {bad[0]} "
+                f"({len(bad)} label(s) outside 0..{N_CLASSES - 1})",
+                f"MNIST labels are the {N_CLASSES} digits 0 to {N_CLASSES - 1}")
+    return data
 
 
 def check_out(folder: str, name: str = "--out") -> Path:
@@ -137,6 +181,56 @@ def check_out(folder: str, name: str = "--out") -> Path:
         reason = err.strerror or str(err)
         raise CommandError(f"cannot write into {name} {folder}: {reason}") from None
     return path
+
+
+@contextlib.contextmanager
+def interrupt_later(message: str = "") -> Iterator[Callable[[], None]]:
+    """Within the block, the first Ctrl-C is noted (and ``message`` printed) instead of
+    raising ``KeyboardInterrupt`` at once; a second one raises at once.
+
+    Yields ``check``, which raises ``KeyboardInterrupt`` when a Ctrl-C was noted: call it
+    at safe points. Leaving the block normally calls it too. Why: a KeyboardInterrupt
+    raised inside jax is lost when it lands in a callback of the garbage collector (jax
+    runs one often while it is imported), and one raised while a compiled program runs
+    can leave jax to crash the process at exit (a segmentation fault, not exit 130).
+    Outside the main thread, or where Ctrl-C is ignored, nothing changes.
+    """
+    noted: list[int] = []
+
+    def check() -> None:
+        if noted:
+            raise KeyboardInterrupt
+
+    def note(signum: int, frame: object) -> None:
+        if noted:
+            raise KeyboardInterrupt
+        noted.append(signum)
+        if message:
+            _say_now(f"\n{message}\n")
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main_thread else None
+    if previous is not signal.default_int_handler:
+        yield check
+        return
+    signal.signal(signal.SIGINT, note)
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    check()
+
+
+def _say_now(text: str) -> None:
+    """Write on stderr from a signal handler: straight to the file descriptor, since
+    ``print`` could re-enter a write under way (a RuntimeError); through ``sys.stderr``
+    when it has none (a captured stream)."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        sys.stderr.write(text)
+        return
+    os.write(fd, text.encode())
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -175,12 +269,19 @@ def machine() -> dict[str, Any]:
     }
 
 
+def drops_units(net: funcnn.MLP) -> bool:
+    """Whether training drops units: dropout acts on hidden units only, so a net without
+    a hidden layer has none (``--hidden none`` keeps the default ``--dropout 0.2``)."""
+    return net.dropout > 0 and net.n_layers > 1
+
+
 def describe_net(net: funcnn.MLP) -> str:
-    """``"784-512-256-10 MLP, relu hidden, softmax output, dropout 0.2"``."""
+    """``"784-512-256-10 MLP, relu hidden, softmax output, dropout 0.2"`` (dropout only
+    when it :func:`drops_units`)."""
     text = "-".join(map(str, net.sizes)) + " MLP"
     if net.n_layers > 1:
         text += f", {net.hidden} hidden"
     text += f", {net.output} output"
-    if net.dropout:
+    if drops_units(net):
         text += f", dropout {net.dropout:g}"
     return text

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
 import funcnn
+from funcnn import serialization
 from funcnn.checkpoint import CheckpointError
 from funcnn.cli import _plots
-from funcnn.cli._common import CommandError, check_out, describe_net, load_data
+from funcnn.cli._common import N_CLASSES, CommandError, check_out, describe_net, load_data
 
-__all__ = ["add_parser", "confusion_matrix", "load_model", "run"]
+__all__ = ["add_parser", "confusion_matrix", "custom_pieces", "load_model", "run"]
 
-N_PIXELS, N_CLASSES = 784, 10
+N_PIXELS = 784
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -49,10 +51,39 @@ def load_model(path: str) -> tuple[funcnn.MLP, tuple]:
                            "is it a file written by `funcnn train` or funcnn.save?") from None
     except OSError as err:
         raise CommandError(f"cannot read the checkpoint {path}: {err.strerror or err}") from None
+    except ValueError as err:  # a custom activation or loss, which only Python can supply
+        pieces = custom_pieces(path)
+        if not pieces:
+            raise CommandError(f"cannot load the checkpoint {path}: "
+                               f"{str(err).strip().splitlines()[0]}") from None
+        named = " and ".join(f"the custom {kind} {name!r} ({field})"
+                             for field, kind, name in pieces)
+        yours = ", ".join(f"{field}=<your {kind}>" for field, kind, _ in pieces)
+        raise CommandError(
+            f"the checkpoint {path} holds a net with {named}, whose code is not in the "
+            "file: only Python can evaluate it",
+            f"in Python, where it is defined: net = funcnn.MLP(..., {yours}); ckpt = "
+            "funcnn.load(path, net=net); funcnn.evaluate(net, ckpt.params, x, y)",
+        ) from None
     if ckpt.net is None:
         raise CommandError(f"the checkpoint {path} holds no net spec",
                            "save it with funcnn.save(path, params, net=net)")
     return ckpt.net, ckpt.params
+
+
+def custom_pieces(path: str) -> list[tuple[str, str, str]]:
+    """The custom activations and losses a checkpoint's net spec names, as ``(field, kind,
+    name)``, e.g. ``("hidden", "activation", "swish")``: a file keeps only their names.
+    ``[]`` when there are none or the header cannot be read (``funcnn.load`` says why)."""
+    try:
+        with open(path, "rb") as f, \
+                serialization.NpzReader(f, os.fstat(f.fileno()).st_size) as reader:
+            spec = serialization.read_header(reader, ()).get("net")
+    except (OSError, serialization.FormatError):
+        return []
+    return [(field, str(value.get("custom")), str(value.get("name")))
+            for field, value in (spec.items() if type(spec) is dict else ())
+            if type(value) is dict and "custom" in value]
 
 
 def check_fits_mnist(net: funcnn.MLP, path: str) -> None:

@@ -14,9 +14,11 @@ from funcnn.activations import ACTIVATIONS, OUTPUTS
 from funcnn.cli._common import (
     CommandError,
     describe_net,
+    drops_units,
     fraction,
     positive_float,
-    positive_int,
+    seed,
+    width,
     widths,
 )
 from funcnn.losses import LOSSES
@@ -49,11 +51,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "binary_cross_entropy for sigmoid, mse otherwise)")
     p.add_argument("--dropout", type=fraction, default=0.0, metavar="P",
                    help="dropout probability; the masks are drawn from the seed (default: 0)")
-    p.add_argument("--n-in", type=positive_int, default=6, metavar="N",
+    p.add_argument("--n-in", type=width, default=6, metavar="N",
                    help="input width (default: 6)")
-    p.add_argument("--n-out", type=positive_int, default=4, metavar="N",
+    p.add_argument("--n-out", type=width, default=4, metavar="N",
                    help="output width (default: 4)")
-    p.add_argument("--rows", type=positive_int, default=8, metavar="N",
+    p.add_argument("--rows", type=width, default=8, metavar="N",
                    help="rows in the batch (default: 8)")
     p.add_argument("--reference", default="jax", choices=tuple(DEFAULT_RTOL), metavar="NAME",
                    help="jax (jax.grad) or finite_differences; without jax installed, "
@@ -64,7 +66,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float64", choices=("float32", "float64"),
                    metavar="NAME", help="float32 or float64: the dtype the params and data "
                    "are drawn in; the check itself computes in float64 (default: float64)")
-    p.add_argument("--seed", type=int, default=0, metavar="N",
+    p.add_argument("--seed", type=seed, default=0, metavar="N",
                    help="seed of the network, the batch and the dropout masks (default: 0)")
     p.set_defaults(run=run)
     return p
@@ -104,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         reference = "finite_differences"
     rtol = DEFAULT_RTOL[reference] if args.rtol is None else args.rtol
     params, x, y = random_problem(net, args.rows, args.dtype, args.seed)
-    train = net.dropout > 0
+    train = drops_units(net)  # no hidden layer: nothing to drop
     try:  # rtol=inf: every leaf is reported; the verdict is made below, with the table
         reports = funcnn.testing.check_grads(net, params, x, y, key=args.seed + 1, train=train,
                                              reference=reference, rtol=math.inf)

@@ -17,8 +17,8 @@ from funcnn._files import write_bytes
 
 __all__ = ["confusion_figure", "curves_figure"]
 
-_TRAIN = "train: running mean over the epoch, dropout on"
-_VAL = "validation: after the epoch, dropout off"
+_TRAIN = "train: running mean over the epoch"
+_VAL = "validation: after the epoch"
 
 
 def _save(fig, path: str | os.PathLike) -> None:
@@ -42,12 +42,22 @@ def _log_subs(ax) -> tuple[float, ...]:
     return (1.0, 2.0, 5.0)
 
 
+def _marker_size(n_points: int) -> float | None:
+    """Dots on the lines: large when there are few points (one epoch is a lone dot, which
+    must show), small up to 30 points, none beyond (the line says it all)."""
+    if n_points > 30:
+        return None
+    return 7.0 if n_points <= 5 else 3.0
+
+
 def curves_figure(history: dict, path: str | os.PathLike, *, title: str,
-                  test: dict | None = None) -> None:
+                  test: dict | None = None, dropout: bool = True):
     """Loss and accuracy per epoch (train and validation) side by side, written to ``path``.
 
     ``history`` is the one ``funcnn.fit`` returns; ``test`` (``{"loss", "accuracy"}``)
-    adds the final test values as stars at the epoch whose params were kept.
+    adds the final test values as stars at the epoch whose params were kept; ``dropout``
+    says whether the net drops units (the legend then says the train curve has it on).
+    The epoch axis has integer ticks only. Returns the matplotlib ``Figure`` (written).
     """
     from matplotlib.figure import Figure  # optional dependency, imported when drawing
     from matplotlib.ticker import (
@@ -64,14 +74,15 @@ def curves_figure(history: dict, path: str | os.PathLike, *, title: str,
     panels = [("loss", 1.0)] + ([("accuracy", 100.0)] if has_acc else [])
     fig = Figure(figsize=(11, 4.8), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    marker = "o" if len(epochs) <= 30 else None
+    ms = _marker_size(len(epochs))
+    marker = None if ms is None else "o"
     best = history.get("best_epoch")
     for ax, (key, scale) in zip(axes, panels, strict=True):
-        ax.plot(epochs, np.asarray(history[f"train_{key}"]) * scale, marker=marker, ms=3,
-                label=_TRAIN)
+        ax.plot(epochs, np.asarray(history[f"train_{key}"]) * scale, marker=marker, ms=ms,
+                label=_TRAIN + (", dropout on" if dropout else ""))
         if has_val:
-            ax.plot(epochs, np.asarray(history[f"val_{key}"]) * scale, marker=marker, ms=3,
-                    label=_VAL)
+            ax.plot(epochs, np.asarray(history[f"val_{key}"]) * scale, marker=marker, ms=ms,
+                    label=_VAL + (", dropout off" if dropout else ""))
         if test is not None and test.get(key) is not None:
             kept = len(epochs) if best is None else best[0] + 1
             ax.plot([kept], [test[key] * scale], "k*", ms=11, label=_test_label(
@@ -80,7 +91,10 @@ def curves_figure(history: dict, path: str | os.PathLike, *, title: str,
             ax.axvline(best[0] + 1, color="grey", ls="--", lw=1,
                        label="best validation loss: the params kept")
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
+        # min_n_ticks=1: with one or two epochs, MaxNLocator would otherwise give up its
+        # integer constraint and tick at 0.5, 0.6, ... around the lone epoch
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10],
+                                               min_n_ticks=1))
         ax.set_xlim(0.5, len(epochs) + 0.5)
         ax.grid(alpha=0.3, which="both")
         if key == "loss":
@@ -96,6 +110,7 @@ def curves_figure(history: dict, path: str | os.PathLike, *, title: str,
                ncols=2, fontsize=9, frameon=False)
     fig.suptitle(title)
     _save(fig, path)
+    return fig
 
 
 def confusion_figure(counts: np.ndarray, path: str | os.PathLike, *, title: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -23,11 +24,15 @@ from funcnn.cli._common import (
     CommandError,
     check_out,
     describe_net,
+    drops_units,
     fraction,
+    interrupt_later,
     load_data,
     machine,
+    non_negative_float,
     positive_float,
     positive_int,
+    seed,
     versions,
     widths,
     write_json,
@@ -42,6 +47,10 @@ MODEL, CHECKPOINT = "model.npz", "checkpoint.npz"
 METRICS, CURVES = "metrics.json", "curves.png"
 # Flags that may differ between a run and its --resume (they do not change the numbers).
 NOT_COMPARED = ("data", "out", "resume", "no_progress")
+# The most steps a run may take: jax counts the optimizer's steps in int32.
+MAX_STEPS = 2**31 - 1
+STOPPING = ("Ctrl-C: stopping when this epoch ends, once its checkpoint is written "
+            "(Ctrl-C again stops at once)")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -86,7 +95,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="learning rate over the steps: warmup_cosine (linear warm-up, then "
                         "cosine decay to 0), cosine (decay from the start) or constant "
                         "(default: warmup_cosine)")
-    g.add_argument("--warmup-epochs", type=float, default=1.0, metavar="E",
+    g.add_argument("--warmup-epochs", type=non_negative_float, default=1.0, metavar="E",
                    help="length of the warm-up, in epochs (default: 1)")
     g.add_argument("--epochs", type=positive_int, default=20, metavar="N", help="(default: 20)")
     g.add_argument("--batch-size", type=positive_int, default=128, metavar="N",
@@ -100,7 +109,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    f"(default: jax when installed, else numpy; here {jax_default})")
     g.add_argument("--dtype", default="float32", choices=("float32", "float64"),
                    metavar="NAME", help="float32 or float64 (default: float32)")
-    g.add_argument("--seed", type=int, default=0, metavar="N",
+    g.add_argument("--seed", type=seed, default=0, metavar="N",
                    help="the init uses SEED, shuffling and dropout SEED+1, the validation "
                         "split SEED+2 (default: 0)")
     g.add_argument("--out", default="runs/mnist", metavar="DIR",
@@ -127,8 +136,6 @@ def config_of(args: argparse.Namespace) -> dict:
 def check_args(args: argparse.Namespace) -> None:
     if args.early_stopping is not None and args.validation == 0:
         raise CommandError("--early-stopping needs a validation set (--validation > 0)", code=2)
-    if args.warmup_epochs < 0:
-        raise CommandError(f"--warmup-epochs must be >= 0; got {args.warmup_epochs:g}", code=2)
     if args.backend == "jax":
         if not funcnn.backend.jax_available():
             raise CommandError("--backend jax needs jax, which is not installed",
@@ -160,6 +167,14 @@ def _flag(value) -> str:
     return "unset" if value is None else str(value)
 
 
+def check_steps(args: argparse.Namespace, steps_per_epoch: int) -> None:
+    total = args.epochs * steps_per_epoch
+    if total > MAX_STEPS:
+        raise CommandError(
+            f"--epochs {args.epochs} of {steps_per_epoch} steps each make {total} steps, more "
+            f"than a run can count ({MAX_STEPS})", "lower --epochs or raise --batch-size", code=2)
+
+
 def make_optimizer(args: argparse.Namespace, lr: float, steps_per_epoch: int):
     total = args.epochs * steps_per_epoch
     if args.schedule == "constant":
@@ -186,7 +201,7 @@ def split_data(args: argparse.Namespace, data: funcnn.data.MNIST):
     try:
         x, y, x_val, y_val = funcnn.data.train_val_split(args.seed + 2, x, y, args.validation)
     except ValueError as err:
-        raise CommandError(str(err), code=2) from None
+        raise CommandError(f"--validation {args.validation:g}: {err}", code=2) from None
     return x, y, (x_val, y_val)
 
 
@@ -197,14 +212,14 @@ def run(args: argparse.Namespace) -> int:
     check_args(args)
     config = config_of(args)
     out = check_out(args.out)
-    ckpt = out / CHECKPOINT
     if args.resume:
         check_resume(out, config)
-    data = load_data(args.data)
+    data = load_data(args.data)  # checked here: no training on data that would fail later
     x, y, validation = split_data(args, data)
     net = funcnn.MLP((data.x_train.shape[1], *args.hidden, 10), hidden=args.activation,
                      output="softmax", dropout=args.dropout)
     steps_per_epoch = -(-len(x) // args.batch_size)
+    check_steps(args, steps_per_epoch)
     try:
         optimizer = make_optimizer(args, config["lr"], steps_per_epoch)
     except ValueError as err:
@@ -212,34 +227,85 @@ def run(args: argparse.Namespace) -> int:
     params = funcnn.init_params(net, args.seed, backend=args.backend, dtype=args.dtype)
     rows = {"train": len(x), "validation": 0 if validation is None else len(validation[0]),
             "test": len(data.x_test)}
-    if not args.resume and ckpt.exists():
+    if not args.resume and (out / CHECKPOINT).exists():
         print(f"note: starting a new run in {out}, replacing its checkpoint "
               "(--resume would continue it)", file=sys.stderr)
-    write_json(out / METRICS, {"status": "running", "config": config, "rows": rows})
-
-    callbacks = [funcnn.callbacks.checkpoint(ckpt, every=1, resume=args.resume)]
-    if args.no_progress:
-        callbacks.append(funcnn.callbacks.print_epochs())
-    start = time.perf_counter()
+    record = {"status": "running", "config": config, "rows": rows}
+    write_json(out / METRICS, record)
+    older = None if args.resume else file_identity(out / CHECKPOINT)
     try:
-        params, _, history = funcnn.fit(
-            net, params, optimizer, x, y, epochs=args.epochs, batch_size=args.batch_size,
-            key=args.seed + 1, validation=validation, early_stopping=args.early_stopping,
-            progress=not args.no_progress, callbacks=callbacks,
-        )
+        params, history, session = train(args, net, params, optimizer, (x, y), validation,
+                                         out, record)
+        return report(args, net, params, history, session, data, out, record)
     except KeyboardInterrupt:
-        write_json(out / METRICS, {"status": "interrupted", "config": config, "rows": rows})
-        if ckpt.exists():
-            print(f"\ninterrupted: {ckpt} holds the last finished epoch; run the same "
-                  "command with --resume to continue", file=sys.stderr)
+        epochs = write_stopped(out, record, older, status="interrupted")
+        if epochs:
+            print(f"\ninterrupted: {out / CHECKPOINT} holds epoch {epochs}, the last "
+                  "finished; run the same command with --resume to continue", file=sys.stderr)
         else:
             print("\ninterrupted before the first epoch ended: nothing to resume from",
                   file=sys.stderr)
         return 130
+    except CommandError as err:
+        write_stopped(out, record, older, status="failed", error=str(err))
+        raise
+
+
+def per_epoch(history: dict) -> dict:
+    """``fit``'s history without the per-step ``loss``."""
+    return {k: v for k, v in history.items() if k != "loss"}
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """``(inode, mtime)`` of ``path``, or ``None`` when there is no file: a checkpoint is
+    replaced atomically (a new inode), so a changed identity means a new checkpoint."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def write_stopped(out: Path, record: dict, older: tuple[int, int] | None, **status) -> int:
+    """Write ``metrics.json`` for a run that stopped before its end, with the epochs its
+    checkpoint holds and their history; return how many. The checkpoint is what
+    ``--resume`` continues from, so it is read rather than what ``fit`` was doing when it
+    stopped; a checkpoint of an older run (its identity still ``older``) counts none."""
+    ckpt, epochs, history = out / CHECKPOINT, 0, {}
+    if file_identity(ckpt) not in (None, older):
+        try:
+            saved = funcnn.load(ckpt).metadata
+            epochs, history = int(saved["epoch"]), per_epoch(saved["history"])
+        except (OSError, CheckpointError, ValueError, KeyError, TypeError):
+            pass  # unreadable: no epoch to report (--resume will say what is wrong)
+    write_json(out / METRICS, {**record, **status, "epochs_trained": epochs,
+                               "history": history})
+    return epochs
+
+
+def train(args, net, params, optimizer, data, validation, out: Path, record: dict):
+    """``funcnn.fit`` with the checkpoint written after every epoch; ``(params, history,
+    seconds)``, or a CommandError. KeyboardInterrupt passes through."""
+    ckpt = out / CHECKPOINT
+    start = time.perf_counter()
+    try:
+        with interrupt_later(STOPPING) as check:
+            callbacks = [  # a Ctrl-C stops the run after the epoch is saved and shown
+                funcnn.callbacks.checkpoint(ckpt, every=1, resume=args.resume),
+                funcnn.callbacks.print_epochs() if args.no_progress
+                else funcnn.callbacks.progress_bar(),
+                funcnn.callbacks.Callback(on_epoch_end=lambda state, info: check()),
+            ]
+            params, _, history = funcnn.fit(
+                net, params, optimizer, *data, epochs=args.epochs, batch_size=args.batch_size,
+                key=args.seed + 1, validation=validation, early_stopping=args.early_stopping,
+                progress=False, callbacks=callbacks,
+            )
     except TrainingDiverged as err:
         raise CommandError(
             f"training diverged: the loss became NaN or infinite in epoch {err.epoch + 1}, "
-            f"step {err.step + 1}", f"lower --lr (it was {config['lr']:g}) or check the data",
+            f"step {err.step + 1}", f"lower --lr (it was {record['config']['lr']:g}) or check "
+            "the data",
         ) from None
     except CheckpointError as err:
         raise CommandError(str(err).splitlines()[0], "train into a new --out") from None
@@ -251,11 +317,15 @@ def run(args: argparse.Namespace) -> int:
                            "--out") from None
     except OSError as err:
         raise CommandError(f"cannot write {ckpt}: {err.strerror or err}") from None
-    session = time.perf_counter() - start
+    return params, history, time.perf_counter() - start
 
+
+def report(args, net, params, history, session: float, data, out: Path, record: dict) -> int:
+    """Test the trained params, write the model, the curves and the final metrics.json,
+    and say what was done (the last line: one JSON object)."""
+    rows, ckpt = record["rows"], out / CHECKPOINT
     test = funcnn.evaluate(net, params, data.x_test, data.y_test)
     trained = len(history["train_loss"])
-    per_epoch = {k: v for k, v in history.items() if k != "loss"}
     best = history.get("best_epoch")
     model = out / MODEL  # the params fit returned (the best epoch's, with early stopping)
     funcnn.save(model, params, net=net, metadata={
@@ -263,8 +333,8 @@ def run(args: argparse.Namespace) -> int:
         "test_loss": test["loss"], "test_accuracy": test["accuracy"]})
     curves = draw_curves(out / CURVES, history, net, args, rows, test)
     write_json(out / METRICS, {
-        "status": "finished", "config": config, "rows": rows, "net": describe_net(net),
-        "sizes": list(net.sizes), "epochs_trained": trained, "history": per_epoch,
+        **record, "status": "finished", "net": describe_net(net), "sizes": list(net.sizes),
+        "epochs_trained": trained, "history": per_epoch(history),
         "test": {"loss": test["loss"], "accuracy": test["accuracy"]},
         "seconds": {"training": sum(history["seconds"]), "this_session": session},
         "versions": versions(), "machine": machine(),
@@ -281,7 +351,7 @@ def run(args: argparse.Namespace) -> int:
           f"accuracy {100 * test['accuracy']:.2f}%")
     written = [model, ckpt, out / METRICS] + ([curves] if curves is not None else [])
     print(f"wrote {', '.join(map(str, written))}")
-    print(f"next: funcnn evaluate --checkpoint {model}")
+    print(f"next: {next_command(model, args.data)}")
     print(json.dumps({
         "test_accuracy": round(test["accuracy"], 6), "test_loss": round(test["loss"], 6),
         "epochs": trained, "seconds": round(sum(history["seconds"]), 2),
@@ -293,12 +363,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def next_command(model: Path, data: str | None) -> str:
+    """The ``funcnn evaluate`` command for ``model``, ready to paste: with the same
+    ``--data`` as the training (the test images are in that folder), shell-quoted."""
+    words = ["funcnn", "evaluate", "--checkpoint", str(model)]
+    if data is not None:
+        words += ["--data", data]
+    return shlex.join(words)
+
+
 def draw_curves(path: Path, history: dict, net, args, rows: dict, test: dict) -> Path | None:
     title = (f"MNIST, {rows['train']} training images: {describe_net(net)}, "
              f"{args.optimizer}, batch {args.batch_size}\n"
              f"test accuracy {100 * test['accuracy']:.2f}% ({rows['test']} images)")
     try:
-        _plots.curves_figure(history, path, title=title, test=test)
+        _plots.curves_figure(history, path, title=title, test=test,
+                             dropout=drops_units(net))
     except ImportError:
         print(f"no {CURVES}: matplotlib is missing (pip install 'funcnn[examples]')",
               file=sys.stderr)

@@ -59,7 +59,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "train", help="train an MLP on MNIST: model, checkpoint, metrics, curves",
         description="Train an MLP on MNIST with funcnn.fit. The defaults are the recipe of "
-                    "examples/mnist.py without its shifted copies: 784-512-256-10 ReLU, dropout 0.2, AdamW (lr 2e-3, "
+                    "examples/mnist.py without its shifted copies: 784-512-256-10 ReLU, "
+                    "dropout 0.2, AdamW (lr 2e-3, "
                     "weight decay 1e-4 on the weights), one epoch of warm-up then cosine "
                     "decay, batch 128, 20 epochs; 10% of the training images are held out "
                     "for validation. Writes model.npz, checkpoint.npz, metrics.json and "

@@ -510,6 +510,7 @@ def test_the_next_hint_without_data_has_no_data_flag():
     assert hint == "funcnn evaluate --checkpoint runs/mnist/model.npz"
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_on_real_mnist(capsys, mnist_dir, tmp_path):
     code, out, err = run_cli(capsys, "train", "--data", mnist_dir, "--limit", 2000,
                              "--epochs", 1, "--out", tmp_path, "--no-progress")

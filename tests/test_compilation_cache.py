@@ -63,6 +63,7 @@ def test_a_second_process_reads_the_epoch_program_from_the_cache(tmp_path):
     assert sorted(p.name for p in cache.iterdir()) == written  # nothing new to store
 
 
+@pytest.mark.slow
 def test_the_cache_is_off_unless_asked_for(tmp_path):
     cache = tmp_path / "unused"
     cache.mkdir()

@@ -5,6 +5,7 @@ docs/backprop.md."""
 
 from __future__ import annotations
 
+import re
 import textwrap
 from dataclasses import dataclass
 
@@ -85,6 +86,7 @@ CASES = [  # (layer, in_shape, train)
 def case_id(case) -> str:
     layer, shape, train = case
     name = type(layer).__name__ if isinstance(layer, Serial) else repr(layer)
+    name = re.sub(r" at 0x[0-9a-f]+", "", name)  # the same id in every process (pytest -n)
     return f"{name}-{shape}-{'train' if train else 'eval'}"
 
 

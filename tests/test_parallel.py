@@ -258,6 +258,7 @@ def test_four_devices_equal_one_device(four_devices, reference):
     assert len(history["loss"]) == 2 * 12  # 11 full batches and the short one, twice
 
 
+@pytest.mark.slow
 def test_four_devices_outputs_are_replicated(four_devices):
     shardings = four_devices["shardings"]
     assert len(shardings) == 6 + 1 + 6 + 6  # params, Adam's count, mu, nu
@@ -352,6 +353,7 @@ def test_two_processes_equal_one_process(two_processes, reference):
     assert all(np.array_equal(a, b) for a, b in zip(params[0], params[1], strict=True))
 
 
+@pytest.mark.slow
 def test_two_processes_resume_from_one_checkpoint(two_processes, reference):
     reports, _, resumed, _ = two_processes
     for i in range(2):

@@ -77,7 +77,8 @@ def custom_pieces(path: str) -> list[tuple[str, str, str]]:
     ``[]`` when there are none or the header cannot be read (``funcnn.load`` says why)."""
     try:
         with open(path, "rb") as f, \
-                serialization.NpzReader(f, os.fstat(f.fileno()).st_size) as reader:
+                serialization.NpzReader(f, os.fstat(f.fileno()).st_size,
+                                        serialization.HEADER) as reader:
             spec = serialization.read_header(reader, ()).get("net")
     except (OSError, serialization.FormatError):
         return []

@@ -9,9 +9,11 @@ milliseconds per step and the ratio to the plain expressions:
 
 - ``plain``: the textbook expressions, ``m = b1 * m + (1 - b1) * g`` and so on, one
   fresh array per operation (funcnn's form before issue 12);
-- ``funcnn``: ``funcnn.optim.adam`` as it is (in-place passes over fresh arrays, bias
-  corrections once a step, the tree walk and checks included);
-- ``in-place``: funcnn's leaf expressions alone, without the tree walk and checks;
+- ``funcnn``: ``funcnn.optim.adam`` as it is (on NumPy its fast path, the tree walk and
+  checks included);
+- ``textbook``: funcnn's textbook leaf ``adam_leaf`` (what jax runs), alone;
+- ``in-place``: funcnn's NumPy fast path ``adam_leaf_in_place`` (in-place passes over
+  fresh arrays, the bias corrections folded into two scalars), alone;
 - ``flat``: the same on one contiguous buffer per tree instead of one array per leaf;
 - ``lerp``: the moving-average form ``m + (1 - b1) (g - m)``, one array per moment
   (fewest allocations, but under flushed subnormals a decaying moment stops near 1e-38);
@@ -33,6 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import funcnn  # noqa: E402
+from funcnn.optim._adam import adam_leaf, adam_leaf_in_place  # noqa: E402
 
 B1, B2, EPS, LR = 0.9, 0.999, 1e-8, 1e-3
 
@@ -49,19 +52,23 @@ def plain(p, g, m, v, t):
     return p - LR * m_hat / (np.sqrt(v_hat) + EPS), m, v
 
 
-def in_place(p, g, m, v, t):  # funcnn's _adam_leaf, with NumPy scalars
+def _f32(x):  # a scalar as funcnn's leafwise passes it: a 0-d array of the leaf's dtype
+    return np.asarray(x, dtype=np.float32)
+
+
+def _moments():
+    return dict(b1=_f32(B1), b2=_f32(B2), one_minus_b1=_f32(1 - B1), one_minus_b2=_f32(1 - B2))
+
+
+def textbook(p, g, m, v, t):  # funcnn's adam_leaf, with its scalars
+    return adam_leaf(p, g, m, v, **_moments(), c1=_f32(1 - B1**t), c2=_f32(1 - B2**t),
+                     lr=_f32(LR), eps=_f32(EPS))
+
+
+def in_place(p, g, m, v, t):  # funcnn's adam_leaf_in_place, with its scalars
     step, eps_hat = _scalars(t)
-    m_new = g * (1 - B1)
-    m_new += B1 * m
-    v_new = g * g
-    v_new *= 1 - B2
-    v_new += B2 * v
-    p_new = np.sqrt(v_new)
-    p_new += eps_hat
-    p_new = m_new / p_new
-    p_new *= -step
-    p_new += p
-    return p_new, m_new, v_new
+    return adam_leaf_in_place(p, g, m, v, **_moments(), step_size=_f32(step),
+                              eps_hat=_f32(eps_hat))
 
 
 def lerp(p, g, m, v, t):
@@ -145,7 +152,8 @@ def main(argv=None) -> dict:
     leaves = [funcnn.tree.tree_leaves(t) for t in (params, grads)]
     leaves += [[np.zeros_like(a) for a in leaves[0]]] * 2
     options = {"plain": per_leaf(plain, leaves), "funcnn": funcnn_adam(params, grads),
-               "in-place": per_leaf(in_place, leaves), "flat": flat(in_place, leaves),
+               "textbook": per_leaf(textbook, leaves), "in-place": per_leaf(in_place, leaves),
+               "flat": flat(in_place, leaves),
                "lerp": per_leaf(lerp, leaves)}
     try:
         options["numexpr-1"] = per_leaf(numexpr_update(1), leaves)

@@ -217,15 +217,17 @@ def run(args: argparse.Namespace) -> int:
               "(--resume would continue it)", file=sys.stderr)
     write_json(out / METRICS, {"status": "running", "config": config, "rows": rows})
 
-    callbacks = [funcnn.callbacks.checkpoint(ckpt, every=1, resume=args.resume)]
+    callbacks = [] if args.early_stopping is None else [  # before the checkpoint, which
+        funcnn.callbacks.early_stopping(args.early_stopping)]  # then saves its memory
+    callbacks.append(funcnn.callbacks.checkpoint(ckpt, every=1, resume=args.resume))
     if args.no_progress:
         callbacks.append(funcnn.callbacks.print_epochs())
     start = time.perf_counter()
     try:
         params, _, history = funcnn.fit(
             net, params, optimizer, x, y, epochs=args.epochs, batch_size=args.batch_size,
-            key=args.seed + 1, validation=validation, early_stopping=args.early_stopping,
-            progress=not args.no_progress, callbacks=callbacks,
+            key=args.seed + 1, validation=validation, progress=not args.no_progress,
+            callbacks=callbacks,
         )
     except KeyboardInterrupt:
         write_json(out / METRICS, {"status": "interrupted", "config": config, "rows": rows})

@@ -1,6 +1,7 @@
 """Ways to write Adam's element-wise update on NumPy, timed side by side in one process.
 
     python benchmarks/numpy_optimizer.py [--sizes 784,256,128,10] [--steps 300] [--rounds 5]
+    python benchmarks/numpy_optimizer.py --jax   # funcnn's two Adam leaves in fit's jax epoch
 
 Each option updates the parameters of an MLP of ``--sizes`` (float32) ``--steps`` times
 with fixed gradients, inside ``funcnn.flush_denormals()`` as ``fit`` does; rounds
@@ -9,16 +10,20 @@ milliseconds per step and the ratio to the plain expressions:
 
 - ``plain``: the textbook expressions, ``m = b1 * m + (1 - b1) * g`` and so on, one
   fresh array per operation (funcnn's form before issue 12);
-- ``funcnn``: ``funcnn.optim.adam`` as it is (on NumPy its fast path, the tree walk and
-  checks included);
-- ``textbook``: funcnn's textbook leaf ``adam_leaf`` (what jax runs), alone;
-- ``in-place``: funcnn's NumPy fast path ``adam_leaf_in_place`` (in-place passes over
-  fresh arrays, the bias corrections folded into two scalars), alone;
+- ``funcnn``: ``funcnn.optim.adam`` as it is (its fast path, the tree walk and checks
+  included);
+- ``textbook``: funcnn's ``adam_leaf``, Adam as the paper writes it, alone;
+- ``in-place``: funcnn's fast path ``adam_leaf_folded`` (in-place passes over fresh
+  arrays, the bias corrections folded into two scalars), alone;
 - ``flat``: the same on one contiguous buffer per tree instead of one array per leaf;
 - ``lerp``: the moving-average form ``m + (1 - b1) (g - m)``, one array per moment
   (fewest allocations, but under flushed subnormals a decaying moment stops near 1e-38);
 - ``numexpr-1``/``numexpr-2``: one numexpr expression per output, on 1 and 2 threads
   (only when numexpr is installed).
+
+With ``--jax``: ``fit``'s jax epoch program (forward, backward and Adam on 60 000 random
+rows, batch 128), compiled with ``textbook`` and with ``in-place`` (funcnn's two leaves):
+ms per step of a whole epoch.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import funcnn  # noqa: E402
-from funcnn.optim._adam import adam_leaf, adam_leaf_in_place  # noqa: E402
+from funcnn.optim import _adam  # noqa: E402
+from funcnn.optim._adam import adam_leaf, adam_leaf_folded  # noqa: E402
 
 B1, B2, EPS, LR = 0.9, 0.999, 1e-8, 1e-3
 
@@ -65,10 +71,10 @@ def textbook(p, g, m, v, t):  # funcnn's adam_leaf, with its scalars
                      lr=_f32(LR), eps=_f32(EPS))
 
 
-def in_place(p, g, m, v, t):  # funcnn's adam_leaf_in_place, with its scalars
+def in_place(p, g, m, v, t):  # funcnn's adam_leaf_folded, with its scalars
     step, eps_hat = _scalars(t)
-    return adam_leaf_in_place(p, g, m, v, **_moments(), step_size=_f32(step),
-                              eps_hat=_f32(eps_hat))
+    return adam_leaf_folded(p, g, m, v, **_moments(), step_size=_f32(step),
+                            eps_hat=_f32(eps_hat))
 
 
 def lerp(p, g, m, v, t):
@@ -138,11 +144,62 @@ def funcnn_adam(params, grads):
     return run
 
 
+def _as_textbook(p, g, m, v, decayed=False, *, step_size, eps_hat, **scalars):
+    """``adam_leaf`` where the update calls ``adam_leaf_folded``: the same step, the
+    scalars unfolded (``c2 = (eps_hat / eps)^2``, ``c1 = lr sqrt(c2) / step_size``)."""
+    c2 = (eps_hat / EPS) ** 2
+    return adam_leaf(p, g, m, v, decayed, **scalars, c1=LR * eps_hat / (EPS * step_size),
+                     c2=c2, lr=LR, eps=EPS)
+
+
+def jax_epochs(sizes: tuple, rows: int = 60_000, batch: int = 128):
+    """ms per step of ``fit``'s jax epoch program (``rows`` random rows, Adam), compiled
+    with each of funcnn's two Adam leaves (the leaf is read when the program is traced)."""
+    import jax
+
+    from funcnn import batching, random, train
+
+    rng = np.random.default_rng(0)
+    x = jax.device_put(rng.random((rows, sizes[0]), dtype=np.float32))
+    y = jax.device_put(rng.integers(0, sizes[-1], rows).astype(np.int32))
+    net = funcnn.MLP(sizes, output="softmax")
+    opt = funcnn.optim.adam(LR, B1, B2, EPS)
+    static, hyper = funcnn.optim.split_hyper(opt)
+    split = batching.split_batches(rows, batch, False)
+    order, tail = train._padded(np.arange(rows, dtype=np.int32), split)
+    keys = random.split(random.key(0), split.full + 1)
+    statics = dict(net=net, optimizer=static, grad_fn=funcnn.step.backward_grad,
+                   batch_size=batch, tail=tail, mesh=None)
+
+    def fresh():
+        params = funcnn.init_params(net, 0, backend="jax")
+        return params, opt.init(params), x, y, order, keys, hyper
+
+    def compiled(leaf):
+        _adam.adam_leaf_folded = leaf
+        try:
+            epoch = jax.jit(train._epoch_scan, static_argnames=tuple(statics),
+                            donate_argnums=(0, 1))
+            fn = epoch.lower(*fresh(), **statics).compile()
+        finally:
+            _adam.adam_leaf_folded = adam_leaf_folded
+
+        def run(_steps: int) -> float:
+            args = fresh()
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            return (time.perf_counter() - start) / split.count * 1e3
+        return run
+
+    return {"textbook": compiled(_as_textbook), "in-place": compiled(adam_leaf_folded)}
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="784,256,128,10")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--jax", action="store_true", help="funcnn's two Adam leaves on jax")
     args = ap.parse_args(argv)
     sizes = tuple(int(s) for s in args.sizes.split(","))
     rng = np.random.default_rng(0)
@@ -151,26 +208,31 @@ def main(argv=None) -> dict:
                                  params)
     leaves = [funcnn.tree.tree_leaves(t) for t in (params, grads)]
     leaves += [[np.zeros_like(a) for a in leaves[0]]] * 2
-    options = {"plain": per_leaf(plain, leaves), "funcnn": funcnn_adam(params, grads),
-               "textbook": per_leaf(textbook, leaves), "in-place": per_leaf(in_place, leaves),
-               "flat": flat(in_place, leaves),
-               "lerp": per_leaf(lerp, leaves)}
-    try:
-        options["numexpr-1"] = per_leaf(numexpr_update(1), leaves)
-        options["numexpr-2"] = per_leaf(numexpr_update(2), leaves)
-    except ImportError:
-        print("numexpr is not installed: its rows are skipped")
+    if args.jax:
+        options = jax_epochs(sizes)
+    else:
+        options = {"plain": per_leaf(plain, leaves), "funcnn": funcnn_adam(params, grads),
+                   "textbook": per_leaf(textbook, leaves),
+                   "in-place": per_leaf(in_place, leaves), "flat": flat(in_place, leaves),
+                   "lerp": per_leaf(lerp, leaves)}
+        try:
+            options["numexpr-1"] = per_leaf(numexpr_update(1), leaves)
+            options["numexpr-2"] = per_leaf(numexpr_update(2), leaves)
+        except ImportError:
+            print("numexpr is not installed: its rows are skipped")
     times = {name: [] for name in options}
     with funcnn.flush_denormals():
         for _ in range(args.rounds):
             for name, run in options.items():
                 times[name].append(run(args.steps))
     n = sum(a.size for a in leaves[0])
-    print(f"Adam on {n:,} float32 parameters ({'-'.join(map(str, sizes))}), "
-          f"median of {args.rounds} rounds of {args.steps} steps")
+    what = "fit's jax epoch, 60 000 rows" if args.jax else f"NumPy, {args.steps} steps"
+    print(f"Adam on {n:,} float32 parameters ({'-'.join(map(str, sizes))}), {what}, "
+          f"median of {args.rounds} rounds")
     med = {name: statistics.median(ts) for name, ts in times.items()}
+    base = "textbook" if args.jax else "plain"
     for name, ms in med.items():
-        print(f"  {name:10s} {ms:6.3f} ms/step  {ms / med['plain']:5.2f} x plain")
+        print(f"  {name:10s} {ms:6.3f} ms/step  {ms / med[base]:5.2f} x {base}")
     return med
 
 

@@ -421,6 +421,13 @@ def test_fit_early_stopping_restores_the_best_params(backend):
     assert int(state.count) == (best + 1) * STEPS
 
 
+def test_the_early_stopping_callback_checks_its_patience():
+    with pytest.raises(ValueError, match="patience must be positive"):
+        funcnn.callbacks.early_stopping(0)
+    with pytest.raises(TypeError, match="patience must be a positive integer"):
+        funcnn.callbacks.early_stopping(2.0)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fit_sigmoid_binary_cross_entropy(backend):
     assert SIGMOID_NET.loss == "binary_cross_entropy"

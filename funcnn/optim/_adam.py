@@ -25,7 +25,7 @@ from funcnn.optim._base import (
 )
 from funcnn.tree import tree_leaves, tree_map, tree_paths, tree_unflatten
 
-__all__ = ["AdamState", "adam", "adam_init", "adam_leaf", "adam_leaf_in_place", "adam_update",
+__all__ = ["AdamState", "adam", "adam_init", "adam_leaf", "adam_leaf_folded", "adam_update",
            "adamw", "adamw_init", "adamw_update", "weights_only"]
 
 
@@ -47,10 +47,12 @@ adamw_init = adam_init
 
 
 def adam_leaf(p, g, m, v, decayed=False, *, b1, b2, one_minus_b1, one_minus_b2, c1, c2, lr,
-               eps, decay=None):
-    """One leaf of Adam at step ``t`` (from 1), as the paper writes it; ``c1 = 1 - b1^t``
-    and ``c2 = 1 - b2^t`` are the bias corrections, ``one_minus_b1 = 1 - b1`` (computed once
-    a step). AdamW's ``decay = lr * weight_decay`` applies where ``decayed`` is True (or 1)."""
+              eps, decay=None):
+    """One leaf of Adam at step ``t`` (from 1), as the paper writes it (Kingma & Ba,
+    Algorithm 1); ``c1 = 1 - b1^t`` and ``c2 = 1 - b2^t`` are the bias corrections,
+    ``one_minus_b1 = 1 - b1`` (computed once a step). AdamW's ``decay = lr * weight_decay``
+    applies where ``decayed`` is True (or 1). The definition; the updates run
+    :func:`adam_leaf_folded`, tested equal to it."""
     m = b1 * m + one_minus_b1 * g              # first moment
     v = b2 * v + one_minus_b2 * (g * g)        # second moment
     m_hat = m / c1                             # bias corrections
@@ -61,14 +63,18 @@ def adam_leaf(p, g, m, v, decayed=False, *, b1, b2, one_minus_b1, one_minus_b2, 
     return p_new, m, v
 
 
-def adam_leaf_in_place(p, g, m, v, decayed=False, *, b1, b2, one_minus_b1, one_minus_b2,
-                       step_size, eps_hat, decay=None):
-    """:func:`adam_leaf` for NumPy arrays, fast: in-place passes over fresh arrays (no
-    temporary per operation) with the bias corrections folded into two scalars,
-    ``lr m_hat / (sqrt(v_hat) + eps) = step_size m / (sqrt(v) + eps_hat)`` where
-    ``step_size = lr sqrt(c2) / c1`` and ``eps_hat = eps sqrt(c2)``. The same results to
-    rounding (``tests/test_optim.py``) in about 0.8x the time of the textbook form
-    (``benchmarks/numpy_optimizer.py``)."""
+def adam_leaf_folded(p, g, m, v, decayed=False, *, b1, b2, one_minus_b1, one_minus_b2,
+                     step_size, eps_hat, decay=None):
+    """:func:`adam_leaf` in fewer operations, the fast path the updates run: the bias
+    corrections folded into two scalars (the paper's own "more efficient order of
+    computation", end of its section 2),
+    ``lr m_hat / (sqrt(v_hat) + eps) = step_size m / (sqrt(v) + eps_hat)`` with
+    ``step_size = lr sqrt(c2) / c1`` and ``eps_hat = eps sqrt(c2)``, one division an entry
+    instead of three, written as in-place passes over fresh arrays (no temporary per
+    operation on NumPy; on jax ``x *= c`` just rebinds). The same results to rounding
+    (``tests/test_optim.py``). Side by side (``benchmarks/numpy_optimizer.py``) a NumPy
+    update takes about 0.7x the textbook leaf's time, and a jax epoch of ``fit`` on the
+    main configuration about 0.94x (``--jax``)."""
     # Not the moving-average form m + (1 - b1) (g - m): with subnormals flushed to zero
     # (fit on NumPy, XLA on CPU) its increment underflows and a decaying moment stops at ~1e-38.
     m_new = g * one_minus_b1
@@ -92,16 +98,11 @@ def _adam(params, grads, state, *, lr, b1, b2, eps, weight_decay=None, decayed=N
     t = state.count + 1
     lr, eps, weight_decay, t_real = as_real(params, learning_rate(lr, state.count), eps,
                                             weight_decay, t)
-    c1, c2 = bias_correction(b1, t_real), bias_correction(b2, t_real)
-    scalars = dict(b1=b1, b2=b2, one_minus_b1=one_minus(b1), one_minus_b2=one_minus(b2),
-                   decay=None if weight_decay is None else lr * weight_decay)
-    if array_namespace(*tree_leaves(params)[:1]) is np:  # the fast path
-        root_c2 = sqrt(c2)
-        leaf, scalars = adam_leaf_in_place, dict(scalars, step_size=lr * root_c2 / c1,
-                                                 eps_hat=eps * root_c2)
-    else:
-        leaf, scalars = adam_leaf, dict(scalars, c1=c1, c2=c2, lr=lr, eps=eps)
-    new_params, mu, nu = leafwise(leaf, params, grads, state.mu, state.nu, *masks, **scalars)
+    c1, root_c2 = bias_correction(b1, t_real), sqrt(bias_correction(b2, t_real))
+    new_params, mu, nu = leafwise(
+        adam_leaf_folded, params, grads, state.mu, state.nu, *masks, b1=b1, b2=b2,
+        one_minus_b1=one_minus(b1), one_minus_b2=one_minus(b2), step_size=lr * root_c2 / c1,
+        eps_hat=eps * root_c2, decay=None if weight_decay is None else lr * weight_decay)
     return new_params, AdamState(t, mu, nu)
 
 

@@ -1,18 +1,18 @@
-"""What ``fit`` and ``make_train_step`` accept as an optimizer and as callbacks.
+"""What ``fit`` and ``make_train_step`` accept as an optimizer, a gradient function and
+callbacks.
 
 Checked by duck typing, so this module imports nothing from funcnn: an optimizer
 is a pair ``(init, update)`` of callables (an optax ``GradientTransformation`` is
-refused with a pointer to :func:`funcnn.optax_adapter.from_optax`), hashable when
-jax compiles for it; a callback has ``on_start``, ``on_epoch_end`` or ``on_end``.
+refused with a pointer to :func:`funcnn.optax_adapter.from_optax`); a gradient function
+is callable; a callback has ``on_start``, ``on_epoch_end`` or ``on_end``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["check_callbacks", "check_hashable", "check_optimizer"]
+__all__ = ["check_callbacks", "check_grad_fn", "check_optimizer"]
 
 _HOOKS = ("on_start", "on_epoch_end", "on_end")
 
@@ -33,39 +33,13 @@ def check_optimizer(optimizer: Any) -> None:
         )
 
 
-def _unhashable(obj: Any, name: str) -> tuple[str, Any] | None:
-    """``(name, value)`` of the first part of ``obj`` that cannot be hashed, or ``None``.
-
-    Dataclass fields and ``(name, value)`` pairs (the hyperparameters of funcnn's
-    optimizers) give the name; other tuples keep the name of what holds them."""
-    try:
-        hash(obj)
-        return None
-    except TypeError:
-        pass
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        parts = [(f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj)]
-    elif isinstance(obj, tuple) and len(obj) == 2 and type(obj[0]) is str:
-        parts = [obj]
-    elif isinstance(obj, tuple):
-        parts = [(name, item) for item in obj]
-    else:
-        return name, obj
-    return next(filter(None, (_unhashable(v, n) for n, v in parts)), (name, obj))
-
-
-def check_hashable(optimizer: Any) -> None:
-    """Raise TypeError naming the hyperparameter that keeps ``optimizer`` from being
-    hashed: jax compiles fit's epoch once per optimizer, a static (cache key) argument."""
-    bad = _unhashable(optimizer, "optimizer")
-    if bad is not None:
-        name, value = bad
-        shape = getattr(value, "shape", None)
-        what = type(value).__name__ + ("" if shape is None else f" of shape {tuple(shape)}")
+def check_grad_fn(grad_fn: Any) -> None:
+    """Raise TypeError unless ``grad_fn`` is callable (a gradient function, see ``funcnn.step``)."""
+    if not callable(grad_fn):
         raise TypeError(
-            f"the optimizer's {name} is a {what}, which cannot be hashed; fit on jax compiles "
-            "one program per optimizer and needs hashable hyperparameters: pass Python "
-            f"numbers (e.g. {name}=float(...)) or tuples instead"
+            "grad_fn must be a gradient function grad_fn(net, params, cache, dz, *, rows, key) "
+            "-> grads, e.g. funcnn.step.backward_grad (the default) or "
+            f"funcnn.per_example.dp_grad(max_norm); got {type(grad_fn).__name__}"
         )
 
 

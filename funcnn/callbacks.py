@@ -1,32 +1,41 @@
-"""What :func:`funcnn.fit` calls around its epochs: checkpoints, resume and progress.
+"""What :func:`funcnn.fit` calls around its epochs: checkpoints, resume, early stopping
+and progress.
 
 ``fit`` only trains. Anything else is a callback: an object with any of the methods
 
-- ``on_start(state, info) -> FitState | None``: before the first epoch; a returned
-  state replaces the one ``fit`` was given (this is how a run resumes);
-- ``on_epoch_end(state, info)``: after each epoch, with the state after it;
-- ``on_end(state, info)``: once at the end, also when training raised; after a
-  :class:`funcnn.TrainingDiverged` it gets the last finite state, the one the diverged
-  epoch started from (as ``fit`` was left by it, also on jax).
+- ``on_start(state, info) -> FitState | None``: before the first epoch (this is how a
+  run resumes);
+- ``on_epoch_end(state, info) -> FitState | None``: after each epoch, with the state
+  after it (this is how early stopping keeps its memory and stops the run);
+- ``on_end(state, info) -> FitState | None``: once at the end, also when training raised
+  (this is how early stopping returns the best epoch's params).
 
-:class:`Callback` builds one from plain functions. ``state`` is a :class:`FitState`,
-everything needed to continue a run bit for bit; ``info`` is a :class:`FitInfo`.
-The arrays in ``state`` stay valid after the call (``fit`` donates no buffer to its
-programs), but ``history`` is the live dict ``fit`` keeps filling. Ready-made callbacks::
+A returned state replaces the one ``fit`` had; ``None`` keeps it. Callbacks run in the
+order given, each on the state the one before it returned, and none changes the state it
+is given (``state._replace(...)`` makes a new one). :class:`Callback` builds one from plain
+functions. ``state`` is a :class:`FitState`, everything needed to continue a run bit for
+bit; ``info`` is a :class:`FitInfo`. The arrays in ``state`` are valid during the call
+and after it (``fit`` donates no buffer to its programs), and ``on_end`` after a
+:class:`funcnn.TrainingDiverged` gets the last finite state, the one the diverged epoch
+started from. Copy what you keep past the call if you may change it (:func:`copy_arrays`).
+Ready-made callbacks::
 
+    stop = funcnn.callbacks.early_stopping(patience=5)     # before the checkpoint
     ckpt = funcnn.callbacks.checkpoint("run.ckpt", every=1, resume=True)
     params, opt_state, history = funcnn.fit(net, params, opt, x, y, epochs=20,
-                                            batch_size=128, key=0, callbacks=[ckpt])
+                                            batch_size=128, key=0, validation=(xv, yv),
+                                            callbacks=[stop, ckpt])
 
 A hand-written loop uses the same files with :func:`save_fit_state` and
 :func:`load_fit_state`. A fit checkpoint is a :func:`funcnn.save` file with the
 params, the optimizer state, the net, ``metadata = {"epoch": e, "history":
-{per-epoch lists}}`` and ``extra = {"key": uint32 (2,), "loss": float64 (steps,),
-"best": Best | None}``.
+{per-epoch lists}, "stop": bool}`` and ``extra = {"key": uint32 (2,), "loss": float64
+(steps,), "best": Best | None}``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -36,11 +45,13 @@ import numpy as np
 
 from funcnn._checks import check_count
 from funcnn._files import check_writable
+from funcnn.backend import is_jax_array
 from funcnn.checkpoint import CheckpointError, convert, load, save
 from funcnn.mlp import MLP, check_params
 from funcnn.parallel import is_main_process
 from funcnn.per_example import per_example_grad_norms
 from funcnn.serialization import funcnn_types
+from funcnn.tree import tree_map
 
 __all__ = [
     "Best",
@@ -48,13 +59,14 @@ __all__ = [
     "FitInfo",
     "FitState",
     "checkpoint",
+    "copy_arrays",
+    "early_stopping",
     "grad_norms",
     "is_last_epoch",
     "load_fit_state",
     "print_epochs",
     "progress_bar",
     "save_fit_state",
-    "stopped_early",
 ]
 
 
@@ -78,9 +90,10 @@ class FitState(NamedTuple):
     """Everything a run needs to go on bit for bit.
 
     ``epoch`` counts the epochs done (the next one to train); ``key`` is the run's root
-    key, from which each epoch's shuffling and dropout derive; ``history`` is the live
-    dict ``fit`` returns (``loss`` per step, the other lists per epoch); ``best`` is the
-    early-stopping state (``None`` without early stopping).
+    key, from which each epoch's shuffling and dropout derive; ``history`` is the dict
+    ``fit`` returns (``loss`` per step, the other lists per epoch); ``best`` is the
+    early-stopping memory (``None`` without early stopping); ``stop`` ends the run before
+    its last epoch (set by early stopping; a resumed run that had stopped returns at once).
     """
 
     params: Any
@@ -89,35 +102,38 @@ class FitState(NamedTuple):
     key: Any
     history: dict[str, list]
     best: Best | None
+    stop: bool = False
 
 
 class FitInfo(NamedTuple):
     """What stays fixed during a run: the net, the epoch to train up to, the backend
-    (``"numpy"`` or ``"jax"``) and the early-stopping patience (or ``None``)."""
+    (``"numpy"`` or ``"jax"``) and whether each epoch is validated (``history["val_loss"]``)."""
 
     net: MLP
     epochs: int
     backend: str
-    early_stopping: int | None
+    validation: bool
 
 
 class Callback(NamedTuple):
     """A callback made of plain functions; leave out the hooks you do not need."""
 
     on_start: Callable[[FitState, FitInfo], FitState | None] | None = None
-    on_epoch_end: Callable[[FitState, FitInfo], None] | None = None
-    on_end: Callable[[FitState, FitInfo], None] | None = None
-
-
-def stopped_early(state: FitState, patience: int | None) -> bool:
-    """True once ``patience`` epochs have passed without a lower validation loss."""
-    return (patience is not None and state.best is not None
-            and state.epoch - 1 - state.best.epoch >= patience)
+    on_epoch_end: Callable[[FitState, FitInfo], FitState | None] | None = None
+    on_end: Callable[[FitState, FitInfo], FitState | None] | None = None
 
 
 def is_last_epoch(state: FitState, info: FitInfo) -> bool:
     """True when ``fit`` trains no epoch after ``state``."""
-    return state.epoch >= info.epochs or stopped_early(state, info.early_stopping)
+    return state.epoch >= info.epochs or state.stop
+
+
+def copy_arrays(tree: Any) -> Any:
+    """A copy of every array of ``tree`` (NumPy, or jax on the same devices), for a
+    callback that keeps arrays past its call."""
+    return tree_map(lambda a: sys.modules["jax"].device_put(  # a multi-process array: in place
+        a, None if a.is_fully_addressable else a.sharding, may_alias=False)
+        if is_jax_array(a) else np.array(a, copy=True), tree)
 
 
 # ---------------------------------------------------------------------------- files
@@ -135,7 +151,7 @@ def save_fit_state(path: str | os.PathLike, net: MLP, state: FitState) -> None:
              "best": state.best}
     epoch = check_count("state.epoch", state.epoch, minimum=0)
     save(path, state.params, state.opt_state, net=net, extra=extra,
-         metadata={"epoch": epoch, "history": history})
+         metadata={"epoch": epoch, "history": history, "stop": bool(state.stop)})
 
 
 def load_fit_state(path: str | os.PathLike, net: MLP, backend: str | None = None) -> FitState:
@@ -153,15 +169,15 @@ def load_fit_state(path: str | os.PathLike, net: MLP, backend: str | None = None
             f"checkpoint {source!r} holds no fit state (epoch, key, history); it was not "
             "written by save_fit_state or funcnn.callbacks.checkpoint (funcnn.load reads it)"
         )
-    best = extra["best"]
-    if best is not None and not isinstance(best, Best):
+    best, stop = extra["best"], meta.get("stop", False)  # older files have no "stop"
+    if (best is not None and not isinstance(best, Best)) or type(stop) is not bool:
         raise CheckpointError(f"checkpoint {source!r}: its early-stopping state is malformed")
     backend = backend or "numpy"
     history = {"loss": np.asarray(extra["loss"], dtype=np.float64).tolist(), **meta["history"]}
     return FitState(
         convert(ckpt.params, backend, "params"), convert(ckpt.opt_state, backend, "opt_state"),
         meta["epoch"], convert(extra["key"], backend, "key"), history,
-        None if best is None else convert(best, backend, "best"),
+        None if best is None else convert(best, backend, "best"), stop,
     )
 
 
@@ -172,7 +188,9 @@ def checkpoint(path: str | os.PathLike, *, every: int = 1, resume: bool = False)
     ``path`` otherwise). With ``resume=True`` a run starts from the state in ``path``
     (params, optimizer state, key, epoch, history, early-stopping state), so that it
     ends bit-identical to a run never interrupted; a run that had finished (or stopped
-    early) returns at once. Without a file it says so on stderr and starts afresh.
+    early) returns at once. With :func:`early_stopping`, list that callback first: the
+    checkpoint then saves the memory it updated in the same epoch. Without a file it says
+    so on stderr and starts afresh.
     With several processes (:mod:`funcnn.parallel`) only process 0 writes, and every
     process resumes from the file, which must be on a file system they all see.
     """
@@ -202,6 +220,43 @@ def checkpoint(path: str | os.PathLike, *, every: int = 1, resume: bool = False)
             save_fit_state(target, info.net, state)
 
     return Callback(on_start=on_start, on_epoch_end=on_epoch_end)
+
+
+# ---------------------------------------------------------------------------- early stopping
+
+
+def early_stopping(patience: int) -> Callback:
+    """Stop ``fit`` after ``patience`` epochs without a lower validation loss, and return
+    the params (and optimizer state) of the best epoch, with ``history["best_epoch"] =
+    [epoch]`` (from 0). Needs ``fit(..., validation=(x_val, y_val))``.
+
+    Its memory is the state's ``best`` (the lowest validation loss, its epoch and copies
+    of its params and optimizer state) and ``stop``, so a checkpoint holds it and a resumed
+    run stops where the uninterrupted one would: list it before :func:`checkpoint`.
+    """
+    patience = check_count("patience", patience)
+
+    def on_start(state: FitState, info: FitInfo) -> None:
+        if not info.validation:
+            raise ValueError("early_stopping needs a validation set: "
+                             "fit(..., validation=(x_val, y_val))")
+
+    def on_epoch_end(state: FitState, info: FitInfo) -> FitState:
+        epoch = state.epoch - 1  # the epoch just trained
+        best = state.best if state.best is not None else Best(math.inf, epoch - 1, None, None)
+        loss = state.history["val_loss"][-1]
+        if loss < best.loss:
+            best = Best(loss, epoch, copy_arrays(state.params), copy_arrays(state.opt_state))
+        return state._replace(best=best, stop=epoch - best.epoch >= patience)
+
+    def on_end(state: FitState, info: FitInfo) -> FitState | None:
+        best = state.best
+        if best is None or best.params is None:
+            return None
+        return state._replace(params=best.params, opt_state=best.opt_state,
+                              history={**state.history, "best_epoch": [best.epoch]})
+
+    return Callback(on_start, on_epoch_end, on_end)
 
 
 # ---------------------------------------------------------------------------- progress
@@ -266,21 +321,25 @@ def grad_norms(x: Any, y: Any, *, top: int = 10, batch_size: int = 1024) -> Call
     """Record, after each epoch, each example's gradient norm at the epoch's params, from
     the hand-written pass without per-example weight gradients
     (:func:`funcnn.per_example.per_example_grad_norms`, no dropout), for spotting hard or
-    mislabelled examples. Adds per-epoch entries to the history: ``grad_norm_mean``,
-    ``grad_norm_max`` and ``grad_norm_top`` (the row indices of ``x`` with the ``top``
-    largest norms, largest first). Pass the training set to watch it, or any other set.
+    mislabelled examples. Adds per-epoch entries to the history (to a new dict, in the
+    state it returns): ``grad_norm_mean``, ``grad_norm_max`` and ``grad_norm_top`` (the row
+    indices of ``x`` with the ``top`` largest norms, largest first). Pass the training set
+    to watch it, or any other set.
     """
     top = check_count("top", top)
     batch_size = check_count("batch_size", batch_size)
 
-    def on_epoch_end(state: FitState, info: FitInfo) -> None:
+    def on_epoch_end(state: FitState, info: FitInfo) -> FitState:
         norms = np.concatenate([
             np.asarray(per_example_grad_norms(info.net, state.params, x[i:i + batch_size],
                                               y[i:i + batch_size]), dtype=np.float64)
             for i in range(0, len(x), batch_size)])
         order = np.argsort(-norms, kind="stable")[:top]
-        state.history.setdefault("grad_norm_mean", []).append(float(norms.mean()))
-        state.history.setdefault("grad_norm_max", []).append(float(norms.max()))
-        state.history.setdefault("grad_norm_top", []).append([int(i) for i in order])
+        new = {"grad_norm_mean": float(norms.mean()), "grad_norm_max": float(norms.max()),
+               "grad_norm_top": [int(i) for i in order]}
+        history = dict(state.history)
+        for name, value in new.items():
+            history[name] = [*history.get(name, ()), value]
+        return state._replace(history=history)
 
     return Callback(on_epoch_end=on_epoch_end)

@@ -28,19 +28,18 @@ The norms are computed scaled by each example's largest element (as LAPACK's ``n
 scales), so a float32 gradient of 1e20, whose square overflows, clips to ``C`` instead of
 being dropped, and one of 1e-30 keeps its norm instead of 0.
 
-**The gradient hook.** :func:`dp_gradient` returns a frozen, hashable
-:class:`DPGradient`, a pure function with the signature::
+**The DP-SGD gradient in training.** :func:`dp_grad` returns a training step's gradient
+function (the contract is in :mod:`funcnn.step`)::
 
-    grad_fn(net, params, cache, y, key) -> grads
+    grad_fn(net, params, cache, dz, *, rows, key) -> grads
 
-``net`` the ``MLP``; ``params`` its tuple of ``Dense``; ``cache`` the ``Cache`` of
-``funcnn.mlp.apply`` on the batch (dropout masks already in it); ``y`` the targets as
-``funcnn._mlp_checks.check_y`` prepares them; ``key`` a ``funcnn.random`` key for the noise
-(independent of the dropout key), or ``None`` when ``noise_multiplier == 0``. It returns a
-tree like ``params`` that replaces ``funcnn.mlp.backward(net, params, cache, y)`` before
-``optimizer.update``, so it goes with every optimizer. It checks nothing (like
-``backward``); equal settings compare and hash equal, so a jitted loop that takes it as a
-static argument compiles once.
+    step = funcnn.make_train_step(net, opt, grad_fn=funcnn.per_example.dp_grad(1.0, 1.1))
+    funcnn.fit(net, params, opt, x, y, ..., grad_fn=funcnn.per_example.dp_grad(1.0, 1.1))
+
+``dz`` is the output delta of the batch's mean loss over ``rows`` examples (the rows of a
+padded short batch past them are zero and get no weight), so row ``i``'s own delta is
+``rows * dz[i]``; the noise is drawn from ``fold_in(key, NOISE_STREAM)``, apart from the
+dropout masks drawn from the step's ``key``. It goes with every optimizer.
 
 The functions taking ``(net, params, x, y)`` check their arguments as
 ``funcnn.value_and_grad`` does; ``example_deltas``, ``grads_from_cache``,
@@ -61,26 +60,21 @@ from funcnn._mlp_checks import check_y
 from funcnn.activations import get_activation
 from funcnn.backend import array_namespace, check_same_backend, concrete_value, is_jax_array
 from funcnn.losses import get_loss
-from funcnn.mlp import Cache, Dense, apply, backward, check_net, check_params, prepare_inputs
-from funcnn.optim import Optimizer
+from funcnn.mlp import Cache, Dense, apply, check_net, check_params, prepare_inputs
 from funcnn.types import Array, Grads, Key, Params
 
 __all__ = [
-    "DPGradient",
-    "DPUpdate",
+    "NOISE_STREAM",
+    "DPGrad",
     "clipped_grad_from_cache",
     "clipped_mean_grad",
-    "dp_gradient",
-    "dp_optimizer",
+    "dp_grad",
     "example_deltas",
     "grad_and_norms_from_cache",
     "grads_from_cache",
-    "has_grad_hook",
-    "needs_step_key",
     "norms_from_cache",
     "per_example_grad_norms",
     "per_example_grads",
-    "step_gradient",
 ]
 
 
@@ -93,9 +87,14 @@ def example_deltas(net: Any, params: Params, cache: Cache, y: Array) -> tuple:
     The backward pass of :func:`funcnn.mlp.backward` without its weight products, started
     from ``m`` times the loss delta (the gradient of each row's own loss, not of the mean).
     """
-    g_grad = get_activation(net.hidden).grad
     m = cache.zs[-1].shape[0]
-    dz = get_loss(net.loss).delta(net.output, cache.zs[-1], cache.out, y) * m
+    return _deltas(net, params, cache, get_loss(net.loss).delta(net.output, cache.zs[-1],
+                                                                cache.out, y) * m)
+
+
+def _deltas(net: Any, params: Params, cache: Cache, dz: Array) -> tuple:
+    """Each example's deltas from the output layer's, ``dz`` ``(m, k)``, sent down."""
+    g_grad = get_activation(net.hidden).grad
     deltas = [dz] * len(params)
     for l in range(len(params) - 1, 0, -1):
         da = deltas[l] @ params[l].W.T                 # (m, n_l): into the layer below
@@ -182,28 +181,38 @@ def clipped_grad_from_cache(
     and noise ``noise_multiplier * C * N(0, I)``: one standard normal draw from ``key``
     of all the parameters at once, laid out leaf by leaf (``W[0], b[0], W[1], ...``, each
     row-major). ``max_norm`` and ``noise_multiplier`` are Python numbers, already checked
-    (see :class:`DPGradient`).
+    (see :class:`DPGrad`).
     """
-    deltas = example_deltas(net, params, cache, y)
+    m = cache.zs[-1].shape[0]
+    dz = get_loss(net.loss).delta(net.output, cache.zs[-1], cache.out, y)
+    return _clipped(net, params, cache, dz, m, max_norm, noise_multiplier, key)
+
+
+def _clipped(net: Any, params: Params, cache: Cache, dz: Array, rows: Any, max_norm: float,
+             noise_multiplier: float, key: Key | None) -> tuple[Grads, Array]:
+    """:func:`clipped_grad_from_cache` from the delta ``dz`` of a mean over ``rows`` examples
+    (an int, or a 0-d array when traced); rows of ``dz`` past them are zero: they add nothing."""
+    xp = array_namespace(dz)
+    if not isinstance(rows, int):
+        rows = xp.asarray(rows, dtype=dz.dtype)
+    deltas = _deltas(net, params, cache, dz * rows)        # each example's own deltas
     peak, r = _scaled_norms(cache.inputs, deltas)
-    xp = array_namespace(peak)
-    m = peak.shape[0]
-    # s_i d_i / m = (d_i / peak_i) * min(peak_i, C / r_i) / m: no factor overflows or
+    # s_i d_i / rows = (d_i / peak_i) * min(peak_i, C / r_i) / rows: no factor overflows or
     # underflows, so any finite g_i (even of norm 1e20 in float32) clips to norm C.
     # r_i >= 1 exactly unless g_i = 0 (then r_i = 0 and the weight is 0 * d_i anyway).
     safe = xp.where(peak > 0, peak, 1)[:, None]                             # (m, 1)
-    weight = (xp.minimum(peak, max_norm / xp.maximum(r, 1)) * (1.0 / m))[:, None]
+    weight = (xp.minimum(peak, max_norm / xp.maximum(r, 1)) / rows)[:, None]
     grads = []
     for a, d in zip(cache.inputs, deltas, strict=True):
-        dw = d / safe * weight                              # (m, n_out): clipped, / m
+        dw = d / safe * weight                              # (m, n_out): clipped, / rows
         grads.append(Dense(a.T @ dw, dw.sum(axis=0)))
-    std = noise_multiplier * max_norm / m                   # of the noise after the / m
-    if std > 0:
-        grads = _add_noise(tuple(grads), std, key, noise_multiplier)
+    if noise_multiplier > 0:                                # std of the noise after the / rows
+        grads = _add_noise(tuple(grads), noise_multiplier * max_norm / rows, key,
+                           noise_multiplier)
     return tuple(grads), _unscale(peak, r)
 
 
-def _add_noise(grads: Grads, std: float, key: Key | None, noise_multiplier: float) -> Grads:
+def _add_noise(grads: Grads, std: Any, key: Key | None, noise_multiplier: float) -> Grads:
     """``grads + std * N(0, I)``, the normals drawn at once and cut leaf by leaf."""
     if key is None:
         raise ValueError(
@@ -225,31 +234,41 @@ def _add_noise(grads: Grads, std: float, key: Key | None, noise_multiplier: floa
     return tuple(out)
 
 
-# ---------------------------------------------------------------------------- the hook
+# ---------------------------------------------------------------------------- in training
 
 
 def _setting(name: str, value: Any, *, allow_zero: bool) -> float:
     if is_jax_array(value) and concrete_value(value) is None:
         raise TypeError(
-            f"{name} must be a Python number, not a traced value: it is part of the hashable "
-            "gradient hook (close over it, or make it a static argument of jax.jit)"
+            f"{name} must be a Python number, not a traced value: it decides the program "
+            "(noise or not) and is compiled in (close over it, or make it a static argument "
+            "of jax.jit)"
         )
     check_positive(name, value, allow_zero=allow_zero)
     return float(value)
 
 
+NOISE_STREAM = 0x4E4F495A
+"""A step's noise key is ``fold_in(step key, NOISE_STREAM)``: far from the small indices
+at which ``fold_in`` meets ``split`` (under jax's partitionable threefry,
+``fold_in(k, i) == split(k, n)[i]``), so it never equals a dropout mask's key."""
+
+
 @dataclass(frozen=True)
-class DPGradient:
-    """The DP-SGD gradient as a hook ``grad_fn(net, params, cache, y, key) -> grads``.
+class DPGrad:
+    """The DP-SGD gradient as a training step's gradient function (see :mod:`funcnn.step`):
+    ``grad_fn(net, params, cache, dz, *, rows, key) -> grads``.
 
     Args:
       max_norm: the clipping norm ``C`` of each example's gradient, positive and finite.
       noise_multiplier: the noise's standard deviation in units of ``C`` (``sigma`` of
         Abadi et al. and Opacus), ``>= 0``; ``0`` clips without noise.
 
-    Calling it returns the gradient of :func:`clipped_grad_from_cache` (same tree as
-    ``params``); ``key`` draws the noise and may be ``None`` only without noise. Equal
-    settings compare and hash equal (``1`` and ``1.0`` too).
+    Calling it returns ``(sum_i min(1, C / ||g_i||) g_i + noise) / rows`` over the first
+    ``rows`` examples (the rest, padding, have a zero ``dz`` and count for nothing), the
+    noise drawn from ``fold_in(key, NOISE_STREAM)``; ``key`` (the step's key) may be
+    ``None`` only without noise. Equal settings compare and hash equal (``1`` and ``1.0``
+    too), so a jitted loop compiles once for them.
     """
 
     max_norm: float
@@ -261,75 +280,19 @@ class DPGradient:
         object.__setattr__(self, "noise_multiplier",
                            _setting("noise_multiplier", self.noise_multiplier, allow_zero=True))
 
-    def __call__(self, net: Any, params: Params, cache: Cache, y: Array,
+    def __call__(self, net: Any, params: Params, cache: Cache, dz: Array, *, rows: Any,
                  key: Key | None = None) -> Grads:
-        return clipped_grad_from_cache(net, params, cache, y, max_norm=self.max_norm,
-                                       noise_multiplier=self.noise_multiplier, key=key)[0]
+        noise_key = None if key is None or not self.noise_multiplier else \
+            random.fold_in(key, NOISE_STREAM)
+        return _clipped(net, params, cache, dz, rows, self.max_norm, self.noise_multiplier,
+                        noise_key)[0]
 
 
-def dp_gradient(max_norm: float, noise_multiplier: float = 0.0) -> DPGradient:
-    """The DP-SGD gradient hook: clip each example to ``max_norm``, sum, add noise, average.
-
-    ``grad_fn = dp_gradient(1.0, 1.1)`` is called as ``grad_fn(net, params, cache, y, key)``
-    and returns what ``funcnn.mlp.backward`` would, clipped and noised; see the module
-    docstring for the exact contract.
-    """
-    return DPGradient(max_norm, noise_multiplier)
-
-
-@dataclass(frozen=True)
-class DPUpdate:
-    """An optimizer's ``update`` that carries a gradient hook: ``fit`` and
-    ``make_train_step`` compute the step's gradient with ``grad_fn`` instead of
-    ``funcnn.mlp.backward``; called directly it is the inner update unchanged."""
-
-    inner: Any
-    grad_fn: DPGradient
-
-    def __call__(self, params: Params, grads: Grads, state: Any):
-        return self.inner(params, grads, state)
-
-
-def dp_optimizer(optimizer: Optimizer, max_norm: float,
-                 noise_multiplier: float = 0.0) -> Optimizer:
-    """``optimizer`` trained on the DP-SGD gradient: in :func:`funcnn.fit` and
-    :func:`funcnn.make_train_step` each step clips every example's gradient to
-    ``max_norm``, adds noise of standard deviation ``noise_multiplier * max_norm`` and
-    averages (:func:`dp_gradient`). The noise key of a step is
-    ``fold_in(step key, NOISE_STREAM)``;
-    the step key also draws the dropout masks, so with noise even a net without dropout
-    gets a key per step (``fit`` draws them; a ``make_train_step`` step needs ``key``)."""
-    if not (isinstance(optimizer, tuple) and len(optimizer) == 2):
-        raise TypeError(f"optimizer must be a funcnn.optim.Optimizer; got {optimizer!r}")
-    return Optimizer(optimizer.init, DPUpdate(optimizer.update,
-                                              DPGradient(max_norm, noise_multiplier)))
-
-
-NOISE_STREAM = 0x4E4F495A
-"""A step's noise key is ``fold_in(step key, NOISE_STREAM)``: far from the small indices
-at which ``fold_in`` meets ``split`` (under jax's partitionable threefry,
-``fold_in(k, i) == split(k, n)[i]``), so it never equals a dropout mask's key."""
-
-
-def step_gradient(optimizer: Any, net: Any, params: Params, cache: Cache, y: Array,
-                  key: Key | None) -> Grads:
-    """The gradient a training step uses: the optimizer's hook if it has one (see
-    :func:`dp_optimizer`), else the hand-written ``backward``."""
-    hook = getattr(optimizer.update, "grad_fn", None)
-    if hook is None:
-        return backward(net, params, cache, y)
-    return hook(net, params, cache, y, None if key is None else random.fold_in(key, NOISE_STREAM))
-
-
-def has_grad_hook(optimizer: Any) -> bool:
-    """True when the optimizer brings its own gradient (a :func:`dp_optimizer`)."""
-    return getattr(optimizer.update, "grad_fn", None) is not None
-
-
-def needs_step_key(optimizer: Any) -> bool:
-    """True when the optimizer's gradient hook draws noise (so every step needs a key)."""
-    hook = getattr(optimizer.update, "grad_fn", None)
-    return hook is not None and hook.noise_multiplier > 0
+def dp_grad(max_norm: float, noise_multiplier: float = 0.0) -> DPGrad:
+    """The DP-SGD gradient function of a training step: clip each example to ``max_norm``,
+    sum, add noise of standard deviation ``noise_multiplier * max_norm``, average; e.g.
+    ``fit(..., grad_fn=dp_grad(1.0, 1.1))``. See :class:`DPGrad`."""
+    return DPGrad(max_norm, noise_multiplier)
 
 
 # ---------------------------------------------------------------------------- checked entry points
@@ -384,14 +347,15 @@ def clipped_mean_grad(
     (``train=True``); it is split in two: the dropout masks come from
     ``random.split(key)[0]`` (as ``forward(..., key=random.split(key)[0], train=True)``
     draws them) and the noise from ``random.split(key)[1]`` (as
-    ``dp_gradient(max_norm, noise_multiplier)(net, params, cache, y, random.split(key)[1])``
-    draws it). ``max_norm`` and ``noise_multiplier`` must be Python numbers (static under jit).
+    ``clipped_grad_from_cache(..., key=random.split(key)[1])`` draws it). ``max_norm`` and
+    ``noise_multiplier`` must be Python numbers (static under jit).
     """
-    grad_fn = DPGradient(max_norm, noise_multiplier)
+    settings = DPGrad(max_norm, noise_multiplier)
     check_net(net)
     check_params(net, params)
     drop_key = noise_key = None
     if key is not None:
         drop_key, noise_key = random.split(random.as_key(key, check_same_backend(params)))
     cache, y = _forward(net, params, x, y, drop_key, train)
-    return grad_fn(net, params, cache, y, noise_key)
+    return clipped_grad_from_cache(net, params, cache, y, max_norm=settings.max_norm,
+                                   noise_multiplier=settings.noise_multiplier, key=noise_key)[0]

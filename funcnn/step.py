@@ -1,9 +1,23 @@
-"""One training step: forward, loss, backward, optimizer update, on one mini-batch.
+"""One training step: forward, loss, gradient, optimizer update, on one mini-batch.
 
 ``make_train_step(net, optimizer)`` returns the checked, pure step every loop is made of::
 
     step = funcnn.make_train_step(net, funcnn.optim.adam(1e-3))
     params, opt_state, loss = step(params, opt_state, xb, yb)          # or jax.jit(step)
+
+**The gradient function** is an argument, ``make_train_step(net, optimizer, grad_fn=...)``
+(and ``fit(..., grad_fn=...)``): a pure function::
+
+    grad_fn(net, params, cache, dz, *, rows, key) -> grads
+
+``cache`` the forward ``Cache`` of the batch (its dropout masks in it); ``dz`` ``(m, k)``
+the delta ``dL/dzs[-1]`` of the batch's mean loss, over its first ``rows`` examples (an
+int, or a traced 0-d int: ``m``, or fewer on a padded short batch, whose other rows of
+``dz`` are zero); ``key`` the step's key (``None`` if it has none), from which a gradient
+function that draws randomness takes its own stream with ``funcnn.random.fold_in``. It
+returns a tree like ``params`` for ``optimizer.update``. :func:`backward_grad`, the
+hand-written backward pass, is the default; ``funcnn.per_example.dp_grad(max_norm,
+noise_multiplier)`` gives DP-SGD's clipped and noised gradient.
 
 :func:`train_step` is the same step without checks, what ``fit``'s loops call. It can
 also train on a *padded* short batch: ``fit`` on jax runs every batch of an epoch, the
@@ -13,9 +27,10 @@ of 0.72 s, and a fresh process's first epoch costs what a hand-written ``jax.gra
 does, ``docs/performance.md``). The short batch
 of ``tail`` rows is padded with other rows of the data, and where ``in_tail`` is true the
 loss and its delta ``dL/dz`` are those of the first ``tail`` rows, the padding getting a
-zero delta, so the gradient is exactly that of the short batch::
+zero delta, so the gradient (any gradient function's) is exactly that of the short batch::
 
     dz = [delta(z[:tail]); 0] if in_tail else delta(z)          (m, k)
+    rows = tail if in_tail else m
 """
 
 from __future__ import annotations
@@ -23,7 +38,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from funcnn._fit_checks import check_optimizer
+from funcnn._fit_checks import check_grad_fn, check_optimizer
 from funcnn._mlp_checks import check_x, check_y
 from funcnn.backend import array_namespace, check_same_backend, is_concrete, is_jax_array
 from funcnn.losses import get_loss
@@ -35,12 +50,11 @@ from funcnn.mlp import (
     check_net,
     check_params,
     dropout_masks,
-    loss_from_cache,
 )
 from funcnn.optim import Optimizer
-from funcnn.per_example import has_grad_hook, needs_step_key, step_gradient
+from funcnn.types import Array, Grads, Key, Params
 
-__all__ = ["make_train_step", "n_correct", "train_step"]
+__all__ = ["backward_grad", "make_train_step", "n_correct", "train_step"]
 
 
 def n_correct(net: MLP, out: Any, y: Any, valid: Any = None) -> Any:
@@ -57,44 +71,52 @@ def n_correct(net: MLP, out: Any, y: Any, valid: Any = None) -> Any:
     return xp.zeros((), dtype=out.dtype)
 
 
+def backward_grad(net: MLP, params: Params, cache: Cache, dz: Array, *, rows: Any = None,
+                  key: Key | None = None) -> Grads:
+    """The default gradient function: the hand-written backward pass from ``dz``,
+    ``funcnn.mlp.backward(net, params, cache, y, dz=dz)``. ``rows`` and ``key`` are not
+    needed: ``dz`` already holds the ``1 / rows`` of the mean."""
+    return backward(net, params, cache, None, dz=dz)
+
+
 def _output_terms(net: MLP, cache: Cache, y: Any, tail: int, in_tail: Any):
-    """The loss and ``dL/dzs[-1]``; on a padded short batch those of its first ``tail`` rows.
+    """``(loss, dL/dzs[-1], rows)``: on a padded short batch those of its first ``tail``
+    rows, and ``rows = tail``; else of all ``m`` rows, and ``rows = m``.
 
     Under jax the short batch's terms sit in a ``lax.cond`` branch: computed in the one
     step that needs them (on many devices their slice moves rows, once an epoch)."""
     spec, z, a = get_loss(net.loss), cache.zs[-1], cache.out
+    m = z.shape[0]
 
     def full():
         return spec.value(net.output, z, a, y), spec.delta(net.output, z, a, y)
 
     def head():
         dz = spec.delta(net.output, z[:tail], a[:tail], y[:tail])
-        padding = array_namespace(z).zeros((z.shape[0] - tail, z.shape[1]), dz.dtype)
+        padding = array_namespace(z).zeros((m - tail, z.shape[1]), dz.dtype)
         return (spec.value(net.output, z[:tail], a[:tail], y[:tail]),
                 array_namespace(z).concatenate([dz, padding]))
 
     if not tail:
-        return full()
+        return (*full(), m)
     if is_concrete(in_tail):
-        return head() if in_tail else full()
-    return sys.modules["jax"].lax.cond(in_tail, head, full)
+        return (*head(), tail) if in_tail else (*full(), m)
+    return (*sys.modules["jax"].lax.cond(in_tail, head, full),
+            array_namespace(z).where(in_tail, tail, m))
 
 
 def train_step(net: MLP, optimizer: Optimizer, params, opt_state, x, y, key, *,
-               tail: int = 0, in_tail: Any = False, mask_rows: int | None = None):
+               grad_fn=backward_grad, tail: int = 0, in_tail: Any = False,
+               mask_rows: int | None = None):
     """One update on a prepared batch, no checks: ``(params, opt_state, loss, n_correct)``.
 
-    ``key`` draws the dropout masks (and a DP optimizer's noise, see ``funcnn.per_example``);
-    it is ``None`` only for a net without dropout and an optimizer without noise. The masks
-    are drawn for ``mask_rows`` rows (default: the batch's) and the first ones used, so a
-    short batch gets the rows a full one would. ``tail`` (static) and ``in_tail`` (a bool,
-    traced or not) train a padded short batch, see the module docstring; not with an
-    optimizer that has a gradient hook (DP-SGD).
+    ``key`` draws the dropout masks and is passed to ``grad_fn`` (see the module
+    docstring); it is ``None`` only for a net without dropout and a gradient function that
+    draws nothing. The masks are drawn for ``mask_rows`` rows (default: the batch's) and the
+    first ones used, so a short batch gets the rows a full one would. ``tail`` (static) and
+    ``in_tail`` (a bool, traced or not) train a padded short batch, see the module docstring.
     """
     m = x.shape[0]
-    if tail and has_grad_hook(optimizer):
-        raise ValueError("a padded short batch (tail > 0) cannot be trained with an "
-                         "optimizer's gradient hook (DP-SGD): pass the short batch itself")
     if net.dropout > 0:
         backend = "jax" if is_jax_array(x) else "numpy"
         masks = dropout_masks(net, key, mask_rows or m, x.dtype, backend)
@@ -102,38 +124,37 @@ def train_step(net: MLP, optimizer: Optimizer, params, opt_state, x, y, key, *,
     else:
         masks = (None,) * (net.n_layers - 1)
     cache = apply(net, params, x, masks)
-    if tail:
-        loss, dz = _output_terms(net, cache, y, tail, in_tail)
-        grads = backward(net, params, cache, y, dz=dz)
-        valid = array_namespace(x).arange(m) < array_namespace(x).where(in_tail, tail, m)
-    else:
-        loss = loss_from_cache(net, cache, y)
-        grads, valid = step_gradient(optimizer, net, params, cache, y, key), None
+    loss, dz, rows = _output_terms(net, cache, y, tail, in_tail)
+    grads = grad_fn(net, params, cache, dz, rows=rows, key=key)
     params, opt_state = optimizer.update(params, grads, opt_state)
+    valid = array_namespace(x).arange(m) < rows if tail else None
     return params, opt_state, loss, n_correct(net, cache.out, y, valid)
 
 
-def make_train_step(net: MLP, optimizer: Optimizer):
+def make_train_step(net: MLP, optimizer: Optimizer, *, grad_fn=backward_grad):
     """A pure step ``(params, opt_state, x, y, key=None) -> (params, opt_state, loss)``.
 
-    It checks shapes and dtypes (also while ``jax.jit`` traces it). The step of a net
-    with dropout needs a ``key`` (a new one each step), as ``forward(train=True)`` does;
-    without one it raises ``ValueError``. Jit it with ``jax.jit(step)``.
+    It checks shapes and dtypes (also while ``jax.jit`` traces it). ``grad_fn`` computes
+    the gradient (see the module docstring), e.g. ``funcnn.per_example.dp_grad(1.0, 1.1)``
+    for DP-SGD. The step of a net with dropout, or with a gradient function that draws
+    noise, needs a ``key`` (a new one each step), as ``forward(train=True)`` does; without
+    one it raises ``ValueError``. Jit it with ``jax.jit(step)``.
     """
     check_net(net)
     check_optimizer(optimizer)
+    check_grad_fn(grad_fn)
 
     def step(params, opt_state, x, y, key=None):
-        if (net.dropout > 0 or needs_step_key(optimizer)) and key is None:
+        if net.dropout > 0 and key is None:
             raise ValueError(
-                f"the net's dropout ({net.dropout}) or the optimizer's gradient noise needs a "
-                "key: step(params, opt_state, x, y, key), a new key each step (e.g. "
-                "funcnn.random.fold_in(key, step_number))")
+                f"the net's dropout ({net.dropout}) needs a key: step(params, opt_state, x, "
+                "y, key), a new key each step (e.g. funcnn.random.fold_in(key, step_number))")
         dtype = check_params(net, params)
         check_same_backend(params, x=x, y=y)
         x = check_x(net, x, dtype)
         y = check_y(net, y, x.shape[0], dtype)
-        params, opt_state, loss, _ = train_step(net, optimizer, params, opt_state, x, y, key)
+        params, opt_state, loss, _ = train_step(net, optimizer, params, opt_state, x, y, key,
+                                                grad_fn=grad_fn)
         return params, opt_state, loss
 
     return step

@@ -1,13 +1,15 @@
 """Training loops built from the pure step (:mod:`funcnn.step`): ``fit`` and ``evaluate``.
 
-``fit`` runs whole epochs, and only that: checkpoints, resume and progress are
+``fit`` runs whole epochs, and only that: checkpoints, resume, early stopping and progress are
 callbacks (:mod:`funcnn.callbacks`). On the jax backend each epoch is one compiled
 ``lax.scan`` over the batches (the short last batch padded to a full one, so the program
 holds one copy of the step). It donates no buffer: the state an epoch started from stays
-valid, and is what a diverged run hands back. The compiled epoch is cached by (net,
-optimizer, shapes), so calling ``fit`` again does not recompile. On NumPy it runs the
-same pure step in a Python loop, with subnormal floats flushed to zero as XLA does
-(:func:`flush_denormals`).
+valid, and is what a diverged run hands back. The compiled epoch is cached by (net, kind
+of optimizer, gradient function, shapes), so calling ``fit`` again does not recompile: the
+optimizer's numbers (learning rate, ``eps``, weight decay) are arguments of the program
+(:func:`funcnn.optim.split_hyper`), so a new learning rate does not recompile either. On
+NumPy it runs the same pure step in a Python loop, with subnormal floats flushed to zero
+as XLA does (:func:`flush_denormals`).
 
 Randomness comes from the one ``key``: it is split into a shuffling key and a
 dropout key, and epoch ``e`` uses ``fold_in(., e)`` of each, so a run resumed
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import math
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -30,7 +31,7 @@ import numpy as np
 
 from funcnn import parallel, random
 from funcnn._checks import check_count
-from funcnn._fit_checks import check_callbacks, check_hashable, check_optimizer
+from funcnn._fit_checks import check_callbacks, check_grad_fn, check_optimizer
 from funcnn._fpu import flush_denormals
 from funcnn._mlp_checks import check_x, check_y
 from funcnn.backend import (
@@ -41,13 +42,12 @@ from funcnn.backend import (
     namespace,
 )
 from funcnn.batching import BatchSplit, epoch_order, split_batches
-from funcnn.callbacks import Best, FitInfo, FitState, progress_bar, stopped_early
+from funcnn.callbacks import FitInfo, FitState, copy_arrays, progress_bar
 from funcnn.losses import is_classification
 from funcnn.mlp import MLP, apply, check_net, check_params, loss_from_cache
-from funcnn.optim import Optimizer
-from funcnn.per_example import has_grad_hook, needs_step_key
-from funcnn.step import n_correct, train_step
-from funcnn.tree import tree_leaves, tree_map
+from funcnn.optim import Optimizer, merge_hyper, split_hyper
+from funcnn.step import backward_grad, n_correct, train_step
+from funcnn.tree import tree_leaves
 
 __all__ = ["TrainingDiverged", "enable_compilation_cache", "evaluate", "fit", "flush_denormals"]
 _HISTORY = ("loss", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
@@ -72,39 +72,30 @@ class TrainingDiverged(FloatingPointError):
 # ---------------------------------------------------------------------------- jax programs
 
 
-def _epoch_scan(params, opt_state, x, y, order, keys, *, net, optimizer, batch_size, tail,
-                mesh):
-    """One epoch as one program: a ``lax.scan`` over the batches of ``order`` (row indices).
-
-    With ``tail > 0`` the last batch is short, padded to ``batch_size`` rows by the host,
-    and ``train_step`` trains on its first ``tail`` rows; else any rows of ``order`` past
-    the full batches (only for a gradient hook, which cannot be padded) are a short batch
-    compiled in after the scan. ``keys``: one dropout key per batch, or ``None``."""
+def _epoch_scan(params, opt_state, x, y, order, keys, hyper, *, net, optimizer, grad_fn,
+                batch_size, tail, mesh):
+    """One epoch as one program: a ``lax.scan`` over the batches of ``order`` (row indices),
+    ``keys`` one key per batch. ``optimizer`` and ``hyper`` are the two parts of
+    ``split_hyper(optimizer)``. With ``tail > 0`` the last batch is short, padded to
+    ``batch_size`` rows by the host, and ``train_step`` trains on its first ``tail`` rows."""
     import jax
     import jax.numpy as jnp
 
+    optimizer = merge_hyper(optimizer, hyper)
     n_full = order.shape[0] // batch_size
-    idx = order[: n_full * batch_size].reshape(n_full, batch_size)
+    idx = order.reshape(n_full, batch_size)
     in_tail = jnp.arange(n_full) == n_full - 1  # only used when tail > 0
 
     def body(carry, inputs):
         p, s = carry
         i, k, last = inputs
         batch = parallel.constrain_batch((x[i], y[i]), mesh)  # rows split over the devices
-        p, s, loss, correct = train_step(net, optimizer, p, s, *batch, k, tail=tail,
-                                         in_tail=last)
+        p, s, loss, correct = train_step(net, optimizer, p, s, *batch, k, grad_fn=grad_fn,
+                                         tail=tail, in_tail=last)
         return (p, s), (loss, correct)
 
-    scan_keys = None if keys is None else keys[:n_full]
     (params, opt_state), (losses, correct) = jax.lax.scan(body, (params, opt_state),
-                                                          (idx, scan_keys, in_tail))
-    if order.shape[0] > n_full * batch_size:  # static: the tail is compiled in, not apart
-        i = order[n_full * batch_size:]
-        k = None if keys is None else keys[n_full]
-        batch = parallel.constrain_batch((x[i], y[i]), mesh)
-        params, opt_state, loss, n = train_step(net, optimizer, params, opt_state, *batch, k,
-                                                mask_rows=batch_size)
-        losses, correct = jnp.append(losses, loss), jnp.append(correct, n)
+                                                          (idx, keys[:n_full], in_tail))
     return params, opt_state, losses, correct
 
 
@@ -117,8 +108,8 @@ def _eval_batch(params, x, y, *, net):
 def _jax_programs():
     import jax
 
-    epoch = jax.jit(_epoch_scan,
-                    static_argnames=("net", "optimizer", "batch_size", "tail", "mesh"))
+    epoch = jax.jit(_epoch_scan, static_argnames=("net", "optimizer", "grad_fn", "batch_size",
+                                                  "tail", "mesh"))
     evaluate_batch = jax.jit(_eval_batch, static_argnames=("net",))
     return epoch, evaluate_batch
 
@@ -171,6 +162,7 @@ class _Run(NamedTuple):
 
     net: MLP
     optimizer: Optimizer
+    grad_fn: Any
     x: Any
     y: Any
     validation: tuple | None
@@ -178,12 +170,6 @@ class _Run(NamedTuple):
     order: dict  # shuffle, shuffle_every
     keys: Any  # (shuffle key, dropout key)
     mesh: Any  # None, or the jax Mesh of a data-parallel fit
-
-
-def _copy(tree):  # jax arrays by device_put: no program to compile per leaf shape
-    return tree_map(lambda a: sys.modules["jax"].device_put(  # a multi-process array: in place
-        a, None if a.is_fully_addressable else a.sharding, may_alias=False)
-        if is_jax_array(a) else np.array(a, copy=True), tree)
 
 
 def _all_finite(tree) -> bool:
@@ -213,24 +199,25 @@ def _raise_if_diverged(losses: np.ndarray, trained: tuple, before: FitState) -> 
         "clip gradients (funcnn.optim.with_clipping) or check the data", epoch, step, before)
 
 
-def _padded(order: np.ndarray, split: BatchSplit, optimizer: Optimizer):
+def _padded(order: np.ndarray, split: BatchSplit):
     """``(order, tail)`` for the jax program: the short last batch padded with the first
     rows of the epoch to a full one, and its length (0: no padding)."""
     order = order[: split.rows]
-    if not split.tail or has_grad_hook(optimizer):
+    if not split.tail:
         return order, 0
     return np.concatenate([order, order[: split.size - split.tail]]), split.tail
 
 
 def _run_epoch(run: _Run, params, opt_state, order, drop_key):
     """One epoch on either backend: ``(params, opt_state, step_losses, n_correct)``."""
-    keyed = run.net.dropout > 0 or needs_step_key(run.optimizer)
-    keys = random.split(drop_key, run.split.full + 1) if keyed else None
+    keys = random.split(drop_key, run.split.full + 1)  # a key per step, for dropout and grad_fn
     if is_jax_array(params[0].W):
-        order, tail = _padded(order, run.split, run.optimizer)
+        order, tail = _padded(order, run.split)
+        optimizer, hyper = split_hyper(run.optimizer)  # the numbers: traced, not compiled in
         params, opt_state, losses, correct = _jax_programs()[0](
-            params, opt_state, run.x, run.y, order, keys, net=run.net,
-            optimizer=run.optimizer, batch_size=run.split.size, tail=tail, mesh=run.mesh)
+            params, opt_state, run.x, run.y, order, keys, hyper, net=run.net,
+            optimizer=optimizer, grad_fn=run.grad_fn, batch_size=run.split.size, tail=tail,
+            mesh=run.mesh)
         return params, opt_state, np.asarray(losses), float(np.sum(np.asarray(correct)))
     with flush_denormals():  # as XLA does on CPU: subnormal Adam moments cost 4x
         return _numpy_epoch(run, params, opt_state, order, keys)
@@ -244,8 +231,8 @@ def _numpy_epoch(run: _Run, params, opt_state, order, keys):
         # divergence is reported by TrainingDiverged (as on jax), not by NumPy's warnings
         with np.errstate(over="ignore", invalid="ignore"):
             params, opt_state, loss, correct = train_step(
-                run.net, run.optimizer, params, opt_state, run.x[i], run.y[i],
-                None if keys is None else keys[j], mask_rows=size)
+                run.net, run.optimizer, params, opt_state, run.x[i], run.y[i], keys[j],
+                grad_fn=run.grad_fn, mask_rows=size)
         losses[j] = loss
         right += float(correct)
         if not math.isfinite(losses[j]):
@@ -260,37 +247,35 @@ def _train_epoch(run: _Run, state: FitState) -> FitState:
     params, opt_state, losses, right = _run_epoch(
         run, state.params, state.opt_state, order, random.fold_in(run.keys[1], epoch))
     _raise_if_diverged(losses, (params, opt_state), state)
-    history = state.history
+    history = {name: list(values) for name, values in state.history.items()}
     history["loss"].extend(losses.tolist())
     sizes = [run.split.size] * run.split.full + [run.split.tail] * (run.split.tail > 0)
     history["train_loss"].append(float(np.dot(losses, sizes) / run.split.rows))
     history["train_accuracy"].append(right / run.split.rows
                                      if is_classification(run.net.loss) else None)
-    best = state.best
     if run.validation is not None:
         val = _evaluate(run.net, params, *run.validation, 10_000)
         history["val_loss"].append(val["loss"])
         history["val_accuracy"].append(val["accuracy"])
-        if best is not None and val["loss"] < best.loss:
-            best = Best(val["loss"], epoch, _copy(params), _copy(opt_state))
     history["seconds"].append(time.perf_counter() - start)
-    return FitState(params, opt_state, epoch + 1, state.key, history, best)
+    return state._replace(params=params, opt_state=opt_state, epoch=epoch + 1, history=history)
 
 
 def _call(hooks: tuple, name: str, state: FitState, info: FitInfo) -> FitState:
-    """Call ``name`` on every hook; ``on_start`` may return a new state (checked)."""
+    """Call ``name`` on every hook, each on the state the one before returned (a returned
+    state is checked; ``None`` keeps the state)."""
     for i, hook in enumerate(hooks):
         fn = getattr(hook, name, None)
         new = fn(state, info) if fn is not None else None
-        if name != "on_start" or new is None:
+        if new is None:
             continue
         if not isinstance(new, FitState):
-            raise TypeError(f"on_start of callback {i} returned a {type(new).__name__}; "
+            raise TypeError(f"{name} of callback {i} returned a {type(new).__name__}; "
                             "expected a funcnn.callbacks.FitState or None")
         dtype, given = check_params(info.net, new.params), check_params(info.net, state.params)
         if dtype != given or check_same_backend(new.params, opt_state=new.opt_state) \
                 != info.backend:
-            raise TypeError(f"on_start of callback {i} returned {dtype} params on another "
+            raise TypeError(f"{name} of callback {i} returned {dtype} params on another "
                             f"backend or dtype than fit's {given} {info.backend} params")
         state = new._replace(epoch=check_count(f"the epoch on_start of callback {i} returned",
                                                new.epoch, minimum=0))
@@ -299,91 +284,80 @@ def _call(hooks: tuple, name: str, state: FitState, info: FitInfo) -> FitState:
 
 def fit(
     net: MLP, params, optimizer: Optimizer, x, y, *, epochs: int, batch_size: int | None,
-    key: Any, opt_state=None, validation: tuple | None = None,
-    early_stopping: int | None = None, shuffle: bool = True, shuffle_every: int = 1,
-    drop_last: bool = False, initial_epoch: int = 0, callbacks: Sequence = (),
-    progress: bool = True, devices: Any = None,
+    key: Any, grad_fn=backward_grad, opt_state=None, validation: tuple | None = None,
+    shuffle: bool = True, shuffle_every: int = 1, drop_last: bool = False,
+    initial_epoch: int = 0, callbacks: Sequence = (), progress: bool = True,
+    devices: Any = None,
 ):
     """Train for epochs ``initial_epoch .. epochs - 1``; return ``(params, opt_state, history)``.
 
     Args:
       key: an int seed or a ``funcnn.random`` key; it decides shuffling and dropout.
       batch_size: rows per step; ``None`` for full-batch gradient descent.
+      grad_fn: the gradient function of each step (see :mod:`funcnn.step`): the
+        hand-written backward pass by default, ``funcnn.per_example.dp_grad(max_norm,
+        noise_multiplier)`` for DP-SGD.
       opt_state: ``None`` starts a fresh optimizer state; pass one to continue it.
       validation: ``(x_val, y_val)`` evaluated after every epoch.
-      early_stopping: stop after this many epochs without a lower validation loss and
-        return the best parameters (and their optimizer state).
       shuffle_every: draw a new row order every k-th epoch (and keep it in between).
       initial_epoch: the epoch to start from (its randomness is that of epoch ``e``).
       callbacks: objects with ``on_start``, ``on_epoch_end`` or ``on_end`` (see
-        :mod:`funcnn.callbacks`), e.g. ``[funcnn.callbacks.checkpoint(path, resume=True)]``.
+        :mod:`funcnn.callbacks`), e.g. ``[funcnn.callbacks.early_stopping(5),
+        funcnn.callbacks.checkpoint(path, resume=True)]``.
       progress: a progress bar on stderr (one line per epoch without tqdm).
       devices: ``None`` (one device), or jax devices or a ``Mesh`` with a ``"data"`` axis
         to split every batch over (data parallelism, see :mod:`funcnn.parallel`).
 
     ``history`` holds ``loss`` (every step), and per epoch ``train_loss``,
     ``train_accuracy`` (running, as Keras reports them), ``val_loss``, ``val_accuracy``
-    and ``seconds`` (and ``best_epoch`` after early stopping). A NaN or infinite loss
-    (or, after an epoch, parameter or optimizer-state value) raises
+    and ``seconds`` (and what callbacks add, e.g. ``best_epoch`` after early stopping).
+    A NaN or infinite loss (or, after an epoch, parameter or optimizer-state value) raises
     :class:`TrainingDiverged`, which carries the last finite state as ``state``; the
     callbacks' ``on_end`` gets that same state.
     """
     check_net(net)
     check_optimizer(optimizer)
+    check_grad_fn(grad_fn)
     dtype = check_params(net, params)
     epochs = check_count("epochs", epochs)
     if batch_size is not None:
         batch_size = check_count("batch_size", batch_size)
     shuffle_every = check_count("shuffle_every", shuffle_every)
-    if early_stopping is not None:
-        early_stopping = check_count("early_stopping", early_stopping)
-        if validation is None:
-            raise ValueError("early_stopping needs validation=(x_val, y_val)")
     initial_epoch = check_count("initial_epoch", initial_epoch, minimum=0)
     if not 0 <= initial_epoch <= epochs:
         raise ValueError(f"initial_epoch must be in [0, epochs={epochs}]; got {initial_epoch}")
     backend = check_same_backend(params, x=x, y=y, opt_state=opt_state, validation=validation)
-    if backend == "jax":
-        check_hashable(optimizer)
     x, y = _prepare_data(net, params, x, y, dtype, backend)
     if validation is not None:
         if not (isinstance(validation, tuple | list) and len(validation) == 2):
             raise TypeError("validation must be a pair (x_val, y_val)")
         validation = _prepare_data(net, params, *validation, dtype, backend)
     split = split_batches(x.shape[0], batch_size, drop_last)
-    # the short last batch is padded to a full one on jax: only a gradient hook (which
-    # trains the short batch itself) needs its rows to divide among the devices too
-    mesh = parallel.fit_mesh(devices, split if has_grad_hook(optimizer) else
-                             split._replace(tail=0), x.shape[0], backend)
+    # the short last batch is padded to a full one on jax: only full batches must divide
+    mesh = parallel.fit_mesh(devices, split._replace(tail=0), x.shape[0], backend)
     hooks = check_callbacks(callbacks, progress)
     hooks = (*hooks, progress_bar()) if progress else hooks
-    info = FitInfo(net, epochs, backend, early_stopping)
+    info = FitInfo(net, epochs, backend, validation is not None)
     state = FitState(params, optimizer.init(params) if opt_state is None else opt_state,
                      initial_epoch, random.as_key(key, backend), {k: [] for k in _HISTORY}, None)
     try:
         state = _call(hooks, "on_start", state, info)
-        state = _ready(state, early_stopping, backend)
+        state = _ready(state, backend)
         state, (x, y, validation) = parallel.place_fit(mesh, state, (x, y, validation))
-        run = _Run(net, optimizer, x, y, validation, split,
+        run = _Run(net, optimizer, grad_fn, x, y, validation, split,
                    {"shuffle": shuffle, "shuffle_every": shuffle_every},
                    random.split(random.as_key(state.key, "numpy")), mesh)
-        while state.epoch < epochs and not stopped_early(state, early_stopping):
+        while state.epoch < epochs and not state.stop:
             state = _train_epoch(run, state)
-            _call(hooks, "on_epoch_end", state, info)
+            state = _call(hooks, "on_epoch_end", state, info)
     finally:
-        _call(hooks, "on_end", state, info)
-    params, opt_state, history, best = state.params, state.opt_state, state.history, state.best
-    if best is not None and best.params is not None:
-        params, opt_state = best.params, best.opt_state
-        history["best_epoch"] = [best.epoch]
-    return params, opt_state, history
+        state = _call(hooks, "on_end", state, info)
+    return state.params, state.opt_state, state.history
 
 
-def _ready(state: FitState, early_stopping: int | None, backend: str) -> FitState:
+def _ready(state: FitState, backend: str) -> FitState:
     """The state training starts from: private copies (what callbacks receive is never
-    the caller's arrays), the key on the backend, early stopping's memory."""
-    best = None if early_stopping is None else (
-        state.best if state.best is not None else Best(math.inf, state.epoch - 1, None, None))
-    return FitState(_copy(state.params), _copy(state.opt_state), state.epoch,
-                    random.as_key(state.key, backend), state.history, best)
-
+    the caller's arrays) and the key on the backend."""
+    return state._replace(params=copy_arrays(state.params),
+                          opt_state=copy_arrays(state.opt_state),
+                          key=random.as_key(state.key, backend))

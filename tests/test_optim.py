@@ -526,43 +526,73 @@ def test_clip_by_global_norm_of_gradients_whose_squares_overflow(backend, value,
 # --------------------------------------------------------------- factories and errors
 
 
-def test_equal_factories_compare_and_hash_equal():
+def _static(opt):
+    return optim.split_hyper(opt)[0]
+
+
+def test_equal_factories_split_into_equal_programs_and_numbers_are_data():
+    """What a compiled loop keys its cache on (``split_hyper``'s static part) is equal for
+    optimizers built alike, whatever their learning rate; what changes the program (a
+    flag, a fraction, a schedule, the kind of optimizer) makes it differ."""
     pairs = [
-        (optim.adam(1e-3), optim.adam(1e-3)),
-        (optim.sgd(0.1, momentum=0.9), optim.sgd(lr=0.1, momentum=0.9)),
-        (optim.adamw(mask=optim.weights_only), optim.adamw(mask=optim.weights_only)),
-        (optim.with_clipping(optim.adam(), 1.0), optim.with_clipping(optim.adam(), 1.0)),
+        (optim.adam(1e-3), optim.adam(2e-3)),
+        (optim.sgd(0.1, momentum=0.9), optim.sgd(lr=0.2, momentum=0.9)),
+        (optim.sgd(0.1, weight_decay=0.0), optim.sgd(0.1, weight_decay=1e-4)),
+        (optim.adamw(mask=optim.weights_only), optim.adamw(1e-2, mask=optim.weights_only)),
+        (optim.adamw(mask=ARRAY_MASK), optim.adamw(mask=tree_map(np.logical_not, ARRAY_MASK))),
+        (optim.with_clipping(optim.adam(), 1.0), optim.with_clipping(optim.adam(0.1), 2.0)),
         (optim.adam(lr=schedules.cosine_decay(0.1, 100)),
          optim.adam(lr=schedules.cosine_decay(0.1, 100))),
-        (optim.rmsprop(), optim.rmsprop()),
+        (optim.rmsprop(), optim.rmsprop(eps=1e-6)),
         (optim.rmsprop(momentum=0.9, centered=True), optim.rmsprop(centered=True, momentum=0.9)),
-        (optim.adagrad(0.1), optim.adagrad(0.1)),
-        (optim.adagrad(0.1, initial_accumulator=0.1), optim.adagrad(0.1, 1e-10, 0.1)),
+        (optim.adagrad(0.1), optim.adagrad(0.2)),
+        (optim.adagrad(0.1, initial_accumulator=0.1), optim.adagrad(0.1, 1e-10, 0.2)),
     ]
     for a, b in pairs:
-        assert a is not b and a == b and hash(a) == hash(b)
-    assert optim.adam(1e-3) != optim.adam(2e-3)
-    assert optim.adam(1e-3, b1=0.8) != optim.adam(1e-3)
-    assert optim.sgd(0.1) != optim.sgd(0.1, momentum=0.5)
-    assert optim.with_clipping(optim.adam(), 1.0) != optim.with_clipping(optim.adam(), 2.0)
-    assert optim.adamw() != optim.adam()
-    assert optim.rmsprop() != optim.rmsprop(centered=True)
-    assert optim.adagrad(0.1) != optim.adagrad(0.1, initial_accumulator=0.1)
+        assert _static(a) == _static(b) and hash(_static(a)) == hash(_static(b)), a
+    assert optim.split_hyper(optim.adam(1e-3))[1].update == {"lr": 1e-3, "eps": 1e-8}
+    assert _static(optim.adam(1e-3, b1=0.8)) != _static(optim.adam(1e-3))
+    assert _static(optim.sgd(0.1)) != _static(optim.sgd(0.1, momentum=0.5))
+    assert _static(optim.sgd(0.1, 0.5)) != _static(optim.sgd(0.1, 0.5, nesterov=True))
+    assert _static(optim.adamw()) != _static(optim.adam())
+    assert _static(optim.rmsprop()) != _static(optim.rmsprop(centered=True))
+    assert _static(optim.adam(schedules.cosine_decay(0.1, 100))) != \
+        _static(optim.adam(schedules.cosine_decay(0.1, 200)))
 
 
-def test_equal_optimizers_share_one_jit_trace():
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_split_and_merge_give_the_same_optimizer(name):
+    opt = CASES[name].make()
+    params = make_tree(np.random.default_rng(4), "float64")
+    static, hyper = optim.split_hyper(opt)
+    merged = optim.merge_hyper(static, hyper)
+    want = opt.update(params, params, opt.init(params))
+    got = merged.update(params, params, merged.init(params))
+    chex.assert_trees_all_equal(got, want)
+
+
+def test_optimizers_built_alike_share_one_jit_trace_whatever_their_learning_rate():
     traces = []
 
     @partial(jax.jit, static_argnums=0)
-    def step(opt, params, grads, state):
-        traces.append(opt)
-        return opt.update(params, grads, state)
+    def step(static, hyper, params, grads, state):
+        traces.append(static)
+        return optim.merge_hyper(static, hyper).update(params, grads, state)
 
     params = make_tree(np.random.default_rng(0), backend="jax")
-    for _ in range(2):
-        opt = optim.adam(1e-3)
-        step(opt, params, params, opt.init(params))
+    results = []
+    for lr in (1e-3, 1e-3, 2e-3):
+        opt = optim.adam(lr)
+        results.append(step(*optim.split_hyper(opt), params, params, opt.init(params)))
+        want = opt.update(params, params, opt.init(params))
+        chex.assert_trees_all_close(results[-1], want, rtol=1e-6)
     assert len(traces) == 1
+    assert _trees_differ(results[0][0], results[2][0])  # the new learning rate was used
+
+
+def _trees_differ(a, b) -> bool:
+    return any(not np.array_equal(np.asarray(u), np.asarray(v))
+               for u, v in zip(tree_leaves(a), tree_leaves(b), strict=True))
 
 
 @pytest.mark.parametrize(
@@ -785,13 +815,14 @@ WRAPS = {"numpy scalar": np.float32, "numpy 0-d": np.asarray,
 
 @pytest.mark.parametrize("wrap", sorted(WRAPS))
 @pytest.mark.parametrize("factory", _factories())
-def test_factories_turn_concrete_0d_arrays_into_python_numbers(factory, wrap):
+def test_factories_of_0d_arrays_split_as_factories_of_python_numbers(factory, wrap):
     fn = getattr(optim, factory)
     names = [n for n in inspect.signature(fn).parameters if n in EXACT]
     plain = {n: EXACT[n] for n in names}
     args = (optim.sgd(),) if factory == "with_clipping" else ()
     made = fn(*args, **{n: WRAPS[wrap](v) for n, v in plain.items()})
-    assert made == fn(*args, **plain) and hash(made) == hash(fn(*args, **plain))
+    assert _static(made) == _static(fn(*args, **plain))
+    assert hash(_static(made)) == hash(_static(fn(*args, **plain)))
 
 
 def _tiny_jax_fit():
@@ -856,7 +887,7 @@ def test_adamw_takes_masks_of_every_leaf_kind(backend, kind):
                   **ADAMW)
     free, _ = run(optim.adamw_update, optim.adamw_init, params, grads, mask=mask, **ADAMW)
     opt = optim.adamw(**ADAMW, mask=mask)
-    hash(opt)  # usable as a static jit argument
+    hash(_static(opt))  # what a jitted loop keys its cache on
     made, _ = run(lambda p, g, s: opt.update(p, g, s), opt.init, params, grads)
     chex.assert_trees_all_close(free, want, rtol=1e-14, atol=0)
     chex.assert_trees_all_close(made, want, rtol=1e-14, atol=0)
@@ -876,17 +907,14 @@ def test_an_array_mask_decays_entry_by_entry(backend):
         assert m.any() and not m.all() or m.size < 3
 
 
-def test_adamw_factory_keeps_scalar_masks_by_value_and_array_masks_by_identity():
+def test_adamw_masks_are_data_not_part_of_the_program():
     python = (Dense(True, False), Dense(True, False))
-    for leaf in (np.bool_, np.asarray, jax.numpy.asarray):
-        scalars = tuple(Dense(leaf(True), leaf(False)) for _ in range(2))
-        assert optim.adamw(mask=scalars) == optim.adamw(mask=python)
-        assert hash(optim.adamw(mask=scalars)) == hash(optim.adamw(mask=python))
-    a, b = optim.adamw(mask=ARRAY_MASK), optim.adamw(mask=ARRAY_MASK)
-    assert a == a and hash(a) == hash(a)  # a static jit argument, compiled once
-    assert a != b  # arrays are data, not compared by value (as optax's closures)
-    listed = optim.adamw(mask=[Dense(True, False)])  # a list holds: kept, by identity
-    assert listed == listed and hash(listed) == hash(listed)
+    listed = [Dense(True, False), Dense(True, False)]  # a list: not hashable, no matter
+    for mask in (python, listed, ARRAY_MASK, tree_map(jax.numpy.asarray, ARRAY_MASK)):
+        static, hyper = optim.split_hyper(optim.adamw(mask=mask))
+        assert static == _static(optim.adamw(mask=ARRAY_MASK))
+        assert hyper.update["mask"] is mask
+    assert _static(optim.adamw(mask=optim.weights_only)) != _static(optim.adamw())
 
 
 def test_an_array_mask_works_under_jit_and_in_a_scan():
@@ -897,8 +925,10 @@ def test_an_array_mask_works_under_jit_and_in_a_scan():
     want, _ = run(optim.adamw_update, optim.adamw_init, params, grads, mask=mask, **ADAMW)
     opt = optim.adamw(**ADAMW, mask=mask)
 
-    static = jax.jit(lambda o, p, g, s: o.update(p, g, s), static_argnums=0)
-    jitted, _ = run(lambda p, g, s: static(opt, p, g, s), opt.init, params, grads)
+    split = jax.jit(lambda st, h, p, g, s: optim.merge_hyper(st, h).update(p, g, s),
+                    static_argnums=0)
+    jitted, _ = run(lambda p, g, s: split(*optim.split_hyper(opt), p, g, s), opt.init, params,
+                    grads)
 
     def body(carry, g):
         return opt.update(*carry[:1], g, carry[1]), None
@@ -966,12 +996,11 @@ def _textbook_adam(p, g, m, v, t, *, lr, b1, b2, eps, weight_decay=0.0):
 @pytest.mark.parametrize("backend", ["numpy", "jax"])
 @pytest.mark.parametrize("dtype, rtol", [("float32", 1e-6), ("float64", 1e-14)])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
-def test_adam_in_place_passes_equal_the_textbook_expressions(backend, dtype, rtol,
+def test_adam_equals_the_textbook_expressions_step_after_step(backend, dtype, rtol,
                                                                weight_decay):
-    """funcnn's Adam leaf is written as in-place passes with the bias corrections folded
-    into two scalars (for NumPy's speed). Step after step, from the same params, gradients
-    and moments, it gives what the textbook expressions give, to rounding (relative to
-    the largest entry)."""
+    """funcnn's Adam (its folded fast path), step after step from the same params, gradients
+    and moments, gives what the textbook expressions written here give, to rounding
+    (relative to the largest entry)."""
     rng = np.random.default_rng(7)
     hyper = dict(lr=1e-2, b1=0.9, b2=0.999, eps=1e-8)
     params = make_tree(rng, dtype, backend=backend)
@@ -1005,3 +1034,35 @@ def test_one_minus_a_decay_near_one_is_taken_before_rounding_to_float32(backend)
         for got, gi in zip(tree_leaves(state), g, strict=True):
             want = (1 - 0.999) * gi * gi  # float64, then compared at float32 precision
             np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=3e-7)
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float32", 1e-6), ("float64", 1e-14)])
+@pytest.mark.parametrize("decayed", [False, True, "array"])
+def test_the_fast_path_equals_the_library_textbook_leaf(backend, dtype, rtol, decayed):
+    """``adam_leaf_folded`` (the fast path the updates run, the bias corrections folded)
+    against ``adam_leaf`` (Adam as the paper writes it), on the same inputs and scalars."""
+    from funcnn.optim._adam import adam_leaf, adam_leaf_folded
+    from funcnn.optim._base import bias_correction, one_minus
+
+    rng = np.random.default_rng(11)
+    c = np.dtype(dtype).type
+    b1, b2, lr, eps = 0.9, 0.999, c(1e-2), c(1e-8)
+    p, m = (rng.normal(size=(40, 30)).astype(dtype) for _ in range(2))
+    v = rng.random((40, 30)).astype(dtype) * c(1e-3)
+    decay = None if decayed is False else lr * c(0.1)
+    mask = (rng.random((40, 30)) < 0.5).astype(dtype) if decayed == "array" else decayed
+    for t in (1, 2, 10, 1000):
+        g = (rng.normal(size=(40, 30)) * 10.0 ** rng.uniform(-4, 1)).astype(dtype)
+        step = np.asarray(t, dtype)
+        c1, c2 = bias_correction(b1, step), bias_correction(b2, step)
+        common = dict(b1=c(b1), b2=c(b2), one_minus_b1=c(one_minus(b1)),
+                      one_minus_b2=c(one_minus(b2)), decay=decay)
+        args = funcnn.to_backend((p, g, m, v), backend)
+        want = adam_leaf(p, g, m, v, mask, **common, c1=c1, c2=c2, lr=lr, eps=eps)
+        got = adam_leaf_folded(*args, mask, **common, step_size=lr * np.sqrt(c2) / c1,
+                               eps_hat=eps * np.sqrt(c2))
+        for name, a, b in zip(("p", "m", "v"), got, want, strict=True):
+            assert a.dtype == b.dtype == np.dtype(dtype), name
+            err = np.max(np.abs(np.asarray(a, np.float64) - b))
+            assert err <= rtol * np.max(np.abs(b)), (t, name, err)
+        p, m, v = want

@@ -86,8 +86,6 @@ out["shardings"] = [(list(a.sharding.spec), a.sharding.is_fully_replicated,
 out["errors"] = {
     "batch": error(devices=jax.devices(), batch_size=6),
     "tail": error(devices=jax.devices(), x=x[:90], y=y[:90]),
-    "tail_dp": error(devices=jax.devices(), x=x[:90], y=y[:90],
-                     opt=funcnn.per_example.dp_optimizer(opt, max_norm=1.0)),
     "full_batch": error(devices=jax.devices(), batch_size=None, x=x[:90], y=y[:90]),
     "axis": error(devices=jax.sharding.Mesh(np.array(jax.devices()), ("rows",))),
     "numpy": error(devices=jax.devices(), params=funcnn.to_backend(params, "numpy")),
@@ -99,6 +97,11 @@ out["tail90"] = leaves(funcnn.fit(net, params, opt, x[:90], y[:90], devices=jax.
 out["tail90_one"] = leaves(funcnn.fit(net, params, opt, x[:90], y[:90], **kw)[0])
 mesh = parallel.fit_mesh(jax.devices(), split_batches(90, 8, drop_last=True), 90, "jax")
 out["drop_last_mesh"] = dict(mesh.shape)
+# DP-SGD pads the 2-row last batch too, its padding out of the clipping and the sum
+dp = funcnn.per_example.dp_grad(1.0, 0.5)
+out["tail90_dp"] = leaves(funcnn.fit(net, params, opt, x[:90], y[:90], devices=jax.devices(),
+                                     grad_fn=dp, **kw)[0])
+out["tail90_dp_one"] = leaves(funcnn.fit(net, params, opt, x[:90], y[:90], grad_fn=dp, **kw)[0])
 
 # a hand-written loop: shard_batch + replicate + a jitted make_train_step
 mesh = parallel.data_mesh()
@@ -284,8 +287,8 @@ def test_only_gradients_and_indices_cross_devices(four_devices):
     which its loss is taken over. With the data split by rows, each batch also crosses
     devices."""
     # one program per placement of the data (replicated, then split by rows), then the
-    # 90-row runs (4 devices, 1 device): fitting again compiled nothing
-    assert len(four_devices["hlo"]) == 4, "the epoch program was compiled again"
+    # 90-row runs (4 devices, 1 device), plain and DP-SGD: fitting again compiled nothing
+    assert len(four_devices["hlo"]) == 6, "the epoch program was compiled again"
     collectives = _collectives(four_devices["hlo"][0])
     gradient_sums = [t for t, op in collectives if op == "all-reduce" and "f64[5,16]" in t]
     assert len(gradient_sums) == 1, collectives  # in the scanned loop, the short batch too
@@ -303,14 +306,19 @@ def test_batches_must_divide_among_devices(four_devices):
     # fit pads a short last batch to a full one: any 2 rows train on 4 devices ...
     assert errors["tail"] is None
     assert _max_diff(four_devices["tail90"], four_devices["tail90_one"]) < 1e-6
-    # ... except with a gradient hook (DP-SGD), which trains the short batch as it is
-    assert errors["tail_dp"].startswith("ValueError: the last batch of each epoch has 2 rows")
-    assert "90 = 11 x 8 + 2" in errors["tail_dp"] and "drop_last=True" in errors["tail_dp"]
     assert "batch_size=None" in errors["full_batch"] and "90 % 4 = 2" in errors["full_batch"]
     assert "('rows',)" in errors["axis"] and "'data'" in errors["axis"]
     assert errors["numpy"] is not None and "jax" in errors["numpy"]
     assert errors["not_devices"].startswith("TypeError: devices must be")
     assert four_devices["drop_last_mesh"] == {"data": 4}  # no short batch: nothing to split
+
+
+def test_dp_sgd_on_four_devices_equals_one_device(four_devices):
+    """DP-SGD with a 2-row short batch (90 = 11 x 8 + 2), which no longer needs to divide
+    among the devices: the same noise, clipping and params as on one device."""
+    got, want = four_devices["tail90_dp"], four_devices["tail90_dp_one"]
+    assert _max_diff(got, want) < 1e-6
+    assert _max_diff(got, four_devices["tail90"]) > 1e-3  # clipped and noised, not plain
 
 
 def test_hand_written_loop_on_sharded_batches(four_devices):

@@ -244,10 +244,14 @@ def test_noise_has_the_dp_sgd_standard_deviation(backend, max_norm):
     sigma = 1.3
     _, cache = funcnn.forward(net, params, x)
     y = check_y(net, y, 4, np.float64)
-    clean = pe.dp_gradient(max_norm)(net, params, cache, y, None)
+    clean, _ = pe.clipped_grad_from_cache(net, params, cache, y, max_norm=max_norm)
     key = funcnn.random.key(11, backend)
-    hook = pe.dp_gradient(max_norm, sigma)
-    run = jax.jit(hook, static_argnums=0) if backend == "jax" else hook
+
+    def noised(net, params, cache, y, key):
+        return pe.clipped_grad_from_cache(net, params, cache, y, max_norm=max_norm,
+                                          noise_multiplier=sigma, key=key)[0]
+
+    run = jax.jit(noised, static_argnums=0) if backend == "jax" else noised
     noisy = run(net, params, cache, y, key)
     z = np.concatenate([(np.asarray(n) - np.asarray(c)).ravel()
                         for n, c in zip(tree_leaves(noisy), tree_leaves(clean), strict=True)])
@@ -275,9 +279,9 @@ def test_clipped_mean_grad_draws_dropout_and_noise_from_split_key(make_params, b
                                train=True)
     drop_key, noise_key = funcnn.random.split(key)
     _, cache = funcnn.forward(net, params, x, key=drop_key, train=True)
-    want = pe.dp_gradient(0.1, 0.7)(net, params, cache, check_y(net, y, M, np.float64),
-                                    noise_key)
-    assert_close(got, want, "clipped_mean_grad vs the hook with the split keys", rtol=1e-12)
+    want, _ = pe.clipped_grad_from_cache(net, params, cache, check_y(net, y, M, np.float64),
+                                         max_norm=0.1, noise_multiplier=0.7, key=noise_key)
+    assert_close(got, want, "clipped_mean_grad vs the split keys", rtol=1e-12)
 
 
 @pytest.mark.slow
@@ -304,32 +308,64 @@ def test_dtypes_are_preserved(backend, dtype):
                 assert np.isfinite(np.asarray(leaf)).all(), name
 
 
-# ------------------------------------------------------------------ the hook
+# ------------------------------------------------------------------ the gradient function
 
 
-def test_hook_settings_hash_equal_and_compile_once(make_params):
-    assert pe.dp_gradient(1, 0) == pe.dp_gradient(1.0, 0.0) == pe.DPGradient(1.0)
-    assert hash(pe.dp_gradient(1, 0)) == hash(pe.dp_gradient(1.0))
-    assert pe.dp_gradient(1.0, 0.5) != pe.dp_gradient(1.0, 0.6)
-    assert pe.dp_gradient(np.float32(2.0)).max_norm == 2.0
-    assert type(pe.dp_gradient(np.float32(2.0)).max_norm) is float
+def _output_delta(net, cache, y):
+    return funcnn.losses.get_loss(net.loss).delta(net.output, cache.zs[-1], cache.out, y)
+
+
+def test_dp_grad_settings_hash_equal_and_compile_once(make_params):
+    assert pe.dp_grad(1, 0) == pe.dp_grad(1.0, 0.0) == pe.DPGrad(1.0)
+    assert hash(pe.dp_grad(1, 0)) == hash(pe.dp_grad(1.0))
+    assert pe.dp_grad(1.0, 0.5) != pe.dp_grad(1.0, 0.6)
+    assert pe.dp_grad(np.float32(2.0)).max_norm == 2.0
+    assert type(pe.dp_grad(np.float32(2.0)).max_norm) is float
     traces = []
 
     @functools.partial(jax.jit, static_argnums=(0, 1))
     def grads_of(net, grad_fn, params, x, y, key):
         traces.append(grad_fn)
-        return grad_fn(net, params, apply(net, params, x, (None,)), y, key)
+        cache = apply(net, params, x, (None,))
+        return grad_fn(net, params, cache, _output_delta(net, cache, y), rows=M, key=key)
 
     net = funcnn.MLP((5, 6, 4))
     params = make_params(net, 0, backend="jax")
     x, y = make_data(net, "labels", M, 0)
     key = funcnn.random.key(0, "jax")
-    first = grads_of(net, pe.dp_gradient(1, 0.5), params, x, y, key)
-    second = grads_of(net, pe.dp_gradient(1.0, 0.5), params, x, y, key)
+    first = grads_of(net, pe.dp_grad(1, 0.5), params, x, y, key)
+    second = grads_of(net, pe.dp_grad(1.0, 0.5), params, x, y, key)
     assert len(traces) == 1
-    assert_close(second, first, "an equal hook", rtol=0.0)
-    grads_of(net, pe.dp_gradient(2.0, 0.5), params, x, y, key)
+    assert_close(second, first, "an equal gradient function", rtol=0.0)
+    grads_of(net, pe.dp_grad(2.0, 0.5), params, x, y, key)
     assert len(traces) == 2
+
+
+@pytest.mark.parametrize("rows", ["all", "some"])
+def test_dp_grad_is_the_clipped_gradient_of_its_rows(backend, make_params, rows):
+    """From the delta of a mean over ``rows`` examples (the rest zero, as on a padded short
+    batch), ``dp_grad`` gives ``clipped_grad_from_cache`` of those examples alone, its
+    noise drawn from ``fold_in(key, NOISE_STREAM)``."""
+    net, kind = net_for("tanh", "softmax+ce/labels")
+    params = make_params(net, 4, backend=backend)
+    x, y = make_data(net, kind, M, 4)
+    n = M if rows == "all" else 4
+    key = funcnn.random.key(4, backend)
+    _, cache = funcnn.forward(net, params, x, key=key, train=True)
+    y = check_y(net, y, M, np.float64)
+    # the cache of the first n rows alone (each row's pass depends on its own row only)
+    head = funcnn.Cache(*(tuple(None if a is None else a[:n] for a in field)
+                          if isinstance(field, tuple) else field[:n] for field in cache))
+    dz = _output_delta(net, head, y[:n])
+    xp = funcnn.backend.array_namespace(dz)
+    dz = xp.concatenate([dz, xp.zeros((M - n, dz.shape[1]), dz.dtype)])
+    grad_fn = pe.dp_grad(0.3, 0.9)
+    run = jax.jit(grad_fn, static_argnums=0) if backend == "jax" else grad_fn
+    got = run(net, params, cache, dz, rows=n, key=key)
+    want, _ = pe.clipped_grad_from_cache(net, params, head, y[:n], max_norm=0.3,
+                                         noise_multiplier=0.9,
+                                         key=funcnn.random.fold_in(key, pe.NOISE_STREAM))
+    assert_close(got, want, f"dp_grad over {n} of {M} rows", rtol=1e-12)
 
 
 OPTIMIZERS = {
@@ -345,30 +381,27 @@ OPTIMIZERS = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
-def test_hook_replaces_the_gradient_for_every_optimizer(backend, name):
-    """A DP step is ``optimizer.update`` of the hook's gradient, for every optimizer, and
-    keeps float32 parameters float32 (jitted for two of them: a compilation each)."""
+def test_dp_grad_goes_with_every_optimizer(backend, name):
+    """A DP step is ``optimizer.update`` of the clipped, noised gradient, for every
+    optimizer, and keeps float32 parameters float32 (jitted for two of them: a
+    compilation each)."""
     net = funcnn.MLP((5, 6, 4), hidden="tanh", dropout=0.25)
     opt = OPTIMIZERS[name]()
-    grad_fn = pe.dp_gradient(0.5, 1.1)
     params = funcnn.init_params(net, 3, backend=backend)
     state = opt.init(params)
     x, y = make_data(net, "labels", M, 3)
     x = funcnn.to_backend(x, backend, "float32")
     y = funcnn.to_backend(y, backend)
-    drop_key, noise_key = funcnn.random.split(funcnn.random.key(3, backend))
-
-    def step(params, state, x, y, drop_key, noise_key):
-        _, cache = funcnn.forward(net, params, x, key=drop_key, train=True)
-        grads = grad_fn(net, params, cache, y, noise_key)
-        return opt.update(params, grads, state)
-
+    key = funcnn.random.key(3, backend)
+    step = funcnn.make_train_step(net, opt, grad_fn=pe.dp_grad(0.5, 1.1))
     run = jax.jit(step) if backend == "jax" and name in ("sgd", "adam") else step
-    new, new_state = run(params, state, x, y, drop_key, noise_key)
-    _, cache = funcnn.forward(net, params, x, key=drop_key, train=True)
-    grads = grad_fn(net, params, cache, y, noise_key)
+    new, new_state, _ = run(params, state, x, y, key)
+    _, cache = funcnn.forward(net, params, x, key=key, train=True)  # the step's masks
+    grads, _ = pe.clipped_grad_from_cache(net, params, cache, y, max_norm=0.5,
+                                          noise_multiplier=1.1,
+                                          key=funcnn.random.fold_in(key, pe.NOISE_STREAM))
     want, want_state = opt.update(params, grads, state)
-    assert_close(new, want, f"{name}: the step vs update(hook gradient)", rtol=1e-5)
+    assert_close(new, want, f"{name}: the step vs update(DP gradient)", rtol=1e-5)
     assert type(new_state) is type(state)
     assert {leaf.dtype for leaf in tree_leaves(new)} == {np.dtype("float32")}
     assert max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
@@ -392,7 +425,7 @@ def test_hook_replaces_the_gradient_for_every_optimizer(backend, name):
 ])
 def test_bad_settings_are_named(max_norm, noise, error, words):
     with pytest.raises(error, match=words):
-        pe.dp_gradient(max_norm, noise)
+        pe.dp_grad(max_norm, noise)
     net = funcnn.MLP((5, 3))
     params = funcnn.init_params(net, 0, dtype="float64")
     x, y = make_data(net, "labels", M, 0)
@@ -407,10 +440,11 @@ def test_noise_without_a_key_and_traced_settings_are_refused():
     with pytest.raises(ValueError, match="noise_multiplier=1.0 adds Gaussian noise.*needs a key"):
         pe.clipped_mean_grad(net, params, x, y, max_norm=1.0, noise_multiplier=1.0)
     _, cache = funcnn.forward(net, params, x)
+    dz = _output_delta(net, cache, check_y(net, y, M, np.float64))
     with pytest.raises(ValueError, match="needs a key"):
-        pe.dp_gradient(1.0, 1.0)(net, params, cache, check_y(net, y, M, np.float64), None)
+        pe.dp_grad(1.0, 1.0)(net, params, cache, dz, rows=M, key=None)
     with pytest.raises(TypeError, match="max_norm must be a Python number, not a traced value"):
-        jax.jit(lambda c: pe.dp_gradient(c))(1.0)
+        jax.jit(lambda c: pe.dp_grad(c))(1.0)
 
 
 def test_inputs_are_checked_as_value_and_grad_checks_them():

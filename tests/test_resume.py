@@ -31,6 +31,7 @@ from funcnn.callbacks import (
     Callback,
     FitState,
     checkpoint,
+    early_stopping,
     load_fit_state,
     save_fit_state,
 )
@@ -61,11 +62,12 @@ common = dict(batch_size=cfg["batch_size"], key=cfg["key"], progress=False,
 
 for run in cfg["runs"]:  # one after the other, each from the initial params
     if run["kind"] == "fit":
-        callbacks = [] if run["checkpoint"] is None else [
-            funcnn.callbacks.checkpoint(run["checkpoint"], resume=run["resume"])]
+        callbacks = [] if cfg["early_stopping"] is None else [  # first: see checkpoint
+            funcnn.callbacks.early_stopping(cfg["early_stopping"])]
+        if run["checkpoint"] is not None:
+            callbacks.append(funcnn.callbacks.checkpoint(run["checkpoint"], resume=run["resume"]))
         params, state, history = funcnn.fit(
-            net, initial, optimizer, x, y, epochs=run["epochs"], callbacks=callbacks,
-            early_stopping=cfg["early_stopping"], **common)
+            net, initial, optimizer, x, y, epochs=run["epochs"], callbacks=callbacks, **common)
         funcnn.save(run["out"], params, state, net=net, metadata={"history": history})
     else:  # "epochs": one fit per epoch, saving the params and state after each
         params, state = initial, None
@@ -255,13 +257,12 @@ def test_relaunching_a_finished_early_stopped_run_does_not_train_again(tmp_path,
     path = tmp_path / "done.ckpt"
     epochs_seen = []
     spy = Callback(on_epoch_end=lambda state, info: epochs_seen.append(state.epoch))
-    kwargs = {"epochs": 40, "batch_size": 16, "progress": False, "validation": (x, 1 - y),
-              "early_stopping": 2}
+    kwargs = {"epochs": 40, "batch_size": 16, "progress": False, "validation": (x, 1 - y)}
 
     def launch(seed):
         params = funcnn.to_backend(funcnn.init_params(net, seed), backend)
         return funcnn.fit(net, params, funcnn.optim.adam(1e-2), x, y, key=seed, **kwargs,
-                          callbacks=[checkpoint(path, resume=True), spy])
+                          callbacks=[early_stopping(2), checkpoint(path, resume=True), spy])
 
     first = launch(0)
     stopped = len(first[2]["val_loss"])
@@ -275,6 +276,7 @@ def test_relaunching_a_finished_early_stopped_run_does_not_train_again(tmp_path,
     _assert_trees_identical(again[1], first[1], "opt_state")
     _assert_same_history(again[2], first[2])
     assert again[2]["best_epoch"] == [stopped - 3]
+    assert load_fit_state(path, net).stop
 
 
 # ---------------------------------------------------------------------------- the callback
@@ -376,7 +378,8 @@ def _fit_state(backend: str, steps: int) -> tuple[funcnn.MLP, FitState]:
     history = {"loss": loss, "train_loss": [0.5, 0.25], "train_accuracy": [0.5, None],
                "val_loss": [0.75, 0.125], "val_accuracy": [0.5, 1.0], "seconds": [1.5, 2.0]}
     best = Best(0.125, 1, funcnn.to_backend(params, backend, "float32"), opt_state)
-    return net, FitState(params, opt_state, 2, funcnn.random.key(3, backend), history, best)
+    return net, FitState(params, opt_state, 2, funcnn.random.key(3, backend), history, best,
+                         stop=True)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -385,7 +388,7 @@ def test_a_fit_state_round_trips_exactly(tmp_path, backend):
     path = tmp_path / "state.ckpt"
     save_fit_state(path, net, state)
     got = load_fit_state(path, net, backend)
-    assert type(got) is FitState and got.epoch == 2 and type(got.best) is Best
+    assert type(got) is FitState and got.epoch == 2 and type(got.best) is Best and got.stop
     _assert_trees_identical((got.params, got.opt_state, got.key),
                             (state.params, state.opt_state, state.key), "state")
     _assert_trees_identical(got.best, state.best, "best")
@@ -404,8 +407,12 @@ def test_a_fit_checkpoint_stores_the_loss_history_as_an_array(tmp_path):
     save_fit_state(path, net, state)
     raw = funcnn.load(path, net=net)  # any funcnn.load reads it
     per_epoch = {k: v for k, v in state.history.items() if k != "loss"}
-    assert raw.metadata == {"epoch": 2, "history": per_epoch}
+    assert raw.metadata == {"epoch": 2, "history": per_epoch, "stop": True}
     assert set(raw.extra) == {"key", "loss", "best"}
+    # a checkpoint written before the stop flag existed goes on training
+    funcnn.save(tmp_path / "old.ckpt", state.params, state.opt_state, net=net, extra=raw.extra,
+                metadata={"epoch": 2, "history": per_epoch})
+    assert load_fit_state(tmp_path / "old.ckpt", net).stop is False
     assert raw.extra["loss"].dtype == np.float64 and raw.extra["loss"].shape == (1000,)
     assert raw.extra["key"].dtype == np.uint32 and raw.extra["key"].shape == (2,)
     with zipfile.ZipFile(path) as zf:

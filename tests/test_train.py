@@ -8,12 +8,11 @@ points in float32 with ``adam(2e-2)`` and batches of 32 (three full batches and 
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import io
 import math
 import sys
 import types
-from typing import Any
 
 import jax
 import numpy as np
@@ -206,7 +205,7 @@ def test_the_step_of_a_net_with_dropout_needs_a_key(backend):
     x, y = _spirals()
     params = _params(DROPOUT_NET, backend)
     step = _step_fn(DROPOUT_NET, opt, backend)
-    with pytest.raises(ValueError, match=r"dropout \(0.2\) or the optimizer.s gradient noise"):
+    with pytest.raises(ValueError, match=r"dropout \(0.2\) needs a key"):
         step(params, opt.init(params), x, y)
     with pytest.raises(ValueError, match="train=True with dropout needs a key"):
         funcnn.forward(DROPOUT_NET, _np(params), x, train=True)
@@ -418,7 +417,7 @@ def test_fit_early_stopping_restores_the_best_params(backend):
     flipped = (x, 1 - y)
     patience, epochs = 3, 30
     params, state, history = _fit(backend, epochs=epochs, validation=flipped,
-                                  early_stopping=patience)
+                                  callbacks=[funcnn.callbacks.early_stopping(patience)])
     val = history["val_loss"]
     best = int(np.argmin(val))
     assert len(val) < epochs, "did not stop early"
@@ -429,6 +428,13 @@ def test_fit_early_stopping_restores_the_best_params(backend):
     np.testing.assert_allclose(funcnn.evaluate(NET, params, *flipped)["loss"], min(val),
                                rtol=1e-6)
     assert int(state.count) == (best + 1) * STEPS
+
+
+def test_the_early_stopping_callback_checks_its_patience():
+    with pytest.raises(ValueError, match="patience must be positive"):
+        funcnn.callbacks.early_stopping(0)
+    with pytest.raises(TypeError, match="patience must be a positive integer"):
+        funcnn.callbacks.early_stopping(2.0)
 
 
 @pytest.mark.slow
@@ -517,32 +523,36 @@ def test_the_padded_short_batch_on_jax_trains_what_numpy_trains_on_the_short_bat
         np.testing.assert_allclose(h_jax["train_accuracy"], h_np["train_accuracy"], rtol=1e-12)
 
 
-def _dots_in_epoch_program(optimizer, n: int) -> int:
+def _dots_in_epoch_program(n: int, grad_fn=funcnn.step.backward_grad) -> int:
     """Matrix products in the StableHLO of fit's jax epoch program for NET on n rows."""
     x, y = funcnn.to_backend(spirals(0, n=n), "jax")
     params = _params(NET, "jax")
+    optimizer = _adam()
     split = funcnn.batching.split_batches(n, BS)
-    order, tail = funcnn.train._padded(np.arange(n, dtype=np.int32), split, optimizer)
+    order, tail = funcnn.train._padded(np.arange(n, dtype=np.int32), split)
+    keys = fnr.split(fnr.key(0), split.full + 1)
+    static, hyper = funcnn.optim.split_hyper(optimizer)
     epoch, _ = funcnn.train._jax_programs()
-    text = epoch.lower(params, optimizer.init(params), x, y, order, None, net=NET,
-                       optimizer=optimizer, batch_size=BS, tail=tail, mesh=None).as_text()
+    text = epoch.lower(params, optimizer.init(params), x, y, order, keys, hyper, net=NET,
+                       optimizer=static, grad_fn=grad_fn, batch_size=BS, tail=tail,
+                       mesh=None).as_text()
     return text.count("stablehlo.dot_general")
 
 
 def test_the_jax_epoch_program_holds_one_copy_of_the_step():
     # NET has 2 layers: 2 forward products, 2 for dW and 1 for dX per step
-    assert _dots_in_epoch_program(_adam(), 96) == 5  # full batches only
-    assert _dots_in_epoch_program(_adam(), N) == 5  # the short batch rides in the scan
-    # a gradient hook (DP-SGD) cannot train a padded batch: its short batch is a 2nd copy
-    dp = funcnn.per_example.dp_optimizer(_adam(), max_norm=1.0)
-    assert _dots_in_epoch_program(dp, N) == 10
+    assert _dots_in_epoch_program(96) == 5  # full batches only
+    assert _dots_in_epoch_program(N) == 5  # the short batch rides in the scan
+    # DP-SGD too: 2 forward, 1 to send the deltas down, 2 for the clipped dW
+    dp = funcnn.per_example.dp_grad(1.0, 0.5)
+    assert _dots_in_epoch_program(96, dp) == _dots_in_epoch_program(N, dp) == 5
 
 
 def _compiled():
-    """How many programs fit's jax epoch (with its tail batch) has compiled so far."""
+    """How many programs fit's jax epoch has compiled so far."""
     epoch, _ = funcnn.train._jax_programs()
     assert hasattr(epoch, "_cache_size"), "this jax has no jit(...)._cache_size()"
-    return (epoch._cache_size(),)
+    return epoch._cache_size()
 
 
 def test_fit_does_not_recompile():
@@ -557,7 +567,28 @@ def test_fit_does_not_recompile():
     assert _compiled() == compiled, "an equal net or optimizer compiled again"
     # the counter is live: a batch size no other test uses compiles a new epoch program
     _fit("jax", optimizer=opt, epochs=1, batch_size=50)
-    assert _compiled()[0] == compiled[0] + 1
+    assert _compiled() == compiled + 1
+
+
+def test_a_new_learning_rate_or_weight_decay_does_not_recompile():
+    """The optimizer's numbers are arguments of the compiled epoch, not constants in it."""
+    results = {}
+    for lr in (0.02, 0.05):
+        opt = funcnn.optim.adamw(lr, weight_decay=lr / 4, mask=funcnn.optim.weights_only)
+        results[lr] = _fit("jax", optimizer=opt, epochs=1, shuffle=False)[0]
+        if lr == 0.02:
+            compiled = _compiled()
+    assert _compiled() == compiled, "a new learning rate compiled a new epoch program"
+    # and the new numbers were used: each run equals NumPy's with the same optimizer
+    for lr, got in results.items():
+        opt = funcnn.optim.adamw(lr, weight_decay=lr / 4, mask=funcnn.optim.weights_only)
+        want = _fit("numpy", optimizer=opt, epochs=1, shuffle=False)[0]
+        _assert_trees_close(got, want, rtol=1e-5)
+    assert _trees_differ(results[0.02], results[0.05])
+    # a changed flag or fraction changes the program
+    _fit("jax", optimizer=funcnn.optim.adamw(0.02, b1=0.5, mask=funcnn.optim.weights_only),
+         epochs=1)
+    assert _compiled() == compiled + 1
 
 
 def _extreme_row_data():
@@ -611,8 +642,9 @@ def test_fit_raises_training_diverged_with_a_huge_learning_rate(backend):
         ({"batch_size": 0}, ValueError, "batch_size must be positive"),
         ({"batch_size": -8}, ValueError, "batch_size must be positive"),
         ({"batch_size": 8.0}, TypeError, "batch_size must be a positive integer"),
-        ({"early_stopping": 2}, ValueError, r"early_stopping needs validation=\(x_val, y_val\)"),
-        ({"early_stopping": 0, "validation": "ok"}, ValueError, "early_stopping must be positive"),
+        ({"callbacks": [funcnn.callbacks.early_stopping(2)]}, ValueError,
+         r"early_stopping needs a validation set: fit\(\.\.\., validation=\(x_val, y_val\)\)"),
+        ({"grad_fn": "dp"}, TypeError, r"grad_fn must be a gradient function grad_fn\(net"),
         ({"optimizer": "adam"}, TypeError, "optimizer must be a funcnn.optim.Optimizer"),
         ({"optimizer": funcnn.optim.adam}, TypeError, "optimizer must be a funcnn.optim"),
         ({"validation": "x only"}, TypeError, "validation must be a pair"),
@@ -626,6 +658,9 @@ def test_fit_raises_training_diverged_with_a_huge_learning_rate(backend):
         ({"callbacks": [print]}, TypeError, r"callbacks\[0\] is a builtin_function"),
         ({"callbacks": [Callback(on_start=lambda s, i: s.params)]}, TypeError,
          "on_start of callback 0 returned a tuple; expected a funcnn.callbacks.FitState"),
+        ({"callbacks": [Callback(on_end=lambda s, i: None),
+                        Callback(on_epoch_end=lambda s, i: s.history)]},
+         TypeError, "on_epoch_end of callback 1 returned a dict; expected a funcnn.callbacks"),
         ({"progress": "yes"}, TypeError, "progress must be True or False"),
     ],
 )
@@ -789,6 +824,23 @@ def test_a_diverged_fit_hands_the_last_finite_state(backend, update, epoch):
     assert state.history["loss"] == want[2]["loss"]
 
 
+def test_a_state_given_to_a_callback_is_never_changed_afterwards():
+    """Callbacks may keep (copies of) what they are given: fit makes a new history for each
+    epoch instead of appending to the one a callback saw; on_epoch_end's state carries on."""
+    seen = []
+
+    def keep(state, info):
+        seen.append((state.history, {k: list(v) for k, v in state.history.items()}))
+        return state._replace(history={**state.history, "mine": [len(seen)]})
+
+    _, _, history = _fit("numpy", epochs=3, validation=_spirals(seed=1),
+                         callbacks=[Callback(on_epoch_end=keep)])
+    for given, copy in seen:
+        assert given == copy
+    assert [len(given["loss"]) for given, _ in seen] == [STEPS, 2 * STEPS, 3 * STEPS]
+    assert history["mine"] == [3] and seen[1][0]["mine"] == [1]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_on_end_is_called_when_training_diverges(backend):
     ends = []
@@ -824,23 +876,16 @@ def test_fit_refuses_an_optax_transformation_and_points_to_the_adapter():
         from_optax(funcnn.optim.adam)
 
 
-@dataclasses.dataclass(frozen=True)
-class ArrayRate:
-    """An SGD update whose learning rate is an array: equal to itself, but unhashable."""
-
-    lr: Any
-
-    def __call__(self, params, grads, state):
-        return funcnn.sgd_update(params, grads, state, lr=self.lr)
-
-
-def test_fit_on_jax_names_an_unhashable_hyperparameter():
-    opt = funcnn.optim.Optimizer(funcnn.sgd_init, ArrayRate(np.asarray(0.1)))
-    with pytest.raises(TypeError, match=r"the optimizer's lr is a ndarray of shape \(\), which "
-                                        r"cannot be hashed.*lr=float"):
-        _fit("jax", optimizer=opt)
-    # NumPy compiles nothing: the same optimizer trains there
-    assert _trees_differ(_fit("numpy", optimizer=opt, epochs=1)[0], _params(NET, "numpy"))
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fit_takes_an_update_of_its_own_with_an_array_learning_rate(backend):
+    """An update built as the factories build theirs, a partial with a (0-d array) learning
+    rate: on jax the rate is an argument of the program, nothing needs hashing."""
+    opt = funcnn.optim.Optimizer(funcnn.sgd_init, functools.partial(funcnn.sgd_update,
+                                                                      lr=np.asarray(0.1)))
+    got = _fit(backend, optimizer=opt, epochs=1, shuffle=False)[0]
+    want = _fit("numpy", optimizer=funcnn.optim.sgd(0.1), epochs=1, shuffle=False)[0]
+    _assert_trees_close(got, want, rtol=1e-6)
+    assert _trees_differ(got, _params(NET, "numpy"))
 
 
 # ---------------------------------------------------------------------------- evaluate
@@ -898,14 +943,46 @@ def test_evaluate_rejects_a_bad_batch_size():
         funcnn.evaluate(NET, _params(NET, "numpy"), x, y, batch_size=0)
 
 
-def test_a_padded_short_batch_refuses_a_gradient_hook():
-    """The padded form replaces the loss delta; a DP hook computes its own gradient, so the
-    two cannot be combined silently."""
-    dp = funcnn.per_example.dp_optimizer(_adam(), max_norm=1.0)
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("net", [NET, DROPOUT_NET], ids=["plain", "dropout"])
+def test_dp_on_a_padded_short_batch_equals_dp_on_the_short_batch(backend, net):
+    """The padded rows of a short batch get no weight in DP-SGD's clipping and sum, and the
+    noise (the same key) is divided by the short batch's rows: the same update."""
+    grad_fn = funcnn.per_example.dp_grad(0.05, 1.1)
+    opt = _adam()
     x, y = _spirals()
-    params = _params(NET, "numpy")
-    with pytest.raises(ValueError, match="gradient hook"):
-        funcnn.step.train_step(NET, dp, params, dp.init(params), x[:BS],
-                               funcnn.losses.prepare_targets("cross_entropy", y[:BS], 2,
-                                                             np.float32),
-                               None, tail=4, in_tail=True)
+    params = _params(net, backend, "float64")
+    y = funcnn.losses.prepare_targets("cross_entropy", y, 2, np.float64)
+    x, y = funcnn.to_backend((x.astype(np.float64), y), backend)
+    key = fnr.key(5, backend)
+    tail = 4
+    padded = np.r_[np.arange(90, 90 + tail), np.arange(BS - tail)]  # the tail, then others
+    got = funcnn.step.train_step(net, opt, params, opt.init(params), x[padded], y[padded],
+                                 key, grad_fn=grad_fn, tail=tail, in_tail=True)
+    want = funcnn.step.train_step(net, opt, params, opt.init(params), x[90:90 + tail],
+                                  y[90:90 + tail], key, grad_fn=grad_fn, mask_rows=BS)
+    _assert_trees_close(got[:2], want[:2], rtol=1e-12)
+    np.testing.assert_allclose(float(got[2]), float(want[2]), rtol=1e-14)
+    assert float(got[3]) == float(want[3])
+    # the noise is there (another key moves the params elsewhere) and the padding is not
+    # simply averaged in (the full padded batch's step differs)
+    other = funcnn.step.train_step(net, opt, params, opt.init(params), x[padded], y[padded],
+                                   fnr.key(6, backend), grad_fn=grad_fn, tail=tail,
+                                   in_tail=True)
+    assert _trees_differ(other[0], got[0])
+    whole = funcnn.step.train_step(net, opt, params, opt.init(params), x[padded], y[padded],
+                                   key, grad_fn=grad_fn, tail=tail, in_tail=False)
+    assert _trees_differ(whole[0], got[0])
+
+
+def test_dp_in_a_jitted_epoch_trains_the_padded_short_batch_as_numpy_trains_it():
+    """fit on jax pads the short last batch for DP-SGD too: the same run as on NumPy."""
+    grad_fn = funcnn.per_example.dp_grad(0.5, 0.8)
+    start = funcnn.init_params(DROPOUT_NET, 3, dtype="float64")
+    got = {backend: _fit(backend, net=DROPOUT_NET, params=funcnn.to_backend(start, backend),
+                         grad_fn=grad_fn, epochs=2)
+           for backend in BACKENDS}
+    (p_np, _, h_np), (p_jax, _, h_jax) = got["numpy"], got["jax"]
+    assert len(h_jax["loss"]) == 2 * STEPS
+    _assert_trees_close(p_jax, p_np, rtol=1e-10)
+    np.testing.assert_allclose(h_jax["loss"], h_np["loss"], rtol=1e-10)

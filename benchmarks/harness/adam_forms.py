@@ -3,9 +3,11 @@
 
 - ``plain``: the textbook expressions, ``m = b1 * m + (1 - b1) * g`` and so on, one
   fresh array per operation;
-- ``funcnn``: ``funcnn.optim.adam`` as it is (in-place passes over fresh arrays, bias
-  corrections once a step, the tree walk and checks included);
-- ``in-place``: funcnn's leaf expressions alone, without the tree walk and checks;
+- ``funcnn``: ``funcnn.optim.adam`` as it is (its fast path, the tree walk and checks
+  included);
+- ``textbook``: funcnn's ``adam_leaf``, Adam as the paper writes it, alone;
+- ``in-place``: funcnn's fast path ``adam_leaf_folded`` (in-place passes over fresh
+  arrays, the bias corrections folded into two scalars), alone;
 - ``flat``: the same on one contiguous buffer per tree instead of one array per leaf;
 - ``lerp``: the moving-average form ``m + (1 - b1) (g - m)``, one array per moment
   (fewest allocations, but under flushed subnormals a decaying moment stops near 1e-38);
@@ -22,6 +24,7 @@ import time
 import numpy as np
 
 import funcnn
+from funcnn.optim._adam import adam_leaf, adam_leaf_folded
 
 from .config import B1, B2, EPS
 
@@ -42,19 +45,23 @@ def plain(p, g, m, v, t):
     return p - LR * m_hat / (np.sqrt(v_hat) + EPS), m, v
 
 
-def in_place(p, g, m, v, t):  # funcnn's _adam_leaf, with NumPy scalars
+def _f32(x):  # a scalar as funcnn's leaf passes it: a 0-d array of the leaf's dtype
+    return np.asarray(x, dtype=np.float32)
+
+
+def _moments() -> dict:
+    return dict(b1=_f32(B1), b2=_f32(B2), one_minus_b1=_f32(1 - B1), one_minus_b2=_f32(1 - B2))
+
+
+def textbook(p, g, m, v, t):  # funcnn's adam_leaf, the definition
+    return adam_leaf(p, g, m, v, **_moments(), c1=_f32(1 - B1**t), c2=_f32(1 - B2**t),
+                     lr=_f32(LR), eps=_f32(EPS))
+
+
+def in_place(p, g, m, v, t):  # funcnn's fast path adam_leaf_folded
     step, eps_hat = _scalars(t)
-    m_new = g * (1 - B1)
-    m_new += B1 * m
-    v_new = g * g
-    v_new *= 1 - B2
-    v_new += B2 * v
-    p_new = np.sqrt(v_new)
-    p_new += eps_hat
-    p_new = m_new / p_new
-    p_new *= -step
-    p_new += p
-    return p_new, m_new, v_new
+    return adam_leaf_folded(p, g, m, v, **_moments(), step_size=_f32(step),
+                            eps_hat=_f32(eps_hat))
 
 
 def lerp(p, g, m, v, t):
@@ -135,7 +142,8 @@ def forms(sizes: tuple[int, ...]) -> tuple[dict, int]:
     leaves = [funcnn.tree.tree_leaves(t) for t in (params, grads)]
     leaves += [[np.zeros_like(a) for a in leaves[0]]] * 2
     options = {"plain": per_leaf(plain, leaves), "funcnn": funcnn_adam(params, grads),
-               "in-place": per_leaf(in_place, leaves), "flat": flat(in_place, leaves),
+               "textbook": per_leaf(textbook, leaves), "in-place": per_leaf(in_place, leaves),
+               "flat": flat(in_place, leaves),
                "lerp": per_leaf(lerp, leaves)}
     try:
         options["numexpr-1"] = per_leaf(numexpr_update(1), leaves)

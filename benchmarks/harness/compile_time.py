@@ -93,9 +93,12 @@ def child_stages(cfg: Config, which: str) -> dict:
     xd, yd = jax.device_put(x), jax.device_put(y.astype(np.int32))
     split = batching.split_batches(rows, cfg.batch_size, False)
     epoch = train._jax_programs()[0]
-    order, tail = train._padded(np.arange(rows, dtype=np.int32), split, opt)  # as fit does
-    return _stages(epoch, params, opt.init(params), xd[:rows], yd[:rows], order, None,
-                   net=net, optimizer=opt, batch_size=split.size, tail=tail, mesh=None)
+    order, tail = train._padded(np.arange(rows, dtype=np.int32), split)  # as fit does
+    keys = funcnn.random.split(funcnn.random.key(cfg.seed), split.full + 1)
+    static, hyper = funcnn.optim.split_hyper(opt)
+    return _stages(epoch, params, opt.init(params), xd[:rows], yd[:rows], order, keys, hyper,
+                   net=net, optimizer=static, grad_fn=funcnn.step.backward_grad,
+                   batch_size=split.size, tail=tail, mesh=None)
 
 
 def child_first(cfg: Config, which: str) -> dict:

@@ -292,7 +292,9 @@ def train(args, net, params, optimizer, data, validation, out: Path, record: dic
     start = time.perf_counter()
     try:
         with interrupt_later(STOPPING) as check:
-            callbacks = [  # a Ctrl-C stops the run after the epoch is saved and shown
+            stop = [] if args.early_stopping is None else [  # before the checkpoint, which
+                funcnn.callbacks.early_stopping(args.early_stopping)]  # then saves its memory
+            callbacks = [*stop,  # a Ctrl-C stops the run after the epoch is saved and shown
                 funcnn.callbacks.checkpoint(ckpt, every=1, resume=args.resume),
                 funcnn.callbacks.print_epochs() if args.no_progress
                 else funcnn.callbacks.progress_bar(),
@@ -300,8 +302,7 @@ def train(args, net, params, optimizer, data, validation, out: Path, record: dic
             ]
             params, _, history = funcnn.fit(
                 net, params, optimizer, *data, epochs=args.epochs, batch_size=args.batch_size,
-                key=args.seed + 1, validation=validation, early_stopping=args.early_stopping,
-                progress=False, callbacks=callbacks,
+                key=args.seed + 1, validation=validation, progress=False, callbacks=callbacks,
             )
     except TrainingDiverged as err:
         raise CommandError(

@@ -20,10 +20,12 @@ docstring). ``lr`` is a positive number or a schedule ``lr(count)`` (see
 (a jax tracer is not). Nothing is mutated: updates return new trees. Scalars are cast to
 each leaf's dtype, so float32 parameters stay float32.
 
-Factories turn concrete 0-d arrays into Python numbers, so optimizers built from the same
-hyperparameters compare and hash equal and a jitted loop compiled for one is reused for
-the other. The free functions take arrays and tracers as they are (e.g. a learning rate
-passed as an argument of a jitted function).
+A factory's hyperparameters are plain data: ``opt.update`` is
+``functools.partial(adam_update, lr=1e-3, b1=0.9, ...)``. :func:`split_hyper` takes the
+numbers out of it (and :func:`merge_hyper` puts them back), so that a compiled loop such
+as ``fit``'s takes them as traced arguments: optimizers built alike share one program, and
+a new learning rate does not compile a new one. The free functions take arrays and
+tracers as they are (e.g. a learning rate passed as an argument of a jitted function).
 
 Conventions, where libraries differ: SGD, RMSProp and Adagrad follow PyTorch (``eps``
 outside the square root); RMSProp's default ``decay=0.9`` is optax's; see each update.
@@ -42,6 +44,8 @@ from funcnn.optim._adam import adamw_init as adamw_init
 from funcnn.optim._adam import adamw_update as adamw_update
 from funcnn.optim._adam import weights_only as weights_only
 from funcnn.optim._base import Optimizer as Optimizer
+from funcnn.optim._base import merge_hyper as merge_hyper
+from funcnn.optim._base import split_hyper as split_hyper
 from funcnn.optim._clipping import clip_by_global_norm as clip_by_global_norm
 from funcnn.optim._clipping import global_norm as global_norm
 from funcnn.optim._clipping import with_clipping as with_clipping
@@ -71,12 +75,14 @@ __all__ = [
     "adamw_update",
     "clip_by_global_norm",
     "global_norm",
+    "merge_hyper",
     "rmsprop",
     "rmsprop_init",
     "rmsprop_update",
     "sgd",
     "sgd_init",
     "sgd_update",
+    "split_hyper",
     "weights_only",
     "with_clipping",
 ]

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, NamedTuple
 
 from funcnn.backend import array_namespace
 from funcnn.optim._base import (
     Optimizer,
-    bind,
     check_hyper,
     check_state,
     count0,
-    factory_hyper,
     leafwise,
     learning_rate,
+    make,
     sqrt,
 )
 from funcnn.tree import tree_map
@@ -62,5 +62,6 @@ def adagrad_update(params, grads, state: AdagradState, *, lr=1e-2, eps=1e-10):
 def adagrad(lr=1e-2, eps=1e-10, initial_accumulator=0.0) -> Optimizer:
     """Adagrad as an :class:`Optimizer` whose ``init`` fills ``sum_sq`` with
     ``initial_accumulator``; see :func:`adagrad_update`."""
-    init = bind(adagrad_init, **factory_hyper(initial_accumulator=initial_accumulator))
-    return Optimizer(init, bind(adagrad_update, **factory_hyper(lr=lr, eps=eps)))
+    check_hyper(initial_accumulator=initial_accumulator)
+    return make(partial(adagrad_init, initial_accumulator=initial_accumulator), adagrad_update,
+                lr=lr, eps=eps)

@@ -1,5 +1,6 @@
 """What every optimizer shares: the ``Optimizer`` pair, one check per kind of
-hyperparameter, the state checks and the leaf-by-leaf loop.
+hyperparameter, hyperparameters split out as data for a compiled loop, the state checks
+and the leaf-by-leaf loop.
 
 Private: ``funcnn.optim`` re-exports the public names.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from functools import partial
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -26,7 +27,7 @@ from funcnn._checks import (
 from funcnn.backend import array_namespace, is_concrete, is_jax_array
 from funcnn.tree import tree_leaves, tree_map, tree_unflatten
 
-__all__ = ["Optimizer"]
+__all__ = ["COMPILED_IN", "Optimizer", "Static", "merge_hyper", "split_hyper"]
 
 
 class Optimizer(NamedTuple):
@@ -107,49 +108,85 @@ def off_if_zero(value: Any) -> Any:
 # ---------------------------------------------------------------------------- factories
 
 
-class Held:
-    """An array-valued hyperparameter (a mask of bool arrays) held as data: compared and
-    hashed by identity, as arrays cannot be hashed by value."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __repr__(self) -> str:
-        return f"Held({self.value!r})"
-
-
-def factory_hyper(**hyper: Any) -> dict[str, Any]:
-    """A factory's hyperparameters after the same checks as the free functions, made
-    hashable: a concrete NumPy scalar or 0-d array (NumPy or jax) becomes a Python number,
-    so that the optimizer can key a jit cache (``fit`` compiles once per optimizer)."""
-    check_hyper(**{k: v for k, v in hyper.items() if k in _CHECKS})
-    for name, value in hyper.items():
-        if name in _CHECKS and is_concrete(value) and (
-                isinstance(value, np.ndarray | np.generic) or is_jax_array(value)):
-            hyper[name] = value.item()
-    return hyper
-
-
 def make(init: Callable[..., Any], update: Callable[..., Any], **hyper: Any) -> Optimizer:
-    """``Optimizer(init, update)`` with the hyperparameters bound to ``update``."""
-    return Optimizer(init, bind(update, **factory_hyper(**hyper)))
+    """``Optimizer(init, partial(update, **hyper))``, after checking ``hyper`` as the free
+    functions do: a factory's hyperparameters stay plain data, readable as
+    ``opt.update.keywords``."""
+    check_hyper(**{k: v for k, v in hyper.items() if k in _CHECKS})
+    return Optimizer(init, partial(update, **hyper))
 
 
-@dataclass(frozen=True)
-class Bound:
-    """``fn`` with keyword arguments bound; equal (and hashing equal) when they are."""
+# ------------------------------------------------------------------------ hyperparameters as data
 
-    fn: Callable[..., Any]
-    kwargs: tuple[tuple[str, Any], ...] = ()
-
-    def __call__(self, *args: Any) -> Any:
-        return self.fn(*args, **{k: v.value if type(v) is Held else v for k, v in self.kwargs})
+COMPILED_IN = frozenset({"momentum", "b1", "b2", "decay", "nesterov", "centered"})
+"""Hyperparameters that :func:`split_hyper` leaves in the program rather than tracing: the
+flags, which change its operations, and the fractions, whose ``1 - b`` and ``log b`` are
+computed on the host from the exact number (in float32 on a device, ``1 - 0.999`` would be
+off by 1.3e-5 relative, see :func:`one_minus`)."""
 
 
-def bind(fn: Callable[..., Any], **kwargs: Any) -> Bound:
-    return Bound(fn, tuple(sorted(kwargs.items())))
+class Static(NamedTuple):
+    """A ``functools.partial`` without its traced hyperparameters: hashable, for a jit cache."""
+
+    func: Callable[..., Any]
+    args: tuple
+    keywords: tuple  # sorted (name, value) pairs
+
+
+def _traced(name: str, value: Any) -> bool:
+    return not (name in COMPILED_IN or value is None or callable(value)
+                or isinstance(value, bool | np.bool_ | str))
+
+
+def _plain(value: Any) -> Any:
+    """A concrete 0-d array as a Python number (hashable); anything else as it is."""
+    if isinstance(value, np.ndarray | np.generic) or is_jax_array(value):
+        return value.item()
+    return value
+
+
+def split_hyper(fn: Any) -> tuple[Any, Any]:
+    """``(static, hyper)``: ``fn`` without its numeric hyperparameters, and them.
+
+    ``fn`` is an :class:`Optimizer` (split field by field), a ``functools.partial`` as the
+    factories build, or any other callable (returned as ``static``, with ``hyper = {}``).
+    Of a partial, ``hyper`` is the dict of its keyword numbers and arrays (the learning
+    rate, ``eps``, ``weight_decay``, an array mask; a nested partial gives a nested dict);
+    ``static`` keeps the function, the flags, the callables (schedules, masks) and the
+    :data:`COMPILED_IN` fractions. ``merge_hyper(static, hyper)`` rebuilds ``fn``.
+
+    This is how ``fit`` compiles one epoch program per kind of optimizer: ``static`` is a
+    static (hashed) argument of the jitted program and ``hyper`` a traced one, so
+    optimizers built alike share the program and a new learning rate does not recompile.
+    """
+    if isinstance(fn, Optimizer):
+        init, update = split_hyper(fn.init), split_hyper(fn.update)
+        return Optimizer(init[0], update[0]), Optimizer(init[1], update[1])
+    if not isinstance(fn, partial):
+        return fn, {}
+    static, hyper = [], {}
+    for name, value in fn.keywords.items():
+        if isinstance(value, partial):
+            inner, hyper[name] = split_hyper(value)
+            static.append((name, inner))
+        elif _traced(name, value):
+            hyper[name] = value
+        else:
+            static.append((name, _plain(value)))
+    return Static(fn.func, fn.args, tuple(sorted(static, key=lambda kv: kv[0]))), hyper
+
+
+def merge_hyper(static: Any, hyper: Any) -> Any:
+    """The inverse of :func:`split_hyper`: ``static`` with the values of ``hyper`` put back."""
+    if isinstance(static, Optimizer):
+        return Optimizer(merge_hyper(static.init, hyper.init),
+                         merge_hyper(static.update, hyper.update))
+    if not isinstance(static, Static):
+        return static
+    keywords = {name: merge_hyper(value, hyper[name]) if isinstance(value, Static) else value
+                for name, value in static.keywords}
+    keywords.update((name, value) for name, value in hyper.items() if name not in keywords)
+    return partial(static.func, *static.args, **keywords)
 
 
 # ---------------------------------------------------------------------------- states and leaves

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from funcnn._checks import check_same_backend
 from funcnn.backend import array_namespace
-from funcnn.optim._base import Optimizer, check_hyper, factory_hyper
+from funcnn.optim._base import Optimizer, check_hyper
 from funcnn.tree import tree_leaves, tree_map
 
 __all__ = ["clip_by_global_norm", "global_norm", "with_clipping"]
@@ -57,18 +56,13 @@ def clip_by_global_norm(grads, max_norm):
     return tree_map(clipped, grads)
 
 
-@dataclass(frozen=True)
-class _Clipped:
-    """An update that clips the gradients first; equal when its parts are."""
-
-    update: Callable[..., Any]
-    max_norm: Any
-
-    def __call__(self, params, grads, state):
-        return self.update(params, clip_by_global_norm(grads, self.max_norm), state)
+def _clipped_update(params, grads, state, *, update, max_norm):
+    """``update`` of the gradients clipped to global norm ``max_norm``."""
+    return update(params, clip_by_global_norm(grads, max_norm), state)
 
 
 def with_clipping(optimizer: Optimizer, max_norm) -> Optimizer:
     """The same optimizer, with the gradients clipped to global norm ``max_norm`` first."""
-    max_norm = factory_hyper(max_norm=max_norm)["max_norm"]
-    return Optimizer(optimizer.init, _Clipped(optimizer.update, max_norm))
+    check_hyper(max_norm=max_norm)
+    return Optimizer(optimizer.init, partial(_clipped_update, update=optimizer.update,
+                                             max_norm=max_norm))

@@ -44,9 +44,12 @@ def _per_example_grad(kind: str, net, params, cache, xb, yb, key):
     if kind == "pe-norms":
         return pe.grad_and_norms_from_cache(net, params, cache, yb)
     if kind == "pe-clip":
-        return pe.dp_gradient(DP_MAX_NORM)(net, params, cache, yb, None), cache.out[0]
+        grads, _ = pe.clipped_grad_from_cache(net, params, cache, yb, max_norm=DP_MAX_NORM)
+        return grads, cache.out[0]
     if kind.endswith("dp") and kind.startswith("pe-"):
-        return pe.dp_gradient(DP_MAX_NORM, DP_NOISE)(net, params, cache, yb, key), cache.out[0]
+        grads, _ = pe.clipped_grad_from_cache(net, params, cache, yb, max_norm=DP_MAX_NORM,
+                                              noise_multiplier=DP_NOISE, key=key)
+        return grads, cache.out[0]
     return _vmap_grad(kind, net, params, xb, yb, key)
 
 

@@ -32,9 +32,11 @@ Y = np.arange(7) % 2
 def _fit(tmp_path: Path | None = None, **counts):
     """A one-epoch NumPy fit on 7 rows; ``counts`` override its count arguments."""
     params = funcnn.init_params(NET, 0)
+    patience = counts.pop("patience", None)
     kwargs = {"epochs": 1, "batch_size": 3, "key": 0, "progress": False, **counts}
-    if "early_stopping" in counts:
+    if patience is not None:
         kwargs["validation"] = (X, Y)
+        kwargs["callbacks"] = [callbacks.early_stopping(patience)]
     if tmp_path is not None:  # the checkpoint callback writes the epoch to its metadata
         kwargs["callbacks"] = [callbacks.checkpoint(tmp_path / "run.ckpt")]
     params, _, history = funcnn.fit(NET, params, optim.sgd(0.1), X, Y, **kwargs)
@@ -70,7 +72,7 @@ CASES = {
     "fit epochs": (lambda n: _fit(epochs=n), 2),
     "fit batch_size": (lambda n: _fit(batch_size=n), 3),
     "fit shuffle_every": (lambda n: _fit(epochs=2, shuffle_every=n), 2),
-    "fit early_stopping": (lambda n: _fit(epochs=2, early_stopping=n), 1),
+    "early_stopping patience": (lambda n: _fit(epochs=2, patience=n), 1),
     "fit initial_epoch": (lambda n: _fit(epochs=2, initial_epoch=n), 1),
     "evaluate batch_size": (
         lambda n: funcnn.evaluate(NET, funcnn.init_params(NET, 0), X, Y, batch_size=n), 3),

@@ -223,10 +223,8 @@ def make_evaluate(net, backend: str, chunk: int = 500):
                                                       part.dtype)])
             part = funcnn.backend.to_backend(part, backend)
             z.append(np.asarray(logits(params, state, part)))
-        z = np.concatenate(z)[:n].astype(np.float64)
-        logp = z - z.max(axis=1, keepdims=True)
-        logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
-        loss = -logp[np.arange(n), y].mean()
+        z = np.concatenate(z)[:n].astype(np.float64)                 # logits (n, 10)
+        loss = CROSS_ENTROPY.value("softmax", z, softmax(z), y)
         return float(loss), float((z.argmax(axis=1) == y).mean())
     return evaluate
 

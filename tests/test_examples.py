@@ -311,3 +311,43 @@ def test_check_optimizer_explains_a_wrong_structure():
 
     with pytest.raises(GradientMismatch, match=r"step 1: update returned params of structure"):
         check_optimizer(drops_a_layer, reference=funcnn.optim.sgd(0.1))
+
+
+# ---------------------------------------------------------------------------- cnn_mnist.py
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "numpy"])
+def test_cnn_mnist_synthetic(backend):
+    """The convolutional example end to end on synthetic images: it learns, its
+    hand-written gradients equal autodiff's, and its JSON line counts the held-out rows."""
+    pytest.importorskip("jax")
+    # Batches of 32: 34 steps, enough for BatchNorm's running statistics to settle.
+    stdout, result = run_example("cnn_mnist.py", "--synthetic", "--limit", 600, "--epochs", 2,
+                                 "--batch-size", 32, "--backend", backend, "--seed", 3)
+    assert result["data"] == "synthetic" and result["backend"] == backend
+    assert (result["train_rows"], result["val_rows"]) == (540, 60)  # 10% of 600 held out
+    assert result["epochs"] == 2 and len(result["history"]) == 2
+    assert len(re.findall(r"^epoch [12]/2 .* val accuracy", stdout, re.M)) == 2
+    assert result["grad_check_max_rel_error"] <= 1e-7  # float64 against jax.grad
+    assert 0.5 < result["test_accuracy"] <= 1.0  # ten classes: chance is 0.1
+    assert result["history"][1]["train_loss"] < result["history"][0]["train_loss"]
+
+
+def test_cnn_mnist_holds_out_validation_rows():
+    """Validation rows are disjoint from the training rows (by index and by image), come
+    from the training file only, and change with the seed."""
+    cnn = load_example("cnn_mnist")
+    images, labels = cnn.synthetic(1, 600)
+    splits = [cnn.load(cnn.parse_args(["--synthetic", "--limit", "600", "--seed", str(seed)]))
+              for seed in (0, 1)]
+    for split in splits:
+        train, val = set(split.train_rows.tolist()), set(split.val_rows.tolist())
+        assert not train & val and train | val == set(range(600))
+        assert len(val) == 60
+        np.testing.assert_array_equal(split.x_train, images[split.train_rows])
+        np.testing.assert_array_equal(split.y_val, labels[split.val_rows])
+        seen = {img.tobytes() for img in split.x_train}
+        assert not any(img.tobytes() in seen for img in split.x_val)
+        assert split.x_train.shape[1:] == split.x_test.shape[1:] == (28, 28, 1)
+    assert set(splits[0].val_rows.tolist()) != set(splits[1].val_rows.tolist())

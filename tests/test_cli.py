@@ -828,7 +828,8 @@ def test_ctrl_c_while_jax_trains_exits_130(digits, tmp_path):
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "Ctrl-C: stopping when this epoch ends" in err
     held = int(re.search(r"holds epoch (\d+), the last finished", err)[1])
-    assert 2 <= held < 200
+    # the Ctrl-C lands after epoch 1's line: acted on at that epoch's end or a later one
+    assert 1 <= held < 200
     assert funcnn.load(tmp_path / "checkpoint.npz").metadata["epoch"] == held
 
 

@@ -1,4 +1,4 @@
-"""funcnn: functional, pure-array multilayer perceptrons on NumPy and JAX.
+"""funcnn: functional, pure-array neural networks on NumPy and JAX.
 
 Stateless functions over parameter and optimizer-state pytrees, one code path
 for ``numpy`` and ``jax.numpy``, and a hand-written backward pass checked
@@ -6,9 +6,10 @@ against ``jax.grad`` and finite differences (``funcnn.testing``).
 
 The public names, by what they are for (``ARCHITECTURE.md`` says where each lives):
 
-- the network: ``MLP``, ``Dense``, ``Cache``, ``init_params``, ``forward``, ``predict``,
-  ``loss``, ``backprop``, ``value_and_grad``, and the check-free ``apply`` / ``backward``
-  a jitted loop calls;
+- the network: ``MLP`` (a stack of dense layers) and ``Net`` (any stack of
+  ``funcnn.layers``), ``Dense``, ``Cache``, ``init_params``, ``init_state`` (model state:
+  BatchNorm's running statistics), ``forward``, ``predict``, ``loss``, ``backprop``,
+  ``value_and_grad``, and the check-free ``apply`` / ``backward`` a jitted loop calls;
 - per-example gradients: ``per_example_grads``, ``per_example_grad_norms``
   (more in ``funcnn.per_example``: DP-SGD clipping);
 - optimizers: ``Optimizer`` and the free functions ``sgd_*``, ``adam_*``, ``adamw_*``,
@@ -40,20 +41,22 @@ from funcnn.backend import get_backend as get_backend
 from funcnn.backend import set_backend as set_backend
 from funcnn.backend import to_backend as to_backend
 from funcnn.batching import batches as batches
+from funcnn.checked import backprop as backprop
+from funcnn.checked import forward as forward
+from funcnn.checked import loss as loss
+from funcnn.checked import predict as predict
+from funcnn.checked import value_and_grad as value_and_grad
 from funcnn.checkpoint import Checkpoint as Checkpoint
 from funcnn.checkpoint import load as load
 from funcnn.checkpoint import save as save
 from funcnn.mlp import MLP as MLP
-from funcnn.mlp import Cache as Cache
 from funcnn.mlp import Dense as Dense
-from funcnn.mlp import apply as apply
-from funcnn.mlp import backprop as backprop
-from funcnn.mlp import backward as backward
-from funcnn.mlp import forward as forward
-from funcnn.mlp import init_params as init_params
-from funcnn.mlp import loss as loss
-from funcnn.mlp import predict as predict
-from funcnn.mlp import value_and_grad as value_and_grad
+from funcnn.network import Cache as Cache
+from funcnn.network import Net as Net
+from funcnn.network import apply as apply
+from funcnn.network import backward as backward
+from funcnn.network import init_params as init_params
+from funcnn.network import init_state as init_state
 from funcnn.optim import AdagradState as AdagradState
 from funcnn.optim import AdamState as AdamState
 from funcnn.optim import Optimizer as Optimizer
@@ -83,6 +86,7 @@ __version__ = "0.1.0"
 __all__ = [
     # the network
     "MLP",
+    "Net",
     "Cache",
     "Dense",
     "apply",
@@ -90,6 +94,7 @@ __all__ = [
     "backward",
     "forward",
     "init_params",
+    "init_state",
     "loss",
     "predict",
     "value_and_grad",

@@ -46,8 +46,9 @@ import numpy as np
 from funcnn._checks import check_count
 from funcnn._files import check_writable
 from funcnn.backend import is_jax_array
+from funcnn.checked import check_params
 from funcnn.checkpoint import CheckpointError, convert, load, save
-from funcnn.mlp import MLP, check_params
+from funcnn.network import Network
 from funcnn.parallel import is_main_process
 from funcnn.per_example import per_example_grad_norms
 from funcnn.serialization import funcnn_types
@@ -93,7 +94,8 @@ class FitState(NamedTuple):
     key, from which each epoch's shuffling and dropout derive; ``history`` is the dict
     ``fit`` returns (``loss`` per step, the other lists per epoch); ``best`` is the
     early-stopping memory (``None`` without early stopping); ``stop`` ends the run before
-    its last epoch (set by early stopping; a resumed run that had stopped returns at once).
+    its last epoch (set by early stopping; a resumed run that had stopped returns at once);
+    ``model_state`` is the net's model state (``()`` for a net without one).
     """
 
     params: Any
@@ -103,13 +105,14 @@ class FitState(NamedTuple):
     history: dict[str, list]
     best: Best | None
     stop: bool = False
+    model_state: Any = ()
 
 
 class FitInfo(NamedTuple):
     """What stays fixed during a run: the net, the epoch to train up to, the backend
     (``"numpy"`` or ``"jax"``) and whether each epoch is validated (``history["val_loss"]``)."""
 
-    net: MLP
+    net: Network
     epochs: int
     backend: str
     validation: bool
@@ -141,7 +144,7 @@ def copy_arrays(tree: Any) -> Any:
 _EXTRA = ("key", "loss", "best")
 
 
-def save_fit_state(path: str | os.PathLike, net: MLP, state: FitState) -> None:
+def save_fit_state(path: str | os.PathLike, net: Network, state: FitState) -> None:
     """Write ``state`` atomically to ``path`` (a :func:`funcnn.save` file, see above)."""
     if not isinstance(state, FitState):
         raise TypeError(f"state must be a funcnn.callbacks.FitState; got {type(state).__name__}")
@@ -154,7 +157,7 @@ def save_fit_state(path: str | os.PathLike, net: MLP, state: FitState) -> None:
          metadata={"epoch": epoch, "history": history, "stop": bool(state.stop)})
 
 
-def load_fit_state(path: str | os.PathLike, net: MLP, backend: str | None = None) -> FitState:
+def load_fit_state(path: str | os.PathLike, net: Network, backend: str | None = None) -> FitState:
     """The :class:`FitState` in a file written by :func:`save_fit_state`, on ``backend``.
 
     Raises FileNotFoundError without a file, CheckpointError for a damaged file or a

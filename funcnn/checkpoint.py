@@ -44,8 +44,10 @@ from funcnn._checks import check_params_like
 from funcnn._files import atomic_write
 from funcnn.activations import Activation
 from funcnn.backend import check_jax_dtype, get_backend, is_jax_array, namespace
+from funcnn.layers import BatchNormState, Conv2DParams, DenseCache, NormParams
 from funcnn.losses import Loss
-from funcnn.mlp import MLP, Cache, Dense, expected_params
+from funcnn.mlp import MLP, Dense
+from funcnn.network import Cache, expected_params
 from funcnn.optim import AdagradState, AdamState, RMSPropState, SGDState
 from funcnn.serialization import FormatError, register
 from funcnn.tree import tree_paths, tree_unflatten
@@ -55,7 +57,9 @@ __all__ = ["Checkpoint", "CheckpointError", "convert", "load", "register", "save
 _ENTRIES = ("params", "opt_state", "net", "metadata")
 _TREES = ("params", "opt_state", "extra")
 
-serialization.funcnn_types(Dense, Cache, SGDState, AdamState, RMSPropState, AdagradState)
+serialization.funcnn_types(Dense, Cache, DenseCache, Conv2DParams, NormParams, BatchNormState,
+                           SGDState, AdamState, RMSPropState, AdagradState)
+serialization.funcnn_alias("funcnn.mlp:Dense", Dense)  # files written before funcnn.Net
 
 
 class Checkpoint(NamedTuple):

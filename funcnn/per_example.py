@@ -56,11 +56,12 @@ from typing import Any
 
 from funcnn import random
 from funcnn._checks import check_positive
-from funcnn._mlp_checks import check_y
 from funcnn.activations import get_activation
 from funcnn.backend import array_namespace, check_same_backend, concrete_value, is_jax_array
+from funcnn.checked import check_params, prepare
 from funcnn.losses import get_loss
-from funcnn.mlp import Cache, Dense, apply, check_net, check_params, prepare_inputs
+from funcnn.mlp import MLP, Dense
+from funcnn.network import Cache, apply, check_net
 from funcnn.types import Array, Grads, Key, Params
 
 __all__ = [
@@ -84,7 +85,7 @@ __all__ = [
 def example_deltas(net: Any, params: Params, cache: Cache, y: Array) -> tuple:
     """Each example's ``dL_i/dzs[l]``: one ``(m, n_{l+1})`` array per layer, 0-based.
 
-    The backward pass of :func:`funcnn.mlp.backward` without its weight products, started
+    The backward pass of :func:`funcnn.backward` without its weight products, started
     from ``m`` times the loss delta (the gradient of each row's own loss, not of the mean).
     """
     m = cache.zs[-1].shape[0]
@@ -159,7 +160,7 @@ def norms_from_cache(net: Any, params: Params, cache: Cache, y: Array) -> Array:
 def grad_and_norms_from_cache(net: Any, params: Params, cache: Cache, y: Array):
     """``(batch gradient, per-example norms (m,))`` from one backward pass (no checks).
 
-    The gradient is that of :func:`funcnn.mlp.backward` (up to rounding), computed from
+    The gradient is that of :func:`funcnn.backward` (up to rounding), computed from
     the per-example deltas, so a loop that logs the norms pays for one pass, not two.
     """
     deltas = example_deltas(net, params, cache, y)
@@ -282,6 +283,7 @@ class DPGrad:
 
     def __call__(self, net: Any, params: Params, cache: Cache, dz: Array, *, rows: Any,
                  key: Key | None = None) -> Grads:
+        check_mlp(net)
         noise_key = None if key is None or not self.noise_multiplier else \
             random.fold_in(key, NOISE_STREAM)
         return _clipped(net, params, cache, dz, rows, self.max_norm, self.noise_multiplier,
@@ -298,12 +300,19 @@ def dp_grad(max_norm: float, noise_multiplier: float = 0.0) -> DPGrad:
 # ---------------------------------------------------------------------------- checked entry points
 
 
+def check_mlp(net: Any) -> None:
+    """Per-example gradients are written out for the MLP's dense layers."""
+    check_net(net)
+    if not isinstance(net, MLP):
+        raise TypeError("per-example gradients and DP-SGD take a funcnn.MLP; got a "
+                        f"{type(net).__name__}")
+
+
 def _forward(net, params, x, y, key, train):
     """Checks as in ``funcnn.value_and_grad``, then the forward cache and prepared targets."""
-    x, masks, dtype = prepare_inputs(net, params, x, key, train)
-    check_same_backend(params, y=y)
-    y = check_y(net, y, x.shape[0], dtype)
-    return apply(net, params, x, masks), y
+    check_mlp(net)
+    b = prepare(net, params, x, y, key=key, train=train)
+    return apply(net, params, b.x, b.noise, train=train), b.y
 
 
 def per_example_grads(
@@ -351,7 +360,7 @@ def clipped_mean_grad(
     ``noise_multiplier`` must be Python numbers (static under jit).
     """
     settings = DPGrad(max_norm, noise_multiplier)
-    check_net(net)
+    check_mlp(net)
     check_params(net, params)
     drop_key = noise_key = None
     if key is not None:

@@ -44,6 +44,7 @@ __all__ = [
     "encode_tree",
     "funcnn_types",
     "read_header",
+    "funcnn_alias",
     "register",
     "write_npz",
 ]
@@ -87,6 +88,11 @@ def funcnn_types(*classes: type) -> None:
     (:mod:`funcnn.checkpoint`, :mod:`funcnn.callbacks`); users call :func:`register`.
     """
     _FUNCNN.update({_checked_name(cls, "funcnn_types"): cls for cls in classes})
+
+
+def funcnn_alias(name: str, cls: type) -> None:
+    """Let archives that name ``cls`` by an older ``module:qualname`` rebuild it."""
+    _FUNCNN[name] = cls
 
 
 def register(cls: type) -> type:

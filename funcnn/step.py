@@ -38,26 +38,24 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from funcnn._fit_checks import check_grad_fn, check_optimizer
-from funcnn._mlp_checks import check_x, check_y
-from funcnn.backend import array_namespace, check_same_backend, is_concrete, is_jax_array
+from funcnn.backend import array_namespace, is_concrete, is_jax_array
+from funcnn.checked import prepare
 from funcnn.losses import get_loss
-from funcnn.mlp import (
-    MLP,
-    Cache,
-    apply,
-    backward,
-    check_net,
-    check_params,
-    dropout_masks,
-)
+from funcnn.network import Cache, Network, apply, backward, check_net, draw_noise
 from funcnn.optim import Optimizer
 from funcnn.types import Array, Grads, Key, Params
 
-__all__ = ["backward_grad", "make_train_step", "n_correct", "train_step"]
+__all__ = [
+    "backward_grad",
+    "check_grad_fn",
+    "check_optimizer",
+    "make_train_step",
+    "n_correct",
+    "train_step",
+]
 
 
-def n_correct(net: MLP, out: Any, y: Any, valid: Any = None) -> Any:
+def n_correct(net: Network, out: Any, y: Any, valid: Any = None) -> Any:
     """How many rows are classified right (a fraction per row for multi-label sigmoid);
     ``valid`` (``(m,)`` bool, optional) says which rows count."""
     xp = array_namespace(out)
@@ -71,21 +69,21 @@ def n_correct(net: MLP, out: Any, y: Any, valid: Any = None) -> Any:
     return xp.zeros((), dtype=out.dtype)
 
 
-def backward_grad(net: MLP, params: Params, cache: Cache, dz: Array, *, rows: Any = None,
+def backward_grad(net: Network, params: Params, cache: Cache, dz: Array, *, rows: Any = None,
                   key: Key | None = None) -> Grads:
     """The default gradient function: the hand-written backward pass from ``dz``,
-    ``funcnn.mlp.backward(net, params, cache, y, dz=dz)``. ``rows`` and ``key`` are not
+    ``funcnn.backward(net, params, cache, y, dz=dz)``. ``rows`` and ``key`` are not
     needed: ``dz`` already holds the ``1 / rows`` of the mean."""
     return backward(net, params, cache, None, dz=dz)
 
 
-def _output_terms(net: MLP, cache: Cache, y: Any, tail: int, in_tail: Any):
+def _output_terms(net: Network, cache: Cache, y: Any, tail: int, in_tail: Any):
     """``(loss, dL/dzs[-1], rows)``: on a padded short batch those of its first ``tail``
     rows, and ``rows = tail``; else of all ``m`` rows, and ``rows = m``.
 
     Under jax the short batch's terms sit in a ``lax.cond`` branch: computed in the one
     step that needs them (on many devices their slice moves rows, once an epoch)."""
-    spec, z, a = get_loss(net.loss), cache.zs[-1], cache.out
+    spec, z, a = get_loss(net.loss), cache.z, cache.out
     m = z.shape[0]
 
     def full():
@@ -105,56 +103,83 @@ def _output_terms(net: MLP, cache: Cache, y: Any, tail: int, in_tail: Any):
             array_namespace(z).where(in_tail, tail, m))
 
 
-def train_step(net: MLP, optimizer: Optimizer, params, opt_state, x, y, key, *,
-               grad_fn=backward_grad, tail: int = 0, in_tail: Any = False,
-               mask_rows: int | None = None):
-    """One update on a prepared batch, no checks: ``(params, opt_state, loss, n_correct)``.
+def train_step(net: Network, optimizer: Optimizer, params, opt_state, x, y, key, *,
+               state: Any = (), grad_fn=backward_grad, tail: int = 0, in_tail: Any = False):
+    """One update on a prepared batch, no checks:
+    ``(params, opt_state, loss, n_correct, state)``.
 
     ``key`` draws the dropout masks and is passed to ``grad_fn`` (see the module
     docstring); it is ``None`` only for a net without dropout and a gradient function that
-    draws nothing. The masks are drawn for ``mask_rows`` rows (default: the batch's) and the
-    first ones used, so a short batch gets the rows a full one would. ``tail`` (static) and
-    ``in_tail`` (a bool, traced or not) train a padded short batch, see the module docstring.
+    draws nothing. ``state`` is the model state (``()`` for a net without one); the
+    pass runs in training mode, so BatchNorm uses the batch's statistics and the new state
+    comes back. ``tail`` (static) and ``in_tail`` (a bool, traced or not) train a padded
+    short batch, see the module docstring (never for a net whose rows are coupled).
     """
     m = x.shape[0]
-    if net.dropout > 0:
-        backend = "jax" if is_jax_array(x) else "numpy"
-        masks = dropout_masks(net, key, mask_rows or m, x.dtype, backend)
-        masks = tuple(mask[:m] for mask in masks)
-    else:
-        masks = (None,) * (net.n_layers - 1)
-    cache = apply(net, params, x, masks)
+    noise = None
+    if net.draws:
+        noise = draw_noise(net, key, m, x.dtype, "jax" if is_jax_array(x) else "numpy")
+    cache = apply(net, params, x, noise, state=state, train=True)
     loss, dz, rows = _output_terms(net, cache, y, tail, in_tail)
     grads = grad_fn(net, params, cache, dz, rows=rows, key=key)
     params, opt_state = optimizer.update(params, grads, opt_state)
     valid = array_namespace(x).arange(m) < rows if tail else None
-    return params, opt_state, loss, n_correct(net, cache.out, y, valid)
+    return params, opt_state, loss, n_correct(net, cache.out, y, valid), cache.state
 
 
-def make_train_step(net: MLP, optimizer: Optimizer, *, grad_fn=backward_grad):
+def make_train_step(net: Network, optimizer: Optimizer, *, grad_fn=backward_grad):
     """A pure step ``(params, opt_state, x, y, key=None) -> (params, opt_state, loss)``.
 
     It checks shapes and dtypes (also while ``jax.jit`` traces it). ``grad_fn`` computes
     the gradient (see the module docstring), e.g. ``funcnn.per_example.dp_grad(1.0, 1.1)``
     for DP-SGD. The step of a net with dropout, or with a gradient function that draws
     noise, needs a ``key`` (a new one each step), as ``forward(train=True)`` does; without
-    one it raises ``ValueError``. Jit it with ``jax.jit(step)``.
+    one it raises ``ValueError``. A net with model state (BatchNorm) takes it as
+    ``state=`` and returns the new one last: ``params, opt_state, loss, state = step(params,
+    opt_state, x, y, key, state=state)``. Jit it with ``jax.jit(step)``.
     """
     check_net(net)
     check_optimizer(optimizer)
     check_grad_fn(grad_fn)
 
-    def step(params, opt_state, x, y, key=None):
-        if net.dropout > 0 and key is None:
+    def step(params, opt_state, x, y, key=None, *, state=None):
+        if net.draws and key is None:
             raise ValueError(
-                f"the net's dropout ({net.dropout}) needs a key: step(params, opt_state, x, "
-                "y, key), a new key each step (e.g. funcnn.random.fold_in(key, step_number))")
-        dtype = check_params(net, params)
-        check_same_backend(params, x=x, y=y)
-        x = check_x(net, x, dtype)
-        y = check_y(net, y, x.shape[0], dtype)
-        params, opt_state, loss, _ = train_step(net, optimizer, params, opt_state, x, y, key,
-                                                grad_fn=grad_fn)
-        return params, opt_state, loss
+                "the net's dropout needs a key: step(params, opt_state, x, y, key), a new key "
+                "each step (e.g. funcnn.random.fold_in(key, step_number))")
+        b = prepare(net, params, x, y, state=state, key=key, train=True, draw=False)
+        params, opt_state, loss, _, new_state = train_step(
+            net, optimizer, params, opt_state, b.x, b.y, key, state=b.state, grad_fn=grad_fn)
+        return (params, opt_state, loss) if state is None else (
+            params, opt_state, loss, new_state)
 
     return step
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+def check_optimizer(optimizer: Any) -> None:
+    """Raise TypeError unless ``optimizer`` is a funcnn ``Optimizer(init, update)``."""
+    if type(optimizer).__module__.partition(".")[0] == "optax":
+        raise TypeError(
+            "fit and make_train_step take a funcnn.optim.Optimizer, whose update is "
+            "(params, grads, state) -> (params, state); got an optax "
+            f"{type(optimizer).__name__}, whose update is (updates, state, params). Wrap it: "
+            "funcnn.optax_adapter.from_optax(tx)"
+        )
+    if not (isinstance(optimizer, tuple) and len(optimizer) == 2 and all(map(callable, optimizer))):
+        raise TypeError(
+            "optimizer must be a funcnn.optim.Optimizer(init, update), e.g. "
+            f"funcnn.optim.adam(1e-3); got {type(optimizer).__name__}"
+        )
+
+
+def check_grad_fn(grad_fn: Any) -> None:
+    """Raise TypeError unless ``grad_fn`` is callable (a gradient function, see ``funcnn.step``)."""
+    if not callable(grad_fn):
+        raise TypeError(
+            "grad_fn must be a gradient function grad_fn(net, params, cache, dz, *, rows, key) "
+            "-> grads, e.g. funcnn.step.backward_grad (the default) or "
+            f"funcnn.per_example.dp_grad(max_norm); got {type(grad_fn).__name__}"
+        )

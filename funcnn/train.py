@@ -31,9 +31,7 @@ import numpy as np
 
 from funcnn import parallel, random
 from funcnn._checks import check_count
-from funcnn._fit_checks import check_callbacks, check_grad_fn, check_optimizer
 from funcnn._fpu import flush_denormals
-from funcnn._mlp_checks import check_x, check_y
 from funcnn.backend import (
     array_namespace,
     check_same_backend,
@@ -43,10 +41,11 @@ from funcnn.backend import (
 )
 from funcnn.batching import BatchSplit, epoch_order, split_batches
 from funcnn.callbacks import FitInfo, FitState, copy_arrays, progress_bar
+from funcnn.checked import check_params, check_state, check_x, check_y
 from funcnn.losses import is_classification
-from funcnn.mlp import MLP, apply, check_net, check_params, loss_from_cache
+from funcnn.network import Network, apply, check_net, loss_from_cache
 from funcnn.optim import Optimizer, merge_hyper, split_hyper
-from funcnn.step import backward_grad, n_correct, train_step
+from funcnn.step import backward_grad, check_grad_fn, check_optimizer, n_correct, train_step
 from funcnn.tree import tree_leaves
 
 __all__ = ["TrainingDiverged", "enable_compilation_cache", "evaluate", "fit", "flush_denormals"]
@@ -72,8 +71,8 @@ class TrainingDiverged(FloatingPointError):
 # ---------------------------------------------------------------------------- jax programs
 
 
-def _epoch_scan(params, opt_state, x, y, order, keys, hyper, *, net, optimizer, grad_fn,
-                batch_size, tail, mesh):
+def _epoch_scan(params, opt_state, model_state, x, y, order, keys, hyper, *, net, optimizer,
+                grad_fn, batch_size, tail, mesh):
     """One epoch as one program: a ``lax.scan`` over the batches of ``order`` (row indices),
     ``keys`` one key per batch. ``optimizer`` and ``hyper`` are the two parts of
     ``split_hyper(optimizer)``. With ``tail > 0`` the last batch is short, padded to
@@ -87,20 +86,30 @@ def _epoch_scan(params, opt_state, x, y, order, keys, hyper, *, net, optimizer, 
     in_tail = jnp.arange(n_full) == n_full - 1  # only used when tail > 0
 
     def body(carry, inputs):
-        p, s = carry
+        p, s, st = carry
         i, k, last = inputs
         batch = parallel.constrain_batch((x[i], y[i]), mesh)  # rows split over the devices
-        p, s, loss, correct = train_step(net, optimizer, p, s, *batch, k, grad_fn=grad_fn,
-                                         tail=tail, in_tail=last)
-        return (p, s), (loss, correct)
+        p, s, loss, correct, st = train_step(net, optimizer, p, s, *batch, k, state=st,
+                                             grad_fn=grad_fn, tail=tail, in_tail=last)
+        return (p, s, st), (loss, correct)
 
-    (params, opt_state), (losses, correct) = jax.lax.scan(body, (params, opt_state),
-                                                          (idx, keys[:n_full], in_tail))
-    return params, opt_state, losses, correct
+    (params, opt_state, model_state), (losses, correct) = jax.lax.scan(
+        body, (params, opt_state, model_state), (idx, keys[:n_full], in_tail))
+    return params, opt_state, model_state, losses, correct
 
 
-def _eval_batch(params, x, y, *, net):
-    cache = apply(net, params, x, (None,) * (net.n_layers - 1))
+def _one_step(params, opt_state, model_state, x, y, key, hyper, *, net, optimizer, grad_fn,
+              mesh):
+    """The short last batch of a net whose rows are coupled (BatchNorm), as it is: padding
+    would change its batch statistics."""
+    batch = parallel.constrain_batch((x, y), mesh)
+    p, s, loss, correct, st = train_step(net, merge_hyper(optimizer, hyper), params, opt_state,
+                                         *batch, key, state=model_state, grad_fn=grad_fn)
+    return p, s, st, loss, correct
+
+
+def _eval_batch(params, model_state, x, y, *, net):
+    cache = apply(net, params, x, state=model_state)
     return loss_from_cache(net, cache, y) * x.shape[0], n_correct(net, cache.out, y)
 
 
@@ -111,21 +120,22 @@ def _jax_programs():
     epoch = jax.jit(_epoch_scan, static_argnames=("net", "optimizer", "grad_fn", "batch_size",
                                                   "tail", "mesh"))
     evaluate_batch = jax.jit(_eval_batch, static_argnames=("net",))
-    return epoch, evaluate_batch
+    one_step = jax.jit(_one_step, static_argnames=("net", "optimizer", "grad_fn", "mesh"))
+    return epoch, evaluate_batch, one_step
 
 
 # ---------------------------------------------------------------------------- evaluate
 
 
-def _evaluate(net, params, x, y, batch_size):
+def _evaluate(net, params, model_state, x, y, batch_size):
     jax_backend = is_jax_array(x)
     total_loss, total_correct = 0.0, 0.0
     for start in range(0, x.shape[0], batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
         if jax_backend:
-            loss_sum, correct = _jax_programs()[1](params, xb, yb, net=net)
+            loss_sum, correct = _jax_programs()[1](params, model_state, xb, yb, net=net)
         else:
-            loss_sum, correct = _eval_batch(params, xb, yb, net=net)
+            loss_sum, correct = _eval_batch(params, model_state, xb, yb, net=net)
         total_loss += float(loss_sum)
         total_correct += float(correct)
     n = x.shape[0]
@@ -141,17 +151,20 @@ def _prepare_data(net, params, x, y, dtype, backend):
     return x, y
 
 
-def evaluate(net: MLP, params, x, y, *, batch_size: int = 10_000) -> dict:
-    """``{"loss": mean loss, "accuracy": fraction right}`` on ``(x, y)``, without dropout.
+def evaluate(net: Network, params, x, y, *, batch_size: int = 10_000,
+             state: Any = None) -> dict:
+    """``{"loss": mean loss, "accuracy": fraction right}`` on ``(x, y)``, without dropout
+    (and with BatchNorm's running statistics: a net with model state needs ``state=``).
 
     Accuracy is the argmax match for softmax, ``p > 0.5`` for sigmoid, and ``None`` for MSE.
     """
     check_net(net)
     dtype = check_params(net, params)
     batch_size = check_count("batch_size", batch_size)
-    backend = check_same_backend(params, x=x, y=y)
+    backend = check_same_backend(params, x=x, y=y, state=state)
+    state = check_state(net, state, dtype, backend)
     x, y = _prepare_data(net, params, x, y, dtype, backend)
-    return _evaluate(net, params, x, y, batch_size)
+    return _evaluate(net, params, state, x, y, batch_size)
 
 
 # ---------------------------------------------------------------------------- fit
@@ -160,7 +173,7 @@ def evaluate(net: MLP, params, x, y, *, batch_size: int = 10_000) -> dict:
 class _Run(NamedTuple):
     """What one epoch needs besides the state."""
 
-    net: MLP
+    net: Network
     optimizer: Optimizer
     grad_fn: Any
     x: Any
@@ -200,53 +213,81 @@ def _raise_if_diverged(losses: np.ndarray, trained: tuple, before: FitState) -> 
 
 
 def _padded(order: np.ndarray, split: BatchSplit):
-    """``(order, tail)`` for the jax program: the short last batch padded with the first
-    rows of the epoch to a full one, and its length (0: no padding)."""
+    """``(order, tail)``: the short last batch padded with the first rows of the epoch to a
+    full one, and its length (0: no padding)."""
     order = order[: split.rows]
     if not split.tail:
         return order, 0
     return np.concatenate([order, order[: split.size - split.tail]]), split.tail
 
 
-def _run_epoch(run: _Run, params, opt_state, order, drop_key):
-    """One epoch on either backend: ``(params, opt_state, step_losses, n_correct)``."""
+def _run_epoch(run: _Run, params, opt_state, model_state, order, drop_key):
+    """One epoch on either backend: ``(params, opt_state, model_state, step_losses,
+    n_correct)``. The short last batch is padded to a full one (one compiled step on jax;
+    the same rows and dropout masks on NumPy), except for a net whose rows are coupled
+    (BatchNorm), where it runs as it is."""
     keys = random.split(drop_key, run.split.full + 1)  # a key per step, for dropout and grad_fn
-    if is_jax_array(params[0].W):
+    coupled = run.net.couples_rows
+    if coupled:
+        order, tail = order[: run.split.rows], 0
+    else:
         order, tail = _padded(order, run.split)
-        optimizer, hyper = split_hyper(run.optimizer)  # the numbers: traced, not compiled in
-        params, opt_state, losses, correct = _jax_programs()[0](
-            params, opt_state, run.x, run.y, order, keys, hyper, net=run.net,
-            optimizer=optimizer, grad_fn=run.grad_fn, batch_size=run.split.size, tail=tail,
-            mesh=run.mesh)
-        return params, opt_state, np.asarray(losses), float(np.sum(np.asarray(correct)))
+    if is_jax_array(tree_leaves(params)[0]):
+        return _jax_epoch(run, params, opt_state, model_state, order, keys, tail)
     with flush_denormals():  # as XLA does on CPU: subnormal Adam moments cost 4x
-        return _numpy_epoch(run, params, opt_state, order, keys)
+        return _numpy_epoch(run, params, opt_state, model_state, order, keys, tail)
 
 
-def _numpy_epoch(run: _Run, params, opt_state, order, keys):
+def _jax_epoch(run: _Run, params, opt_state, model_state, order, keys, tail):
+    size, split = run.split.size, run.split
+    optimizer, hyper = split_hyper(run.optimizer)  # the numbers: traced, not compiled in
+    epoch, _, one_step = _jax_programs()
+    static = {"net": run.net, "optimizer": optimizer, "grad_fn": run.grad_fn, "mesh": run.mesh}
+    losses, correct = [], []
+    n_full = split.full if run.net.couples_rows else split.count
+    if n_full:
+        params, opt_state, model_state, loss, right = epoch(
+            params, opt_state, model_state, run.x, run.y, order[: n_full * size], keys, hyper,
+            batch_size=size, tail=tail, **static)
+        losses.append(np.asarray(loss))
+        correct.append(float(np.sum(np.asarray(right))))
+    if run.net.couples_rows and split.tail:
+        rows = order[n_full * size:]
+        params, opt_state, model_state, loss, right = one_step(
+            params, opt_state, model_state, run.x[rows], run.y[rows], keys[n_full], hyper,
+            **static)
+        losses.append(np.asarray(loss)[None])
+        correct.append(float(right))
+    return params, opt_state, model_state, np.concatenate(losses), sum(correct)
+
+
+def _numpy_epoch(run: _Run, params, opt_state, model_state, order, keys, tail):
     """The NumPy epoch: the pure step in a Python loop, stopping at a non-finite loss."""
     size, losses, right = run.split.size, np.full(run.split.count, np.nan), 0.0
     for j in range(losses.size):
         i = order[j * size:(j + 1) * size]
+        last = tail and j == losses.size - 1
         # divergence is reported by TrainingDiverged (as on jax), not by NumPy's warnings
         with np.errstate(over="ignore", invalid="ignore"):
-            params, opt_state, loss, correct = train_step(
+            params, opt_state, loss, correct, model_state = train_step(
                 run.net, run.optimizer, params, opt_state, run.x[i], run.y[i], keys[j],
-                grad_fn=run.grad_fn, mask_rows=size)
+                state=model_state, grad_fn=run.grad_fn, tail=tail if last else 0,
+                in_tail=bool(last))
         losses[j] = loss
         right += float(correct)
         if not math.isfinite(losses[j]):
             break
-    return params, opt_state, losses, right
+    return params, opt_state, model_state, losses, right
 
 
 def _train_epoch(run: _Run, state: FitState) -> FitState:
     """``state`` after one more epoch; raises TrainingDiverged before changing anything."""
     start, epoch = time.perf_counter(), state.epoch
     order = epoch_order(run.keys[0], run.x.shape[0], epoch=epoch, **run.order)
-    params, opt_state, losses, right = _run_epoch(
-        run, state.params, state.opt_state, order, random.fold_in(run.keys[1], epoch))
-    _raise_if_diverged(losses, (params, opt_state), state)
+    params, opt_state, model_state, losses, right = _run_epoch(
+        run, state.params, state.opt_state, state.model_state, order,
+        random.fold_in(run.keys[1], epoch))
+    _raise_if_diverged(losses, (params, opt_state, model_state), state)
     history = {name: list(values) for name, values in state.history.items()}
     history["loss"].extend(losses.tolist())
     sizes = [run.split.size] * run.split.full + [run.split.tail] * (run.split.tail > 0)
@@ -254,11 +295,12 @@ def _train_epoch(run: _Run, state: FitState) -> FitState:
     history["train_accuracy"].append(right / run.split.rows
                                      if is_classification(run.net.loss) else None)
     if run.validation is not None:
-        val = _evaluate(run.net, params, *run.validation, 10_000)
+        val = _evaluate(run.net, params, model_state, *run.validation, 10_000)
         history["val_loss"].append(val["loss"])
         history["val_accuracy"].append(val["accuracy"])
     history["seconds"].append(time.perf_counter() - start)
-    return state._replace(params=params, opt_state=opt_state, epoch=epoch + 1, history=history)
+    return state._replace(params=params, opt_state=opt_state, model_state=model_state,
+                          epoch=epoch + 1, history=history)
 
 
 def _call(hooks: tuple, name: str, state: FitState, info: FitInfo) -> FitState:
@@ -283,13 +325,16 @@ def _call(hooks: tuple, name: str, state: FitState, info: FitInfo) -> FitState:
 
 
 def fit(
-    net: MLP, params, optimizer: Optimizer, x, y, *, epochs: int, batch_size: int | None,
-    key: Any, grad_fn=backward_grad, opt_state=None, validation: tuple | None = None,
+    net: Network, params, optimizer: Optimizer, x, y, *, epochs: int, batch_size: int | None,
+    key: Any, grad_fn=backward_grad, opt_state=None, state: Any = None,
+    validation: tuple | None = None,
     shuffle: bool = True, shuffle_every: int = 1, drop_last: bool = False,
     initial_epoch: int = 0, callbacks: Sequence = (), progress: bool = True,
     devices: Any = None,
 ):
-    """Train for epochs ``initial_epoch .. epochs - 1``; return ``(params, opt_state, history)``.
+    """Train for epochs ``initial_epoch .. epochs - 1``; return ``(params, opt_state, history)``
+    (and the model state last, ``(params, opt_state, history, state)``, when ``state`` is
+    given: a net with BatchNorm needs it).
 
     Args:
       key: an int seed or a ``funcnn.random`` key; it decides shuffling and dropout.
@@ -298,6 +343,7 @@ def fit(
         hand-written backward pass by default, ``funcnn.per_example.dp_grad(max_norm,
         noise_multiplier)`` for DP-SGD.
       opt_state: ``None`` starts a fresh optimizer state; pass one to continue it.
+      state: the model state (``funcnn.init_state(net)``) of a net that keeps one.
       validation: ``(x_val, y_val)`` evaluated after every epoch.
       shuffle_every: draw a new row order every k-th epoch (and keep it in between).
       initial_epoch: the epoch to start from (its randomness is that of epoch ``e``).
@@ -326,7 +372,9 @@ def fit(
     initial_epoch = check_count("initial_epoch", initial_epoch, minimum=0)
     if not 0 <= initial_epoch <= epochs:
         raise ValueError(f"initial_epoch must be in [0, epochs={epochs}]; got {initial_epoch}")
-    backend = check_same_backend(params, x=x, y=y, opt_state=opt_state, validation=validation)
+    backend = check_same_backend(params, x=x, y=y, opt_state=opt_state, validation=validation,
+                                 state=state)
+    model_state = check_state(net, state, dtype, backend)
     x, y = _prepare_data(net, params, x, y, dtype, backend)
     if validation is not None:
         if not (isinstance(validation, tuple | list) and len(validation) == 2):
@@ -338,8 +386,9 @@ def fit(
     hooks = check_callbacks(callbacks, progress)
     hooks = (*hooks, progress_bar()) if progress else hooks
     info = FitInfo(net, epochs, backend, validation is not None)
-    state = FitState(params, optimizer.init(params) if opt_state is None else opt_state,
-                     initial_epoch, random.as_key(key, backend), {k: [] for k in _HISTORY}, None)
+    given, state = state, FitState(
+        params, optimizer.init(params) if opt_state is None else opt_state, initial_epoch,
+        random.as_key(key, backend), {k: [] for k in _HISTORY}, None, model_state=model_state)
     try:
         state = _call(hooks, "on_start", state, info)
         state = _ready(state, backend)
@@ -352,7 +401,8 @@ def fit(
             state = _call(hooks, "on_epoch_end", state, info)
     finally:
         state = _call(hooks, "on_end", state, info)
-    return state.params, state.opt_state, state.history
+    result = (state.params, state.opt_state, state.history)
+    return result if given is None else (*result, state.model_state)
 
 
 def _ready(state: FitState, backend: str) -> FitState:
@@ -360,4 +410,26 @@ def _ready(state: FitState, backend: str) -> FitState:
     the caller's arrays) and the key on the backend."""
     return state._replace(params=copy_arrays(state.params),
                           opt_state=copy_arrays(state.opt_state),
+                          model_state=copy_arrays(state.model_state),
                           key=random.as_key(state.key, backend))
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+_HOOKS = ("on_start", "on_epoch_end", "on_end")
+
+
+def check_callbacks(callbacks: Any, progress: Any) -> tuple:
+    """``callbacks`` as a tuple, after checking that each one has a hook."""
+    if any(hasattr(callbacks, n) for n in _HOOKS) or not isinstance(callbacks, Sequence) \
+            or isinstance(callbacks, str):
+        raise TypeError("callbacks must be a list of callbacks, e.g. "
+                        f"[funcnn.callbacks.checkpoint(path)]; got {type(callbacks).__name__}")
+    for i, cb in enumerate(callbacks):
+        if not any(callable(getattr(cb, n, None)) for n in _HOOKS):
+            raise TypeError(f"callbacks[{i}] is a {type(cb).__name__}; a callback has a method "
+                            "on_start, on_epoch_end or on_end (see funcnn.callbacks.Callback)")
+    if type(progress) is not bool:
+        raise TypeError(f"progress must be True or False; got {type(progress).__name__}")
+    return tuple(callbacks)

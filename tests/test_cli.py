@@ -386,7 +386,7 @@ def test_gradcheck_passes_and_prints_a_row_per_leaf(capsys, flags):
 
 def test_gradcheck_reports_a_wrong_backward_pass(capsys, monkeypatch):
     """A backward pass whose first-layer bias gradient is 1% off fails on that leaf only."""
-    right = funcnn.mlp.backward
+    right = funcnn.backward
 
     def wrong(net, params, cache, y):
         grads = right(net, params, cache, y)

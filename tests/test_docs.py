@@ -35,7 +35,7 @@ import pytest
 import funcnn
 from funcnn.activations import ACTIVATIONS, softmax
 from funcnn.losses import get_loss, prepare_targets
-from funcnn.mlp import apply, backward
+from funcnn.network import apply, backward
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -230,12 +230,12 @@ def test_dense_layer_formula():
     y = rng.normal(size=(m, n_out))
     params = (funcnn.Dense(W, b),)
     cache = apply(net, params, x, ())
-    assert_close(page["zs"][0], cache.zs[0], "zs vs funcnn.mlp.apply")
+    assert_close(page["zs"][0], cache.zs[0], "zs vs funcnn.apply")
     delta = get_loss("mse").delta("identity", cache.zs[0], cache.out, y)
     page = run(code, np, **names(x, W, b, delta))
     grads = backward(net, params, cache, y)
-    assert_close(page["dW"][0], grads[0].W, "dW vs funcnn.mlp.backward")
-    assert_close(page["db"][0], grads[0].b, "db vs funcnn.mlp.backward")
+    assert_close(page["dW"][0], grads[0].W, "dW vs funcnn.backward")
+    assert_close(page["db"][0], grads[0].b, "db vs funcnn.backward")
 
 
 NETS = [
@@ -276,8 +276,8 @@ def test_forward_and_backward_pass_formulas(net, make_params):
     for name in ("inputs", "zs", "hidden"):
         assert len(fwd[name]) == len(getattr(cache, name)), name
         for l, (mine, theirs) in enumerate(zip(fwd[name], getattr(cache, name), strict=True)):
-            assert_close(mine, theirs, f"{name}[{l}] vs funcnn.mlp.apply")
-    assert_close(fwd["out"], cache.out, "out vs funcnn.mlp.apply")
+            assert_close(mine, theirs, f"{name}[{l}] vs funcnn.apply")
+    assert_close(fwd["out"], cache.out, "out vs funcnn.apply")
 
     def loss_of(W, b):
         scope = run(forward_code, jnp, **common, W=W, b=b)
@@ -292,8 +292,8 @@ def test_forward_and_backward_pass_formulas(net, make_params):
     for l in range(net.n_layers):
         assert_close(bwd["dW"][l], ref_W[l], f"dW[{l}] vs jax.grad of the loss")
         assert_close(bwd["db"][l], ref_b[l], f"db[{l}] vs jax.grad of the loss")
-        assert_close(bwd["dW"][l], grads[l].W, f"dW[{l}] vs funcnn.mlp.backward")
-        assert_close(bwd["db"][l], grads[l].b, f"db[{l}] vs funcnn.mlp.backward")
+        assert_close(bwd["dW"][l], grads[l].W, f"dW[{l}] vs funcnn.backward")
+        assert_close(bwd["db"][l], grads[l].b, f"db[{l}] vs funcnn.backward")
 
 
 # ---------------------------------------------------------------------------- Adam and the bugs
@@ -394,8 +394,8 @@ def test_every_formula_is_followed_by_the_code_that_implements_it():
 
 def test_the_quoted_backward_lines_are_in_the_code():
     text = BACKPROP.read_text()
-    source = (ROOT / "funcnn" / "mlp.py").read_text()
-    for line in ("dW = cache.inputs[l].T @ dz", "db = dz.sum(axis=0)", "da = dz @ params[l].W.T"):
+    source = (ROOT / "funcnn" / "layers" / "_dense.py").read_text()
+    for line in ("dW = cache.x.T @ dz", "db = dz.sum(axis=0)", "dx = dz @ params.W.T"):
         assert f"`{line}`" in text and line in source, line
 
 

@@ -123,7 +123,7 @@ def test_a_forged_class_name_anywhere_is_refused_without_an_import(tmp_path, fre
     original = header_of(path)
     sites = class_sites(original)
     assert {at(original, s)["class"].rpartition(":")[2] for s in sites} == {
-        "Dense", "AdamState", "Best"}
+        "DenseParams", "AdamState", "Best"}
     for site in sites:
         header = header_of(fit_checkpoint(path))
         at(header, site)["class"] = forged
@@ -166,7 +166,8 @@ def test_funcnns_own_classes_load_without_registration(tmp_path, no_user_classes
         tree = cls(*[np.zeros(2, np.float32) for _ in cls._fields])
         save(tmp_path / "s.npz", params, tree)
         assert type(load(tmp_path / "s.npz").opt_state) is cls
-    cache = funcnn.Cache((np.ones(2),), (), (), (), np.ones(1))
+    cache = funcnn.Cache((funcnn.layers.DenseCache(np.ones(2), np.ones(2), None, None),),
+                         np.ones(2), np.ones(1))
     save(tmp_path / "c.npz", params, extra=cache)
     assert type(load(tmp_path / "c.npz").extra) is funcnn.Cache
 

@@ -98,7 +98,7 @@ def test_labels_out_of_range_under_jit_give_nan_not_a_silently_wrong_gradient():
 
     @jax.jit
     def grads(q, y):
-        return funcnn.mlp.backward(net, q, funcnn.mlp.apply(net, q, x, (None,)), y)
+        return funcnn.backward(net, q, funcnn.apply(net, q, x), y)
 
     ok = grads(p, jnp.array([0, 1, 2, 1]))
     bad = grads(p, jnp.array([0, 1, 7, 1]))

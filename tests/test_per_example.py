@@ -1,7 +1,7 @@
 """Per-example gradients, their norms and the DP-SGD gradient against autodiff, in float64.
 
 The referee of a per-example gradient is ``jax.vmap(jax.grad(loss of one example))``: the
-loss of row ``i`` alone is ``funcnn.mlp.loss_from_cache`` on ``funcnn.mlp.apply`` of that
+loss of row ``i`` alone is ``funcnn.network.loss_from_cache`` on ``funcnn.apply`` of that
 row with row ``i`` of the same dropout masks (those ``funcnn.forward`` draws from the key).
 Every leaf must agree to ``max|g - r| <= 1e-7 max|r|`` (the metric of funcnn.testing).
 The matrix runs every hidden activation with every (output, loss) pair of test_grads.py,
@@ -24,10 +24,10 @@ from test_grads import HIDDEN, PAIRS, make_data
 
 import funcnn
 from funcnn import per_example as pe
-from funcnn._mlp_checks import check_y
 from funcnn.activations import Activation, sigmoid
+from funcnn.checked import check_y
 from funcnn.losses import Loss
-from funcnn.mlp import apply, backward, loss_from_cache
+from funcnn.network import apply, backward, loss_from_cache
 from funcnn.tree import tree_leaves, tree_map
 
 RTOL = 1e-7
@@ -354,8 +354,7 @@ def test_dp_grad_is_the_clipped_gradient_of_its_rows(backend, make_params, rows)
     _, cache = funcnn.forward(net, params, x, key=key, train=True)
     y = check_y(net, y, M, np.float64)
     # the cache of the first n rows alone (each row's pass depends on its own row only)
-    head = funcnn.Cache(*(tuple(None if a is None else a[:n] for a in field)
-                          if isinstance(field, tuple) else field[:n] for field in cache))
+    head = funcnn.tree.tree_map(lambda a: a[:n], cache)
     dz = _output_delta(net, head, y[:n])
     xp = funcnn.backend.array_namespace(dz)
     dz = xp.concatenate([dz, xp.zeros((M - n, dz.shape[1]), dz.dtype)])

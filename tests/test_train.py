@@ -532,8 +532,8 @@ def _dots_in_epoch_program(n: int, grad_fn=funcnn.step.backward_grad) -> int:
     order, tail = funcnn.train._padded(np.arange(n, dtype=np.int32), split)
     keys = fnr.split(fnr.key(0), split.full + 1)
     static, hyper = funcnn.optim.split_hyper(optimizer)
-    epoch, _ = funcnn.train._jax_programs()
-    text = epoch.lower(params, optimizer.init(params), x, y, order, keys, hyper, net=NET,
+    epoch = funcnn.train._jax_programs()[0]
+    text = epoch.lower(params, optimizer.init(params), (), x, y, order, keys, hyper, net=NET,
                        optimizer=static, grad_fn=grad_fn, batch_size=BS, tail=tail,
                        mesh=None).as_text()
     return text.count("stablehlo.dot_general")
@@ -550,7 +550,7 @@ def test_the_jax_epoch_program_holds_one_copy_of_the_step():
 
 def _compiled():
     """How many programs fit's jax epoch has compiled so far."""
-    epoch, _ = funcnn.train._jax_programs()
+    epoch = funcnn.train._jax_programs()[0]
     assert hasattr(epoch, "_cache_size"), "this jax has no jit(...)._cache_size()"
     return epoch._cache_size()
 
@@ -960,7 +960,7 @@ def test_dp_on_a_padded_short_batch_equals_dp_on_the_short_batch(backend, net):
     got = funcnn.step.train_step(net, opt, params, opt.init(params), x[padded], y[padded],
                                  key, grad_fn=grad_fn, tail=tail, in_tail=True)
     want = funcnn.step.train_step(net, opt, params, opt.init(params), x[90:90 + tail],
-                                  y[90:90 + tail], key, grad_fn=grad_fn, mask_rows=BS)
+                                  y[90:90 + tail], key, grad_fn=grad_fn)
     _assert_trees_close(got[:2], want[:2], rtol=1e-12)
     np.testing.assert_allclose(float(got[2]), float(want[2]), rtol=1e-14)
     assert float(got[3]) == float(want[3])

@@ -405,7 +405,7 @@ def _mutate(params, how: str, layer: int, leaf: str):
     if how == "plain tuple":
         broken = list(params)
         broken[layer] = tuple(params[layer])
-        return tuple(broken), f"[{layer}] (tuple vs Dense)"
+        return tuple(broken), f"[{layer}] (tuple vs DenseParams)"
     arr = getattr(params[layer], leaf)
     xp = jnp if isinstance(arr, jax.Array) else np
     bigger = xp.zeros(tuple(s + 1 for s in arr.shape), arr.dtype)
@@ -430,7 +430,7 @@ def test_params_that_do_not_fit_the_net(how, layer, leaf, backend, entry, tmp_pa
     message = _raises(ValueError, lambda: calls[entry](net, broken, x, y),
                       "first difference at", path)
     assert describe(broken) in message  # the structure given, with leaf shapes
-    assert "Dense(W=float32[3,4], b=float32[4])" in message  # the one expected
+    assert "DenseParams(W=float32[3,4], b=float32[4])" in message  # the one expected
 
 
 @FEW
@@ -814,7 +814,7 @@ def test_under_jit_a_label_out_of_range_gives_a_nan_loss_and_nan_gradients(label
     p_np, x_np, y_np = _params(net, "numpy"), np.asarray(x), np.asarray(bad)
     cache = funcnn.apply(net, p_np, x_np, (None,))
     with np.errstate(invalid="ignore"):
-        assert np.isnan(funcnn.mlp.loss_from_cache(net, cache, y_np))
+        assert np.isnan(funcnn.network.loss_from_cache(net, cache, y_np))
         assert np.isnan(funcnn.backward(net, p_np, cache, y_np)[0].W).all()
     # outside jit, the eager check's clear error
     _raises(ValueError, lambda: funcnn.loss(net, params, x, bad), "labels", str(label))

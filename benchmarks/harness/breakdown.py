@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 import funcnn
-from funcnn import mlp, step
+from funcnn import network, step
 
 __all__ = ["GEMMS", "PIECES", "epoch_pieces", "measure"]
 
@@ -49,11 +49,11 @@ def epoch_pieces(net, opt, params, state, x, y, order, batch_size, out: dict):
         i = order[start:start + batch_size]
         xb, yb = x[i], y[i]
         t1 = clock()
-        cache = mlp.apply(net, params, xb, masks)
+        cache = network.apply(net, params, xb, masks)
         t2 = clock()
-        loss = mlp.loss_from_cache(net, cache, yb)
+        loss = network.loss_from_cache(net, cache, yb)
         t3 = clock()
-        grads = mlp.backward(net, params, cache, yb)
+        grads = network.backward(net, params, cache, yb)
         t4 = clock()
         new_params, state = opt.update(params, grads, state)
         t5 = clock()

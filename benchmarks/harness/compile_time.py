@@ -96,7 +96,7 @@ def child_stages(cfg: Config, which: str) -> dict:
     order, tail = train._padded(np.arange(rows, dtype=np.int32), split)  # as fit does
     keys = funcnn.random.split(funcnn.random.key(cfg.seed), split.full + 1)
     static, hyper = funcnn.optim.split_hyper(opt)
-    return _stages(epoch, params, opt.init(params), xd[:rows], yd[:rows], order, keys, hyper,
+    return _stages(epoch, params, opt.init(params), (), xd[:rows], yd[:rows], order, keys, hyper,
                    net=net, optimizer=static, grad_fn=funcnn.step.backward_grad,
                    batch_size=split.size, tail=tail, mesh=None)
 

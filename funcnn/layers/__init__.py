@@ -22,11 +22,13 @@ structure of ``params``; ``dx`` is the gradient with respect to ``x``. For examp
 ``docs/backprop.md`` derives each one.
 """
 
+from funcnn.layers._base import InitializerError as InitializerError
 from funcnn.layers._base import Layer as Layer
 from funcnn.layers._base import ShapeError as ShapeError
 from funcnn.layers._conv import Conv2D as Conv2D
 from funcnn.layers._conv import Conv2DParams as Conv2DParams
 from funcnn.layers._dense import Dense as Dense
+from funcnn.layers._dense import DenseCache as DenseCache
 from funcnn.layers._dense import DenseParams as DenseParams
 from funcnn.layers._flatten import Flatten as Flatten
 from funcnn.layers._norm import BatchNorm as BatchNorm
@@ -48,9 +50,11 @@ __all__ = [
     "Conv2D",
     "Conv2DParams",
     "Dense",
+    "DenseCache",
     "DenseParams",
     "Dropout",
     "Flatten",
+    "InitializerError",
     "Layer",
     "LayerNorm",
     "MaxPool2D",

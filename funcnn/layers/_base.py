@@ -6,6 +6,7 @@ A layer is a frozen, hashable dataclass (a static argument of ``jax.jit``) with:
     init(key, in_shape, dtype="float32", *, backend=None) -> (params, state, out_shape)
     forward(params, state, x, *, train, key=None)         -> (y, cache, new_state)
     backward(params, cache, dy)                           -> (grads, dx)
+    backward_params(params, cache, dy)                    -> grads   (dx not needed)
 
 ``in_shape`` and ``out_shape`` leave out the batch axis; ``x`` is ``(m, *in_shape)``.
 ``params`` is a NamedTuple of arrays (``()`` without parameters), ``state`` a NamedTuple
@@ -24,7 +25,7 @@ from funcnn import random
 from funcnn.backend import concrete_value, float_dtype, get_backend, is_jax_array, to_backend
 from funcnn.initializers import initialize
 
-__all__ = ["Layer", "ShapeError"]
+__all__ = ["InitializerError", "Layer", "ShapeError"]
 
 
 class ShapeError(ValueError):
@@ -50,8 +51,31 @@ class ShapeError(ValueError):
         return ShapeError(self.layer, self.in_shape, self.problem, step)
 
 
+class InitializerError(ValueError):
+    """An initializer returned a weight of the wrong shape, dtype or backend; ``leaf`` is
+    the parameter's field (``"W"``), and the message says what was expected."""
+
+    def __init__(self, leaf: str, problem: str, where: str = ""):
+        super().__init__(leaf, problem, where)
+        self.leaf, self.problem, self.where = leaf, problem, where
+
+    def __str__(self) -> str:
+        return f"{self.where or 'params'}.{self.leaf}: {self.problem}"
+
+
 class Layer:
-    """The base of every layer: the protocol above; no parameters and no state by default."""
+    """The base of every layer: the protocol above; no parameters and no state by default.
+
+    Two class attributes tell a network what a layer does besides its maths: ``draws``,
+    whether ``forward(train=True)`` draws randomness (dropout: it then needs a key), and
+    ``couples_rows``, whether in training one example's output depends on the other rows
+    of the batch (``BatchNorm``: a padded batch would change its statistics, and its
+    gradients are not per-example), and ``keeps_state``, whether it has model state.
+    """
+
+    draws = False
+    couples_rows = False
+    keeps_state = False
 
     def output_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
         """The output shape for ``in_shape`` (batch axis excluded); ``ShapeError`` if unfit."""
@@ -69,6 +93,11 @@ class Layer:
     def backward(self, params: Any, cache: Any, dy: Any):
         """``(grads, dx)`` from the cache of :meth:`forward` and ``dy = dL/dy``."""
         raise NotImplementedError
+
+    def backward_params(self, params: Any, cache: Any, dy: Any):
+        """``grads`` alone: for the first layer of a net, whose ``dx`` nobody needs (a
+        layer with a costly ``dx``, such as ``Dense`` and ``Conv2D``, skips it)."""
+        return self.backward(params, cache, dy)[0]
 
 
 def check_in_shape(in_shape: Any) -> tuple[int, ...]:
@@ -133,6 +162,14 @@ def broadcast_last(v: Any, ndim: int) -> Any:
     """A per-feature vector ``(n,)`` as ``(1, ..., 1, n)`` of rank ``ndim`` (an explicit
     broadcast: jax's strict rank promotion refuses an implicit one)."""
     return v.reshape((1,) * (ndim - 1) + tuple(v.shape))
+
+
+def check_probability(what: str, p: Any, unit: str = "a unit") -> float:
+    """A dropout probability as a float in ``[0, 1)``."""
+    real = isinstance(p, int | float | np.integer | np.floating)
+    if isinstance(p, bool | np.bool_) or not real or not 0 <= p < 1:
+        raise ValueError(f"{what} is the probability of dropping {unit}, in [0, 1); got {p!r}")
+    return float(p)
 
 
 def _is_int(v: Any) -> bool:

@@ -154,17 +154,22 @@ class Conv2D(Layer):
             z = z + params.b[None, :]
         return z.reshape(m, ho, wo, f), Conv2DCache(x, patches), state
 
+    def backward_params(self, params, cache, dy):
+        kh, kw, c, f = params.W.shape
+        dz = dy.reshape(-1, f)                                  # (m * Ho * Wo, F)
+        dW = (cache.patches.T @ dz).reshape(kh, kw, c, f)       # (kh, kw, C, F)
+        db = None if params.b is None else dz.sum(axis=0)       # (F,)
+        return Conv2DParams(dW, db)
+
     def backward(self, params, cache, dy):
-        x, patches = cache
+        x = cache.x
         m, h, w, _ = x.shape
         kh, kw, c, f = params.W.shape
         (top, bottom), (left, right) = self.pads(h, w)
         dz = dy.reshape(-1, f)                                  # (m * Ho * Wo, F)
-        dW = (patches.T @ dz).reshape(kh, kw, c, f)             # (kh, kw, C, F)
-        db = None if params.b is None else dz.sum(axis=0)       # (F,)
         dpatches = dz @ params.W.reshape(kh * kw * c, f).T      # (m * Ho * Wo, kh * kw * C)
         dwin = dpatches.reshape(*dy.shape[:3], kh * kw, c)      # (m, Ho, Wo, kh * kw, C)
         dpadded = fold(dwin, (h + top + bottom, w + left + right), self.kernel_size,
                        self.stride)                             # (m, Hp, Wp, C)
         dx = dpadded[:, top:top + h, left:left + w, :]          # (m, H, W, C)
-        return Conv2DParams(dW, db), dx
+        return self.backward_params(params, cache, dy), dx

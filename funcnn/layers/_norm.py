@@ -163,6 +163,8 @@ class BatchNorm(Layer):
 
     momentum: float = 0.9
     eps: float = 1e-5
+    couples_rows = True  # class attributes, not fields: batch statistics in training,
+    keeps_state = True   # and the running ones in the state
 
     def __post_init__(self):
         mom = self.momentum

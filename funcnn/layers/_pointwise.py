@@ -11,11 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from funcnn import activations, random
 from funcnn.backend import is_jax_array
-from funcnn.layers._base import Layer
+from funcnn.layers._base import Layer, check_probability
 
 __all__ = ["Activation", "Dropout"]
 
@@ -62,25 +60,33 @@ class Dropout(Layer):
     p: float = 0.5
 
     def __post_init__(self):
-        p = self.p
-        real = isinstance(p, int | float | np.integer | np.floating)
-        if isinstance(p, bool | np.bool_) or not real or not 0 <= p < 1:
-            raise ValueError(f"Dropout p is the probability of dropping an element, in "
-                             f"[0, 1); got {p!r}")
-        object.__setattr__(self, "p", float(p))
+        object.__setattr__(self, "p", check_probability("Dropout p", self.p, "an element"))
+
+    @property
+    def draws(self) -> bool:
+        return self.p > 0
 
     def output_shape(self, in_shape):
         return tuple(in_shape)
 
-    def forward(self, params, state, x, *, train, key=None):
+    def draw_mask(self, key, m, dtype, backend, shape):
+        """The scaled mask ``(m, *shape)`` (``shape``: one example's): 0 or ``1 / (1 - p)``."""
+        keep = 1.0 - self.p
+        key = random.as_key(key, backend)
+        return random.bernoulli(key, keep, (m, *shape)).astype(dtype) * (1.0 / keep)
+
+    def forward(self, params, state, x, *, train, key=None, mask=None):
+        """``mask``: a mask drawn already (``draw_mask``), used instead of ``key`` (also
+        with ``train=False``: a gradient check replays a training pass's masks)."""
+        if mask is not None:
+            return x * mask, mask, state
         if not train or self.p == 0.0:
             return x, None, state
         if key is None:
             raise ValueError(f"{self!r} with train=True needs a key (an int seed or a "
                              "funcnn.random key)")
-        keep = 1.0 - self.p
-        key = random.as_key(key, "jax" if is_jax_array(x) else "numpy")
-        mask = random.bernoulli(key, keep, x.shape).astype(x.dtype) * (1.0 / keep)
+        mask = self.draw_mask(key, x.shape[0], x.dtype, "jax" if is_jax_array(x) else "numpy",
+                              x.shape[1:])
         return x * mask, mask, state
 
     def backward(self, params, cache, dy):

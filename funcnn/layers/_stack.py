@@ -40,6 +40,18 @@ class Serial(Layer):
                                 "of funcnn.layers")
         object.__setattr__(self, "layers", tuple(layers))
 
+    @property
+    def draws(self) -> bool:
+        return any(layer.draws for layer in self.layers)
+
+    @property
+    def couples_rows(self) -> bool:
+        return any(layer.couples_rows for layer in self.layers)
+
+    @property
+    def keeps_state(self) -> bool:
+        return any(layer.keeps_state for layer in self.layers)
+
     def output_shape(self, in_shape):
         shape = tuple(in_shape)
         for i, layer in enumerate(self.layers):
@@ -82,6 +94,13 @@ class Serial(Layer):
             grads[i], dy = self.layers[i].backward(params[i], cache[i], dy)  # dx: the next dy
         return tuple(grads), dy
 
+    def backward_params(self, params, cache, dy):
+        grads = [None] * len(self.layers)
+        for i in range(len(self.layers) - 1, 0, -1):
+            grads[i], dy = self.layers[i].backward(params[i], cache[i], dy)
+        grads[0] = self.layers[0].backward_params(params[0], cache[0], dy)
+        return tuple(grads)
+
 
 @dataclass(frozen=True)
 class Residual(Serial):
@@ -106,3 +125,6 @@ class Residual(Serial):
     def backward(self, params, cache, dy):
         grads, dfx = super().backward(params, cache, dy)
         return grads, dy + dfx                                  # the skip, plus through f
+
+    def backward_params(self, params, cache, dy):
+        return super().backward(params, cache, dy)[0]

@@ -7,10 +7,12 @@ from typing import Any
 
 import numpy as np
 
-from funcnn import mlp, random
+from funcnn import random
 from funcnn._checks import check_count
-from funcnn._mlp_checks import check_x, check_y
 from funcnn.backend import backend_of, to_backend
+from funcnn.checked import check_x, check_y, prepare
+from funcnn.mlp import MLP
+from funcnn.network import Network, apply, backward, loss_from_cache
 from funcnn.testing._reports import (
     GradientMismatch,
     LeafReport,
@@ -119,7 +121,8 @@ def check_gradient(
 
 
 def check_grads(
-    net: mlp.MLP, params: Any, x: Any, y: Any, *, key: Any = None, train: bool = False,
+    net: Network, params: Any, x: Any, y: Any, *, key: Any = None, train: bool = False,
+    state: Any = None,
     reference: str = "jax", rtol: float | None = None, atol: float = 0.0,
     grad_fn: Callable[..., Any] | None = None, eps: float = 1e-6, max_per_leaf: int | None = 64,
 ) -> list[LeafReport]:
@@ -128,7 +131,9 @@ def check_grads(
     ``grad_fn(net, params, x, y)`` is the backward pass under test (default: funcnn's
     forward + ``backprop``); it may return ``grads`` or ``(loss, grads)``. The reference
     differentiates ``funcnn.loss`` with the dropout masks drawn from ``key`` (a custom
-    ``grad_fn`` must use the same masks, so check it with ``train=False``). Computation
+    ``grad_fn`` must use the same masks, so check it with ``train=False``). A net with
+    model state (BatchNorm) takes ``state=``; with ``train=True`` its batch statistics
+    are differentiated through, as in training. Computation
     is in float64; ``rtol`` defaults to 1e-7 against jax and 1e-5 against finite differences.
     Against finite differences, elements whose perturbation crosses the kink of a ReLU or
     leaky ReLU are skipped and counted in ``LeafReport.skipped``.
@@ -138,10 +143,14 @@ def check_grads(
     x64 = check_x(net, to_backend(x, "numpy"), np.float64)
     y_np = to_backend(y, "numpy")
     y64 = check_y(net, y_np, x64.shape[0], np.float64)
-    masks = mlp.prepare_inputs(net, params64, x64, key, train)[1]
-    masks = tuple(None if mk is None else np.asarray(mk, np.float64) for mk in masks)
+    state64 = None if state is None else to_backend(state, "numpy", dtype="float64")
+    b = prepare(net, params64, x64, state=state64, key=key, train=train)
+    masks = None if b.noise is None else tuple(
+        mk if mk is None or np.asarray(mk).dtype.kind != "f" else np.asarray(mk, np.float64)
+        for mk in b.noise)
     if grad_fn is None:
-        grads = mlp.backward(net, params64, mlp.apply(net, params64, x64, masks), y64)
+        cache = apply(net, params64, x64, masks, state=b.state, train=train)
+        grads = backward(net, params64, cache, y64)
     else:
         grads = grad_fn(net, params64, x64, y_np)
         if tree_structure(grads) != tree_structure(params64) and isinstance(grads, tuple) \
@@ -149,9 +158,9 @@ def check_grads(
             grads = grads[1]  # a (loss, grads) pair
 
     def loss_of(p):
-        xs = to_backend((x64, y64, masks), backend_of(p))
-        cache = mlp.apply(net, p, xs[0], xs[2])
-        return mlp.loss_from_cache(net, cache, xs[1])
+        xs = to_backend((x64, y64, masks, b.state), backend_of(p))
+        cache = apply(net, p, xs[0], xs[2], state=xs[3], train=train)
+        return loss_from_cache(net, cache, xs[1])
 
     return check_gradient(
         loss_of, grads, params64, reference=reference, rtol=rtol, atol=atol, eps=eps,
@@ -163,15 +172,18 @@ KINKED = ("relu", "leaky_relu")
 """Activations with a kink at 0, where finite differences see no derivative."""
 
 
-def _kink_sides(net: mlp.MLP, x: Any, masks: tuple) -> Callable[[Any], np.ndarray] | None:
-    """``p -> which side of 0 every pre-activation of a kinked activation is on``, or None."""
+def _kink_sides(net: Network, x: Any, masks: tuple) -> Callable[[Any], np.ndarray] | None:
+    """``p -> which side of 0 every pre-activation of a kinked activation is on``, or None
+    (for an MLP; a ``Net``'s kinks are not tracked)."""
+    if not isinstance(net, MLP):
+        return None
     hidden = net.hidden in KINKED and net.n_layers > 1
     output = net.output in KINKED and net.loss == "mse"
     if not (hidden or output):
         return None
 
     def sides(p):
-        zs = mlp.apply(net, p, x, masks).zs
+        zs = apply(net, p, x, masks).zs
         chosen = (zs[:-1] if hidden else ()) + ((zs[-1],) if output else ())
         return np.concatenate([np.asarray(z).ravel() > 0 for z in chosen])
 

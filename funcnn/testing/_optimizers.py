@@ -7,9 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from funcnn import mlp, random
+from funcnn import random
 from funcnn._checks import check_count
 from funcnn.backend import to_backend
+from funcnn.mlp import Dense
 from funcnn.testing._reports import GradientMismatch, LeafReport, _raise_if_bad, _rel_report
 from funcnn.tree import (
     describe,
@@ -23,12 +24,12 @@ from funcnn.tree import (
 __all__ = ["check_optimizer"]
 
 
-def _example_params(key: Any) -> tuple[mlp.Dense, ...]:
+def _example_params(key: Any) -> tuple[Dense, ...]:
     """A small float64 tree of two :class:`~funcnn.Dense` layers, every leaf random."""
     shapes = ((3, 4), (4,), (4, 2), (2,))
     keys = random.split(key, len(shapes))
     W1, b1, W2, b2 = (random.normal(k, s, "float64") for k, s in zip(keys, shapes, strict=True))
-    return (mlp.Dense(W1, b1), mlp.Dense(W2, b2))
+    return (Dense(W1, b1), Dense(W2, b2))
 
 
 def _is_optimizer(obj: Any) -> bool:

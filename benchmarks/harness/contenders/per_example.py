@@ -15,7 +15,7 @@ from functools import partial
 import numpy as np
 
 import funcnn
-from funcnn import mlp
+from funcnn import network
 from funcnn import per_example as pe
 
 from ..config import Config, Contender
@@ -40,7 +40,7 @@ PER_EXAMPLE = {  # contender -> what its step computes
 def _per_example_grad(kind: str, net, params, cache, xb, yb, key):
     """``(gradient, per-step output)`` of one contender's step on a prepared batch."""
     if kind.endswith("plain"):
-        return mlp.backward(net, params, cache, yb), mlp.loss_from_cache(net, cache, yb)
+        return network.backward(net, params, cache, yb), network.loss_from_cache(net, cache, yb)
     if kind == "pe-norms":
         return pe.grad_and_norms_from_cache(net, params, cache, yb)
     if kind == "pe-clip":
@@ -63,13 +63,14 @@ def _vmap_grad(kind: str, net, params, xb, yb, key):
     no_masks = (None,) * (net.n_layers - 1)
 
     def one(p, xi, yi):  # the loss of one example, on the same net
-        return mlp.loss_from_cache(net, mlp.apply(net, p, xi[None], no_masks), yi[None])
+        return network.loss_from_cache(net, network.apply(net, p, xi[None], no_masks), yi[None])
 
     per = jax.vmap(jax.grad(one), in_axes=(None, 0, 0))(params, xb, yb)
     leaves = jax.tree.leaves(per)
     norms = jnp.sqrt(sum(jnp.sum(g.reshape(g.shape[0], -1) ** 2, axis=1) for g in leaves))
     if kind == "vmap-grad-norms":  # the update from jax.grad of the batch, as usual
-        batch = jax.grad(lambda p: mlp.loss_from_cache(net, mlp.apply(net, p, xb, no_masks), yb))
+        batch = jax.grad(
+            lambda p: network.loss_from_cache(net, network.apply(net, p, xb, no_masks), yb))
         return batch(params), norms
     scale = DP_MAX_NORM / jnp.maximum(norms, DP_MAX_NORM)
     keys = iter(jax.random.split(key, len(leaves)))
@@ -98,7 +99,7 @@ def build_per_example(kind: str, cfg: Config, x: np.ndarray, y: np.ndarray) -> C
         def body(carry, batch):
             p, s = carry
             xb, yb, key = batch
-            cache = mlp.apply(net, p, xb, no_masks)
+            cache = network.apply(net, p, xb, no_masks)
             grads, out = _per_example_grad(kind, net, p, cache, xb, yb, key)
             p, s = opt.update(p, grads, s)
             return (p, s), out
@@ -134,7 +135,7 @@ def _per_example_numpy(kind: str, cfg: Config, x: np.ndarray, y: np.ndarray) -> 
         p, s = carry
         for k in range(steps):
             idx = perm[k * bs:(k + 1) * bs]
-            cache = mlp.apply(net, p, xs[idx], no_masks)
+            cache = network.apply(net, p, xs[idx], no_masks)
             grads, _ = _per_example_grad(kind, net, p, cache, None, y[idx], keys[k])
             p, s = opt.update(p, grads, s)
         carry[:] = [p, s]

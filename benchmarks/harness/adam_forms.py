@@ -155,10 +155,10 @@ def forms(sizes: tuple[int, ...]) -> tuple[dict, int]:
 
 def measure(options: dict, steps: int, rounds: int) -> dict:
     """Median ms per step of every runner over ``rounds`` rounds of ``steps`` steps, inside
-    ``funcnn.flush_denormals()`` as ``fit`` does; the rounds interleave the forms so that
+    ``funcnn.backend.flush_denormals()`` as ``fit`` does; the rounds interleave the forms so that
     outside load falls on all alike."""
     times = {name: [] for name in options}
-    with funcnn.flush_denormals():
+    with funcnn.backend.flush_denormals():
         for _ in range(rounds):
             for name, run in options.items():
                 times[name].append(run(steps))

@@ -12,15 +12,16 @@ The public names, by what they are for (``ARCHITECTURE.md`` says where each live
   ``value_and_grad``, and the check-free ``apply`` / ``backward`` a jitted loop calls;
 - per-example gradients: ``per_example_grads``, ``per_example_grad_norms``
   (more in ``funcnn.per_example``: DP-SGD clipping);
-- optimizers: ``Optimizer`` and the free functions ``sgd_*``, ``adam_*``, ``adamw_*``,
-  ``rmsprop_*``, ``adagrad_*`` with their typed states, ``clip_by_global_norm``
-  (factories in ``funcnn.optim``, learning-rate schedules in ``funcnn.schedules``);
-- training: ``make_train_step``, ``fit``, ``evaluate``, ``batches``, ``TrainingDiverged``,
-  ``flush_denormals`` (for a NumPy loop of your own)
+- optimizers: ``Optimizer`` and the free functions ``sgd_*``, ``adam_*``, ``adamw_update``
+  (AdamW's state is Adam's: ``adam_init``), ``rmsprop_*``, ``adagrad_*`` with their typed
+  states, ``clip_by_global_norm`` (factories in ``funcnn.optim``, learning-rate schedules
+  in ``funcnn.schedules``);
+- training: ``make_train_step``, ``fit``, ``evaluate``, ``batches``, ``TrainingDiverged``
   (callbacks for checkpoints, resume and progress in ``funcnn.callbacks``; many devices
   in ``funcnn.parallel``);
 - checkpoints: ``save``, ``load``, ``Checkpoint``;
-- backends: ``get_backend``, ``set_backend``, ``to_backend`` (keys in ``funcnn.random``);
+- backends: ``get_backend``, ``to_backend`` (keys in ``funcnn.random``; the process-wide
+  switches ``set_backend`` and ``flush_denormals`` in ``funcnn.backend``);
 - modules: ``activations``, ``layers``, ``losses``, ``optim``, ``schedules``, ``random``, ``data``,
   ``callbacks``, ``per_example``, ``parallel``, ``testing``.
 """
@@ -38,7 +39,6 @@ from funcnn import random as random
 from funcnn import schedules as schedules
 from funcnn import testing as testing
 from funcnn.backend import get_backend as get_backend
-from funcnn.backend import set_backend as set_backend
 from funcnn.backend import to_backend as to_backend
 from funcnn.batching import batches as batches
 from funcnn.checked import backprop as backprop
@@ -66,7 +66,6 @@ from funcnn.optim import adagrad_init as adagrad_init
 from funcnn.optim import adagrad_update as adagrad_update
 from funcnn.optim import adam_init as adam_init
 from funcnn.optim import adam_update as adam_update
-from funcnn.optim import adamw_init as adamw_init
 from funcnn.optim import adamw_update as adamw_update
 from funcnn.optim import clip_by_global_norm as clip_by_global_norm
 from funcnn.optim import rmsprop_init as rmsprop_init
@@ -79,7 +78,6 @@ from funcnn.step import make_train_step as make_train_step
 from funcnn.train import TrainingDiverged as TrainingDiverged
 from funcnn.train import evaluate as evaluate
 from funcnn.train import fit as fit
-from funcnn.train import flush_denormals as flush_denormals
 
 __version__ = "0.1.0"
 
@@ -111,7 +109,6 @@ __all__ = [
     "adagrad_update",
     "adam_init",
     "adam_update",
-    "adamw_init",
     "adamw_update",
     "clip_by_global_norm",
     "rmsprop_init",
@@ -123,7 +120,6 @@ __all__ = [
     "batches",
     "evaluate",
     "fit",
-    "flush_denormals",
     "make_train_step",
     # checkpoints
     "Checkpoint",
@@ -131,7 +127,6 @@ __all__ = [
     "save",
     # backends
     "get_backend",
-    "set_backend",
     "to_backend",
     # modules
     "activations",
@@ -146,3 +141,19 @@ __all__ = [
     "schedules",
     "testing",
 ]
+
+# Names that left the top level, and where they went (module __getattr__: an old name fails
+# with this message instead of living on as an alias).
+_MOVED = {
+    "set_backend": "funcnn.set_backend moved to funcnn.backend.set_backend (a process-wide "
+                   "default; passing backend= to the function that creates arrays needs none)",
+    "flush_denormals": "funcnn.flush_denormals moved to funcnn.backend.flush_denormals (fit "
+                       "applies it to its NumPy epochs; a loop of your own can too)",
+    "adamw_init": "funcnn.adamw_init was removed: AdamW's state is Adam's, use funcnn.adam_init",
+}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        raise AttributeError(_MOVED[name])
+    raise AttributeError(f"module 'funcnn' has no attribute {name!r}")

@@ -56,17 +56,20 @@ def _scalar_value(name: str, value: Any, want: str) -> Any:
     return value
 
 
-def check_count(name: str, value: Any, *, minimum: int = 1) -> int:
-    """``value`` as a Python ``int``, after checking it is a count of at least ``minimum``.
+def check_count(name: str, value: Any, *, minimum: int = 1, below: int | None = None) -> int:
+    """``value`` as a Python ``int``, after checking it is a count of at least ``minimum``
+    (and, with ``below``, less than ``below``).
 
     Every count funcnn takes (epochs, batch sizes, rows, steps, ...) goes through here, so
     a Python int, a NumPy integer (``np.int64(10)``) and a 0-d integer array are the same
     count, and what funcnn keeps (loop bounds, checkpoint metadata, hashed settings) is a
     plain ``int``. ``bool`` is refused (``True`` is not a count), and so is a float, even
-    ``2.0``: ``TypeError``; an integer below ``minimum``: ``ValueError``.
+    ``2.0``: ``TypeError``; an integer outside ``[minimum, below)``: ``ValueError``.
     """
     want = {0: "a non-negative integer", 1: "a positive integer"}.get(
         minimum, f"an integer of at least {minimum}")
+    if below is not None:
+        want = f"an integer in [{minimum}, {below})"
     if isinstance(value, np.ndarray) and value.shape == () and value.dtype.kind in "iu":
         value = value[()]
     elif is_jax_array(value) and value.shape == () and np.dtype(value.dtype).kind in "iu":
@@ -79,6 +82,8 @@ def check_count(name: str, value: Any, *, minimum: int = 1) -> int:
         if isinstance(value, np.ndarray) or is_jax_array(value):
             what = f"an array of shape {tuple(value.shape)} and dtype {value.dtype}"
         raise TypeError(f"{name} must be {want}; got {what}")
+    if below is not None and not minimum <= value < below:
+        raise ValueError(f"{name} must be in [{minimum}, {below}); got {value}")
     if value < minimum:
         sign = {0: "non-negative", 1: "positive"}.get(minimum, f"at least {minimum}")
         raise ValueError(f"{name} must be {sign}; got {value}")

@@ -60,7 +60,7 @@ def flush_denormals() -> Iterator[bool]:
 
     ::
 
-        with funcnn.flush_denormals():
+        with funcnn.backend.flush_denormals():
             for xb, yb in batches:                 # a NumPy training loop of your own
                 params, state, loss = step(params, state, xb, yb)
 

@@ -14,6 +14,11 @@ function that moves arrays to jax (``to_backend``, ``init_params``, ``funcnn.loa
 ``from_optax`` on NumPy params, ...): without ``jax_enable_x64``, jax silently turns
 float64 into float32 (and int64 into int32, complex128 into complex64); funcnn refuses
 instead, with a ``ValueError`` that names ``jax_enable_x64``.
+
+The process-wide switches live here, not at the top level: :func:`set_backend` (the default
+backend) and :func:`flush_denormals` (subnormal floats as zero on the NumPy path, as XLA
+does on CPU, for a ``with`` block; defined in ``funcnn._fpu``), and
+:func:`enable_compilation_cache`.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from funcnn._fpu import flush_denormals
 from funcnn.tree import tree_leaves, tree_map, tree_paths
 
 __all__ = [
@@ -37,6 +43,7 @@ __all__ = [
     "concrete_value",
     "enable_compilation_cache",
     "float_dtype",
+    "flush_denormals",
     "get_backend",
     "is_concrete",
     "is_jax_array",

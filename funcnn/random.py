@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from funcnn import _threefry
+from funcnn._checks import check_count
 from funcnn.backend import _import_jax, float_dtype, get_backend, is_concrete, is_jax_array
 
 __all__ = [
@@ -78,14 +79,6 @@ def _check_seed(seed: Any) -> int:
     if not 0 <= seed < 2**64:
         raise ValueError(f"a seed must be in [0, 2**64); got {seed}")
     return seed
-
-
-def _check_count(name: str, n: Any, limit: int) -> int:
-    if not _is_int(n):
-        raise TypeError(f"{name} must be an integer; got {type(n).__name__} {n!r}")
-    if not 0 <= n < limit:
-        raise ValueError(f"{name} must be in [0, {limit}); got {n}")
-    return int(n)
 
 
 def _check_shape(shape: Any) -> tuple[int, ...]:
@@ -165,7 +158,7 @@ def as_key(key_or_seed: Any, backend: str | None = None) -> Any:
 def split(key: Any, n: int = 2) -> Any:
     """``n`` new independent keys, as an array of shape ``(n, 2)``."""
     key = as_key(key)
-    n = _check_count("n", n, 2**32)
+    n = check_count("n", n, minimum=0, below=2**32)
     if is_jax_array(key):
         jax = _import_jax()[0]
         return jax.random.key_data(jax.random.split(_typed(key), n))
@@ -181,10 +174,7 @@ def fold_in(key: Any, data: Any) -> Any:
     if is_jax_array(data) and not is_concrete(data):
         jax, jnp = _import_jax()
         return jax.random.key_data(jax.random.fold_in(_typed(jnp.asarray(key)), data))
-    if not (_is_int(data) or (np.ndim(data) == 0 and np.issubdtype(np.asarray(data).dtype,
-                                                                   np.integer))):
-        raise TypeError(f"fold_in data must be an integer; got {type(data).__name__} {data!r}")
-    data = _check_count("fold_in data", int(data), 2**32)
+    data = check_count("fold_in data", data, minimum=0, below=2**32)
     if is_jax_array(key):
         jax = _import_jax()[0]
         return jax.random.key_data(jax.random.fold_in(_typed(key), data))
@@ -236,7 +226,7 @@ def bernoulli(key: Any, p: float, shape: tuple[int, ...]) -> Any:
 def permutation(key: Any, n: int) -> Any:
     """A random permutation of ``range(n)``, int32, by jax's sort-based shuffle."""
     key = as_key(key)
-    n = _check_count("n", n, 2**31)
+    n = check_count("n", n, minimum=0, below=2**31)
     if is_jax_array(key):
         jax, jnp = _import_jax()
         return jax.random.permutation(_typed(key), jnp.arange(n, dtype=jnp.int32))

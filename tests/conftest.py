@@ -45,9 +45,9 @@ def backend(request) -> str:
 
 @pytest.fixture(autouse=True)
 def _restore_default_backend():
-    """A test that calls ``funcnn.set_backend`` must not leak it into the next test."""
+    """A test that calls ``funcnn.backend.set_backend`` must not leak it into the next test."""
     yield
-    funcnn.set_backend(None)
+    funcnn.backend.set_backend(None)
 
 
 def random_params(net, seed, *, backend="numpy", dtype="float64", bias_scale=0.5):

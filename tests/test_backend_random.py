@@ -63,28 +63,28 @@ def test_backend_resolution_order(monkeypatch):
     monkeypatch.setenv("FUNCNN_BACKEND", "jax")
     assert funcnn.get_backend() == "jax"
     assert isinstance(funcnn.init_params(funcnn.MLP((3, 2)), 0)[0].W, jax.Array)
-    funcnn.set_backend("numpy")  # set_backend beats the environment
+    funcnn.backend.set_backend("numpy")  # set_backend beats the environment
     assert funcnn.get_backend() == "numpy"
     assert funcnn.get_backend("jax") == "jax"  # an explicit name beats both
     assert isinstance(funcnn.init_params(funcnn.MLP((3, 2)), 0)[0].W, np.ndarray)
     assert isinstance(fnr.key(0), np.ndarray)
-    funcnn.set_backend(None)  # back to the environment
+    funcnn.backend.set_backend(None)  # back to the environment
     assert funcnn.get_backend() == "jax"
     assert isinstance(fnr.key(0), jax.Array)
 
 
 def test_set_backend_changes_the_default_for_creation(monkeypatch):
     monkeypatch.delenv("FUNCNN_BACKEND", raising=False)
-    funcnn.set_backend("jax")
+    funcnn.backend.set_backend("jax")
     params = funcnn.init_params(funcnn.MLP((3, 2)), 0)
     assert all(isinstance(leaf, jax.Array) for leaf in tree_leaves(params))
-    funcnn.set_backend(None)
+    funcnn.backend.set_backend(None)
     assert funcnn.get_backend() == "numpy"
 
 
 @pytest.mark.parametrize("name", ["torch", "NumPy", "", 3])
 def test_unknown_backend_lists_the_known_ones(name, monkeypatch):
-    for call in (lambda: funcnn.set_backend(name), lambda: funcnn.get_backend(name),
+    for call in (lambda: funcnn.backend.set_backend(name), lambda: funcnn.get_backend(name),
                  lambda: funcnn.to_backend(np.ones(2), name)):
         with pytest.raises(ValueError, match="unknown backend") as info:
             call()

@@ -20,7 +20,7 @@ HARNESS = BENCHMARKS / "harness"
 if str(BENCHMARKS) not in sys.path:
     sys.path.insert(0, str(BENCHMARKS))
 
-from harness import cli, report  # noqa: E402
+from harness import adam_forms, cli, report  # noqa: E402
 from harness.config import FLOOR, Config, Contender  # noqa: E402
 from harness.contenders import CONTENDERS  # noqa: E402
 from harness.contenders.floors import build_gemm_floor  # noqa: E402
@@ -212,6 +212,23 @@ def test_the_command_line_chooses_the_configurations(argv, expected):
     assert [(c.name, c.repeats) for c in configs] == expected
     if "--sizes" in argv:
         assert (configs[0].sizes, configs[0].batch_size) == ((784, 64, 10), 32)
+
+
+@pytest.mark.slow  # two jax compilations
+def test_numpy_optimizer_with_jax_times_funcnns_two_adam_leaves(monkeypatch, capsys):
+    """``numpy_optimizer.py --jax``: fit's jax epoch compiled with each of the two leaves
+    (here on 40 rows), the ratio to the textbook leaf printed, the fast path put back."""
+    from funcnn.optim import _adam
+
+    fast = _adam.adam_leaf_folded
+    small = adam_forms.jax_forms
+    monkeypatch.setattr(adam_forms, "jax_forms",
+                        lambda sizes: small(sizes, rows=40, batch_size=16))
+    ms = cli.numpy_optimizer_main(["--jax", "--sizes", "4,3,2", "--rounds", "1"])
+    assert list(ms) == ["textbook", "in-place"] and all(t > 0 for t in ms.values())
+    printed = capsys.readouterr().out
+    assert "Adam on 23 float32 parameters (4-3-2)" in printed and "x textbook" in printed
+    assert _adam.adam_leaf_folded is fast
 
 
 @pytest.mark.slow

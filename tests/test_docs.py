@@ -539,3 +539,28 @@ def test_the_package_face_lists_every_public_name():
     text = (DOCS / "api" / "index.md").read_text()
     missing = [n for n in funcnn.__all__ if f"`funcnn.{n}`" not in text]
     assert not missing, f"docs/api/index.md does not list {missing}"
+    extra = [n for n in re.findall(r"\[`funcnn\.(\w+)`\]", text) if n not in funcnn.__all__]
+    assert not extra, f"docs/api/index.md lists {extra} as funcnn.NAME, not in funcnn.__all__"
+
+
+@pytest.mark.parametrize("name, where", [
+    ("set_backend", "funcnn.backend.set_backend"),
+    ("flush_denormals", "funcnn.backend.flush_denormals"),
+    ("adamw_init", "funcnn.adam_init"),
+])
+def test_a_name_that_left_the_top_level_says_where_it_went(name, where):
+    """Moved, not aliased: the old name fails with a message naming the new place."""
+    assert name not in funcnn.__all__ and not hasattr(funcnn, name)
+    with pytest.raises(AttributeError, match=re.escape(where)):
+        getattr(funcnn, name)
+    module, _, attribute = where.rpartition(".")
+    assert callable(getattr(importlib.import_module(module), attribute))
+    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+        funcnn.no_such_name  # noqa: B018 - any other name fails as usual
+
+
+def test_adamw_init_left_funcnn_optim_too():
+    assert "adamw_init" not in funcnn.optim.__all__
+    with pytest.raises(AttributeError, match=re.escape("funcnn.optim.adam_init")):
+        funcnn.optim.adamw_init  # noqa: B018
+    assert funcnn.backend.flush_denormals is funcnn._fpu.flush_denormals

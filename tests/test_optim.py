@@ -48,12 +48,17 @@ def _clipped_adam(params, grads, state, **hyper):
     return optim.adam_update(params, optim.clip_by_global_norm(grads, 1.0), state, **hyper)
 
 
+def _init_of(stem: str):
+    """The free ``init`` of an optimizer: ``<stem>_init``, except AdamW's, which is Adam's."""
+    return getattr(optim, f"{'adam' if stem == 'adamw' else stem}_init")
+
+
 def _case(factory, state_type, init_hyper=None, **hyper):
     """A contract case: ``factory(**hyper, **init_hyper)`` against the free functions
     ``<factory>_init(params, **init_hyper)`` and ``<factory>_update(..., **hyper)``."""
     init_hyper = init_hyper or {}
     return Case(factory, lambda: getattr(optim, factory)(**hyper, **init_hyper),
-                partial(getattr(optim, f"{factory}_init"), **init_hyper),
+                partial(_init_of(factory), **init_hyper),
                 partial(getattr(optim, f"{factory}_update"), **hyper), state_type)
 
 
@@ -111,7 +116,7 @@ def test_every_optimizer_is_in_the_contract():
     # every free update has its init and its factory
     for name in (n for n in optim.__all__ if n.endswith("_update")):
         stem = name.removesuffix("_update")
-        assert f"{stem}_init" in optim.__all__ and stem in factories, stem
+        assert _init_of(stem).__name__ in optim.__all__ and stem in factories, stem
     assert {type(c.make()) for c in CASES.values()} == {optim.Optimizer}
 
 
@@ -650,7 +655,7 @@ def test_adamw_free_functions_match_the_factory():
     rng = np.random.default_rng(3)
     params = make_tree(rng)
     grads = make_tree(rng)
-    state = funcnn.adamw_init(params)
+    state = funcnn.adam_init(params)
     assert type(state) is funcnn.AdamState
     opt = funcnn.optim.adamw(1e-2, weight_decay=0.1, mask=funcnn.optim.weights_only)
     free = funcnn.adamw_update(params, grads, state, lr=1e-2, weight_decay=0.1,
@@ -671,7 +676,6 @@ def test_state_field_names_are_kept():
     assert optim.AdamState._fields == ("count", "mu", "nu")
     assert optim.RMSPropState._fields == ("count", "nu", "velocity", "mu")
     assert optim.AdagradState._fields == ("count", "sum_sq")
-    assert optim.adamw_init is optim.adam_init
 
 
 def _keywords(fn) -> dict[str, Any]:
@@ -683,7 +687,7 @@ def _keywords(fn) -> dict[str, Any]:
 def test_every_factory_takes_what_its_free_functions_take(factory):
     takes = {k: p.default for k, p in inspect.signature(getattr(optim, factory)).parameters.items()}
     free = {**_keywords(getattr(optim, f"{factory}_update")),
-            **_keywords(getattr(optim, f"{factory}_init"))}
+            **_keywords(_init_of(factory))}
     assert free, factory
     for name, default in free.items():
         assert name in takes, f"optim.{factory} does not take {name}"
@@ -717,7 +721,7 @@ def _callers(name: str) -> dict[str, Callable[[Any], Any]]:
         if isinstance(fn, type) or name not in inspect.signature(fn).parameters:
             continue
         if fn_name.endswith("_update"):
-            init = getattr(optim, fn_name.replace("_update", "_init"))
+            init = _init_of(fn_name.removesuffix("_update"))
             calls[fn_name] = lambda v, fn=fn, init=init: fn(params, params, init(params),
                                                               **{name: v})
         elif fn_name.endswith("_init"):
@@ -850,7 +854,7 @@ def test_fit_on_jax_takes_an_optimizer_built_from_0d_arrays():
 def test_free_functions_take_0d_arrays_and_tracers_in_the_param_dtype(update):
     """float64 hyperparameters (arrays or tracers) on float32 params: float32 results, under
     jax's strict dtype promotion, equal to the same call with Python numbers."""
-    fn, init = getattr(optim, update), getattr(optim, update.replace("_update", "_init"))
+    fn, init = getattr(optim, update), _init_of(update.removesuffix("_update"))
     hyper = {n: EXACT[n] for n in _keywords(fn) if n in EXACT}
     params = make_tree(np.random.default_rng(2), backend="jax")
     state = init(params)
@@ -883,9 +887,9 @@ def test_adamw_takes_masks_of_every_leaf_kind(backend, kind):
     grads = [funcnn.to_backend(g, backend) for g in grad_sequence(6, 3)]
     leaf = MASK_KINDS[kind]
     mask = tuple(Dense(leaf(True, layer.W.shape), leaf(False, layer.b.shape)) for layer in params)
-    want, _ = run(optim.adamw_update, optim.adamw_init, params, grads, mask=optim.weights_only,
+    want, _ = run(optim.adamw_update, optim.adam_init, params, grads, mask=optim.weights_only,
                   **ADAMW)
-    free, _ = run(optim.adamw_update, optim.adamw_init, params, grads, mask=mask, **ADAMW)
+    free, _ = run(optim.adamw_update, optim.adam_init, params, grads, mask=mask, **ADAMW)
     opt = optim.adamw(**ADAMW, mask=mask)
     hash(_static(opt))  # what a jitted loop keys its cache on
     made, _ = run(lambda p, g, s: opt.update(p, g, s), opt.init, params, grads)
@@ -898,8 +902,8 @@ def test_an_array_mask_decays_entry_by_entry(backend):
     params = make_tree(rng, "float64", backend=backend)
     grads = [funcnn.to_backend(g, backend) for g in grad_sequence(8, 3)]
     mask = tree_map(lambda p: rng.random(p.shape) < 0.5, params)
-    masked, _ = run(optim.adamw_update, optim.adamw_init, params, grads, mask=mask, **ADAMW)
-    decayed, _ = run(optim.adamw_update, optim.adamw_init, params, grads, **ADAMW)
+    masked, _ = run(optim.adamw_update, optim.adam_init, params, grads, mask=mask, **ADAMW)
+    decayed, _ = run(optim.adamw_update, optim.adam_init, params, grads, **ADAMW)
     plain, _ = run(optim.adam_update, optim.adam_init, params, grads,
                    **{k: v for k, v in ADAMW.items() if k != "weight_decay"})
     for m, got, yes, no in zip(*map(tree_leaves, (mask, masked, decayed, plain)), strict=True):
@@ -922,7 +926,7 @@ def test_an_array_mask_works_under_jit_and_in_a_scan():
     params = make_tree(np.random.default_rng(9), "float64", backend="jax")
     grads = [funcnn.to_backend(g, "jax") for g in grad_sequence(10, 4)]
     mask = tree_map(jnp.asarray, ARRAY_MASK)
-    want, _ = run(optim.adamw_update, optim.adamw_init, params, grads, mask=mask, **ADAMW)
+    want, _ = run(optim.adamw_update, optim.adam_init, params, grads, mask=mask, **ADAMW)
     opt = optim.adamw(**ADAMW, mask=mask)
 
     split = jax.jit(lambda st, h, p, g, s: optim.merge_hyper(st, h).update(p, g, s),
@@ -937,7 +941,7 @@ def test_an_array_mask_works_under_jit_and_in_a_scan():
     (scanned, _), _ = jax.lax.scan(body, (params, opt.init(params)), stacked)
 
     traced_mask = jax.jit(lambda p, g, s, m: optim.adamw_update(p, g, s, mask=m, **ADAMW))
-    as_argument, _ = run(lambda p, g, s: traced_mask(p, g, s, mask), optim.adamw_init, params,
+    as_argument, _ = run(lambda p, g, s: traced_mask(p, g, s, mask), optim.adam_init, params,
                          grads)
     for got in (jitted, scanned, as_argument):
         chex.assert_trees_all_close(got, want, rtol=1e-12, atol=0)
@@ -965,8 +969,8 @@ def test_a_bad_mask_leaf_is_named(bad, error, words):
     params = make_tree(np.random.default_rng(0))
     mask = (Dense(bad, False), Dense(True, False))
     expected = "each mask leaf must be a bool, a 0-d bool array or a bool array of the leaf's shape"
-    calls = [lambda: optim.adamw_update(params, params, optim.adamw_init(params), mask=mask),
-             lambda: optim.adamw_update(params, params, optim.adamw_init(params),
+    calls = [lambda: optim.adamw_update(params, params, optim.adam_init(params), mask=mask),
+             lambda: optim.adamw_update(params, params, optim.adam_init(params),
                                         mask=lambda p: mask)]
     if error is TypeError:  # the factory refuses a leaf of the wrong kind at once
         calls.append(lambda: optim.adamw(mask=mask))
@@ -978,7 +982,7 @@ def test_a_bad_mask_leaf_is_named(bad, error, words):
             call()
         assert words in str(info.value) and expected in str(info.value), str(info.value)
     with pytest.raises(ValueError, match=r"mask does not match params: first difference"):
-        optim.adamw_update(params, params, optim.adamw_init(params), mask=mask[:1])
+        optim.adamw_update(params, params, optim.adam_init(params), mask=mask[:1])
 
 
 # ------------------------------------------------------------------ fast forms, same maths

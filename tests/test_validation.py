@@ -570,7 +570,7 @@ def test_unknown_backend_lists_the_known_ones(name, entry, tmp_path_factory):
     net = funcnn.MLP((2, 3))
     calls = {
         "init_params": lambda: funcnn.init_params(net, 0, backend=name),
-        "set_backend": lambda: funcnn.set_backend(name),
+        "set_backend": lambda: funcnn.backend.set_backend(name),
         "to_backend": lambda: funcnn.to_backend(np.ones(2), name),
         "get_backend": lambda: funcnn.get_backend(name),
         "random.key": lambda: funcnn.random.key(0, name),

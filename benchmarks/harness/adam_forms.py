@@ -13,6 +13,10 @@
   (fewest allocations, but under flushed subnormals a decaying moment stops near 1e-38);
 - ``numexpr-1``/``numexpr-2``: one numexpr expression per output, on 1 and 2 threads
   (only when numexpr is installed).
+
+And on jax (:func:`jax_forms`, ``numpy_optimizer.py --jax``): ``fit``'s jax epoch program
+(forward, backward and Adam over 60 000 random rows, batch 128) compiled with each of
+funcnn's two Adam leaves, ``textbook`` and ``in-place``, timed a whole epoch at a time.
 """
 
 from __future__ import annotations
@@ -20,15 +24,20 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from functools import partial
 
 import numpy as np
 
 import funcnn
+from funcnn import train
+from funcnn.optim import _adam
 from funcnn.optim._adam import adam_leaf, adam_leaf_folded
 
-from .config import B1, B2, EPS
+from .config import B1, B2, EPS, Config
+from .contenders.funcnn_fit import fit_epoch_inputs
+from .data import load_data
 
-__all__ = ["LR", "forms", "measure"]
+__all__ = ["LR", "forms", "jax_forms", "measure"]
 
 LR = 1e-3
 
@@ -153,12 +162,50 @@ def forms(sizes: tuple[int, ...]) -> tuple[dict, int]:
     return options, sum(a.size for a in leaves[0])
 
 
+def _as_textbook(p, g, m, v, decayed=False, *, step_size, eps_hat, **scalars):
+    """``adam_leaf`` where the update calls ``adam_leaf_folded``: the same step, the
+    scalars unfolded (``c2 = (eps_hat / eps)^2``, ``c1 = lr sqrt(c2) / step_size``)."""
+    return adam_leaf(p, g, m, v, decayed, **scalars, c1=LR * eps_hat / (EPS * step_size),
+                     c2=(eps_hat / EPS) ** 2, lr=LR, eps=EPS)
+
+
+def jax_forms(sizes: tuple[int, ...], rows: int = 60_000, batch_size: int = 128
+              ) -> tuple[dict, int]:
+    """The runners of ``fit``'s jax epoch program on ``rows`` random rows, compiled with
+    ``textbook`` (:func:`adam_leaf`) and with ``in-place`` (:func:`adam_leaf_folded`, what
+    the updates run) in place of the leaf, and the number of parameters. The leaf is read
+    when the program is traced; each form is a fresh program (a new ``partial``, so that
+    jax traces it anew), compiled and run once before it is timed. ``run(steps)`` times one
+    whole epoch (``steps`` is not used) and returns ms per optimizer step."""
+    import jax
+
+    cfg = Config("adam-forms", tuple(sizes), batch_size, "float32", rows, 1, lr=LR)
+    args, statics, steps = fit_epoch_inputs(cfg, *load_data(cfg, None))
+
+    def compiled(leaf):
+        _adam.adam_leaf_folded = leaf
+        try:
+            program = jax.jit(partial(train._epoch_scan, **statics)).lower(*args).compile()
+        finally:
+            _adam.adam_leaf_folded = adam_leaf_folded
+        jax.block_until_ready(program(*args))  # the first run's costs are not timed
+
+        def run(_steps: int) -> float:
+            start = time.perf_counter()
+            jax.block_until_ready(program(*args))
+            return (time.perf_counter() - start) / steps * 1e3
+        return run
+
+    options = {"textbook": compiled(_as_textbook), "in-place": compiled(adam_leaf_folded)}
+    return options, sum(leaf.size for leaf in funcnn.tree.tree_leaves(args[0]))
+
+
 def measure(options: dict, steps: int, rounds: int) -> dict:
     """Median ms per step of every runner over ``rounds`` rounds of ``steps`` steps, inside
-    ``funcnn.flush_denormals()`` as ``fit`` does; the rounds interleave the forms so that
+    ``funcnn.backend.flush_denormals()`` as ``fit`` does; the rounds interleave the forms so that
     outside load falls on all alike."""
     times = {name: [] for name in options}
-    with funcnn.flush_denormals():
+    with funcnn.backend.flush_denormals():
         for _ in range(rounds):
             for name, run in options.items():
                 times[name].append(run(steps))

@@ -83,7 +83,7 @@ def measure(sizes: tuple[int, ...], batch_size: int = 128, samples: int = 60_000
     runs = {name: [] for name in (*PIECES, "total", "optimizer alone", *GEMMS)}
     for r in range(repeats + 1):
         order = rng.permutation(samples)
-        with funcnn.flush_denormals():  # as fit does
+        with funcnn.backend.flush_denormals():  # as fit does
             times, params, state = epoch_pieces(net, opt, params, state, x, y, order,
                                                 batch_size, out)
         t = time.perf_counter()

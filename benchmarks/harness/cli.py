@@ -224,14 +224,17 @@ def compile_time_main(argv: list[str] | None = None) -> dict:
     return report
 
 
-def _sized_args(description: str, argv: list[str] | None, **options: int
-                ) -> argparse.Namespace:
+def _sized_args(description: str, argv: list[str] | None, flags: dict[str, str] | None = None,
+                **options: int) -> argparse.Namespace:
     """The arguments of a tool that measures one net: ``--sizes`` (the main configuration's
-    by default, parsed to a tuple) and integer ``options`` with their defaults."""
+    by default, parsed to a tuple), integer ``options`` with their defaults, and on/off
+    ``flags`` (name: help)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--sizes", default=",".join(map(str, MAIN["sizes"])))
     for name, default in options.items():
         p.add_argument("--" + name.replace("_", "-"), type=int, default=default)
+    for name, text in (flags or {}).items():
+        p.add_argument("--" + name, action="store_true", help=text)
     args = p.parse_args(argv)
     args.sizes = _sizes(args.sizes)
     return args
@@ -249,12 +252,20 @@ def numpy_breakdown_main(argv: list[str] | None = None) -> dict:
 
 
 def numpy_optimizer_main(argv: list[str] | None = None) -> dict:
-    """``benchmarks/numpy_optimizer.py``: median ms per step of every form of Adam."""
+    """``benchmarks/numpy_optimizer.py``: median ms per step of every form of Adam; with
+    ``--jax``, of fit's jax epoch compiled with each of funcnn's two Adam leaves."""
+    jax_help = ("time fit's jax epoch (60 000 random rows, batch 128) compiled with each of "
+                "funcnn's two Adam leaves, textbook and in-place, instead of the NumPy forms")
     args = _sized_args("Ways to write Adam's element-wise update on NumPy, timed side by side "
-                       "in one process.", argv, steps=300, rounds=5)
-    options, n_params = adam_forms.forms(args.sizes)
+                       "in one process.", argv, flags={"jax": jax_help}, steps=300, rounds=5)
+    if args.jax:
+        options, n_params = adam_forms.jax_forms(args.sizes)
+        what, base = "one jax epoch of fit", "textbook"
+    else:
+        options, n_params = adam_forms.forms(args.sizes)
+        what, base = f"{args.steps} NumPy steps", "plain"
     ms = adam_forms.measure(options, args.steps, args.rounds)
-    print_adam_forms(args.sizes, n_params, args.steps, args.rounds, ms)
+    print_adam_forms(args.sizes, n_params, what, args.rounds, ms, base)
     return ms
 
 

@@ -25,14 +25,11 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
-import funcnn
-from funcnn import batching, train
+from funcnn import train
 
 from . import BENCHMARKS, child_env
 from .config import MAIN, Config
-from .contenders.funcnn_fit import build_funcnn_jax_scan
+from .contenders.funcnn_fit import build_funcnn_jax_scan, fit_epoch_inputs
 from .contenders.jax_refs import build_jax_scan_ref, jax_reference, scan_ref_program
 from .data import load_data
 from .targets import compile_targets
@@ -77,7 +74,6 @@ def _stages(jitted, *args, **kwargs) -> dict:
 
 def child_stages(cfg: Config, which: str) -> dict:
     """jax.stages timings of one epoch program, in this (fresh) process."""
-    import jax
     import jax.numpy as jnp
 
     x, y = load_data(cfg, None)
@@ -87,18 +83,8 @@ def child_stages(cfg: Config, which: str) -> dict:
         program = scan_ref_program(step, cfg.samples // cfg.batch_size, cfg.batch_size)
         return _stages(program, params, state, xd, yd, jnp.arange(full))
     rows = cfg.samples if which == "funcnn" else full
-    net = funcnn.MLP(cfg.sizes, hidden=cfg.activation, output="softmax")
-    params = funcnn.init_params(net, cfg.seed, backend="jax")
-    opt = (funcnn.optim.sgd if cfg.optimizer == "sgd" else funcnn.optim.adam)(lr=cfg.lr)
-    xd, yd = jax.device_put(x), jax.device_put(y.astype(np.int32))
-    split = batching.split_batches(rows, cfg.batch_size, False)
-    epoch = train._jax_programs()[0]
-    order, tail = train._padded(np.arange(rows, dtype=np.int32), split)  # as fit does
-    keys = funcnn.random.split(funcnn.random.key(cfg.seed), split.full + 1)
-    static, hyper = funcnn.optim.split_hyper(opt)
-    return _stages(epoch, params, opt.init(params), (), xd[:rows], yd[:rows], order, keys, hyper,
-                   net=net, optimizer=static, grad_fn=funcnn.step.backward_grad,
-                   batch_size=split.size, tail=tail, mesh=None)
+    args, statics, _ = fit_epoch_inputs(cfg, x[:rows], y[:rows])
+    return _stages(train._jax_programs()[0], *args, **statics)
 
 
 def child_first(cfg: Config, which: str) -> dict:

@@ -121,13 +121,14 @@ def print_breakdown(sizes: tuple[int, ...], batch_size: int, samples: int, repea
         print(f"  {name:16s} {value:7.3f}")
 
 
-def print_adam_forms(sizes: tuple[int, ...], n_params: int, steps: int, rounds: int,
-                     ms: dict) -> None:
-    """The medians of :func:`harness.adam_forms.measure`, and each over the plain form's."""
+def print_adam_forms(sizes: tuple[int, ...], n_params: int, what: str, rounds: int,
+                     ms: dict, base: str = "plain") -> None:
+    """The medians of :func:`harness.adam_forms.measure` (``what`` was run in each round),
+    and each over the ``base`` form's."""
     print(f"Adam on {n_params:,} float32 parameters ({'-'.join(map(str, sizes))}), "
-          f"median of {rounds} rounds of {steps} steps")
+          f"median of {rounds} rounds of {what}")
     for name, t in ms.items():
-        print(f"  {name:10s} {t:6.3f} ms/step  {t / ms['plain']:5.2f} x plain")
+        print(f"  {name:10s} {t:6.3f} ms/step  {t / ms[base]:5.2f} x {base}")
 
 
 def write_json(report: dict, path: str) -> None:

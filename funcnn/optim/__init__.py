@@ -40,7 +40,6 @@ from funcnn.optim._adam import adam as adam
 from funcnn.optim._adam import adam_init as adam_init
 from funcnn.optim._adam import adam_update as adam_update
 from funcnn.optim._adam import adamw as adamw
-from funcnn.optim._adam import adamw_init as adamw_init
 from funcnn.optim._adam import adamw_update as adamw_update
 from funcnn.optim._adam import weights_only as weights_only
 from funcnn.optim._base import Optimizer as Optimizer
@@ -71,7 +70,6 @@ __all__ = [
     "adam_init",
     "adam_update",
     "adamw",
-    "adamw_init",
     "adamw_update",
     "clip_by_global_norm",
     "global_norm",
@@ -86,3 +84,10 @@ __all__ = [
     "weights_only",
     "with_clipping",
 ]
+
+
+def __getattr__(name: str):
+    if name == "adamw_init":  # removed, not aliased: say where the state comes from
+        raise AttributeError("funcnn.optim.adamw_init was removed: AdamW's state is Adam's, "
+                             "use funcnn.optim.adam_init")
+    raise AttributeError(f"module 'funcnn.optim' has no attribute {name!r}")

@@ -26,7 +26,7 @@ from funcnn.optim._base import (
 from funcnn.tree import tree_leaves, tree_map, tree_paths, tree_unflatten
 
 __all__ = ["AdamState", "adam", "adam_init", "adam_leaf", "adam_leaf_folded", "adam_update",
-           "adamw", "adamw_init", "adamw_update", "weights_only"]
+           "adamw", "adamw_update", "weights_only"]
 
 
 class AdamState(NamedTuple):
@@ -40,10 +40,6 @@ class AdamState(NamedTuple):
 def adam_init(params) -> AdamState:
     """State for Adam and AdamW: the step count and zero first and second moments."""
     return AdamState(count0(params), zeros(params), zeros(params))
-
-
-adamw_init = adam_init
-"""State for AdamW, which keeps Adam's: ``adamw_init`` is :func:`adam_init`."""
 
 
 def adam_leaf(p, g, m, v, decayed=False, *, b1, b2, one_minus_b1, one_minus_b2, c1, c2, lr,
@@ -197,5 +193,5 @@ def adamw(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-2, mask=None) -> 
     leaves is data like the learning rate (``fit`` traces it, see ``split_hyper``)."""
     if mask is not None and not callable(mask):
         _check_mask_leaves(mask)
-    return make(adamw_init, adamw_update, lr=lr, b1=b1, b2=b2, eps=eps,
+    return make(adam_init, adamw_update, lr=lr, b1=b1, b2=b2, eps=eps,
                 weight_decay=weight_decay, mask=mask)

@@ -9,13 +9,14 @@ from functools import partial
 import numpy as np
 
 import funcnn
+from funcnn import batching, train
 
 from ..config import Config, Contender
 from ..data import jax_data, nbytes
 from .jax_refs import jax_step_epochs
 
 __all__ = ["build_funcnn_jax_scan", "build_funcnn_jax_step", "build_funcnn_numpy",
-           "funcnn_setup"]
+           "fit_epoch_inputs", "funcnn_setup"]
 
 
 def funcnn_setup(cfg: Config, backend: str):
@@ -24,6 +25,21 @@ def funcnn_setup(cfg: Config, backend: str):
     params = funcnn.init_params(net, cfg.seed, backend=backend, dtype=cfg.dtype)
     make = funcnn.optim.sgd if cfg.optimizer == "sgd" else funcnn.optim.adam
     return net, params, make(lr=cfg.lr)
+
+
+def fit_epoch_inputs(cfg: Config, x: np.ndarray, y: np.ndarray) -> tuple[tuple, dict, int]:
+    """The inputs of ``fit``'s jax epoch program (``funcnn.train._epoch_scan``) on the rows
+    ``x``, ``y``, made as ``fit`` makes them (the short last batch padded into the scan):
+    ``(args, statics, steps)``, the arrays, the static arguments and the steps of one epoch."""
+    net, params, opt = funcnn_setup(cfg, "jax")
+    xd, yd = jax_data(cfg, x, y)
+    split = batching.split_batches(len(x), cfg.batch_size, False)
+    order, tail = train._padded(np.arange(len(x), dtype=np.int32), split)
+    keys = funcnn.random.split(funcnn.random.key(cfg.seed), split.full + 1)
+    static, hyper = funcnn.optim.split_hyper(opt)
+    statics = dict(net=net, optimizer=static, grad_fn=funcnn.step.backward_grad,
+                   batch_size=split.size, tail=tail, mesh=None)
+    return (params, opt.init(params), (), xd, yd, order, keys, hyper), statics, split.count
 
 
 def _funcnn_fit(cfg: Config, x: np.ndarray, y: np.ndarray, backend: str) -> Contender:

@@ -13,6 +13,15 @@ windows as rows of patches ``P`` (``funcnn.layers._windows``)::
 
 ``dx`` is the "full convolution of dy with the flipped kernel" of the textbooks: each
 patch's gradient ``dZ @ Wm.T`` goes back to the pixels the patch was read from.
+
+Per example (``dy``'s row ``i`` the gradient of example ``i``'s own loss), ``dW`` splits
+into one product per image, of its ``Ho * Wo`` patches and their deltas::
+
+    Pe = P.reshape(m, Ho * Wo, kh * kw * C);   dZe = dy.reshape(m, Ho * Wo, F)
+    dW[i] = (Pe[i].T @ dZe[i]).reshape(kh, kw, C, F)          (m, kh, kw, C, F)
+    db[i] = dZe[i].sum(axis=0)                                 (m, F)
+
+(``sum_i dW[i] = P.T @ dZ``); ``dx`` is the same as for the batch.
 The patch form is the fast one on both backends: XLA's CPU convolutions run far below
 its matrix-product rate (``benchmarks/conv_layers.py``).
 """
@@ -155,16 +164,31 @@ class Conv2D(Layer):
         return z.reshape(m, ho, wo, f), Conv2DCache(x, patches), state
 
     def backward(self, params, cache, dy):
-        x, patches = cache
-        m, h, w, _ = x.shape
+        patches = cache.patches
         kh, kw, c, f = params.W.shape
-        (top, bottom), (left, right) = self.pads(h, w)
         dz = dy.reshape(-1, f)                                  # (m * Ho * Wo, F)
         dW = (patches.T @ dz).reshape(kh, kw, c, f)             # (kh, kw, C, F)
         db = None if params.b is None else dz.sum(axis=0)       # (F,)
+        return Conv2DParams(dW, db), self._input_grad(params, cache, dy)
+
+    def backward_per_example(self, params, cache, dy):
+        patches = cache.patches
+        m = dy.shape[0]
+        kh, kw, c, f = params.W.shape
+        pe = patches.reshape(m, -1, kh * kw * c)                # (m, Ho * Wo, kh * kw * C)
+        dze = dy.reshape(m, -1, f)                              # (m, Ho * Wo, F)
+        dW = (pe.transpose(0, 2, 1) @ dze).reshape(m, kh, kw, c, f)  # (m, kh, kw, C, F)
+        db = None if params.b is None else dze.sum(axis=1)      # (m, F)
+        return Conv2DParams(dW, db), self._input_grad(params, cache, dy)
+
+    def _input_grad(self, params, cache, dy):
+        """``dx``, ``(m, H, W, C)``: each patch's gradient folded back onto the image."""
+        _, h, w, _ = cache.x.shape
+        kh, kw, c, f = params.W.shape
+        (top, bottom), (left, right) = self.pads(h, w)
+        dz = dy.reshape(-1, f)                                  # (m * Ho * Wo, F)
         dpatches = dz @ params.W.reshape(kh * kw * c, f).T      # (m * Ho * Wo, kh * kw * C)
         dwin = dpatches.reshape(*dy.shape[:3], kh * kw, c)      # (m, Ho, Wo, kh * kw, C)
         dpadded = fold(dwin, (h + top + bottom, w + left + right), self.kernel_size,
                        self.stride)                             # (m, Hp, Wp, C)
-        dx = dpadded[:, top:top + h, left:left + w, :]          # (m, H, W, C)
-        return Conv2DParams(dW, db), dx
+        return dpadded[:, top:top + h, left:left + w, :]        # (m, H, W, C)

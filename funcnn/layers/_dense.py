@@ -4,6 +4,12 @@
     dW = x.T @ dy           (n_in, n_out)
     db = dy.sum(axis=0)     (n_out,)
     dx = dy @ W.T           (m, n_in)
+
+Per example (``dy``'s row ``i`` the gradient of example ``i``'s own loss), ``dW`` is a
+sum of outer products, one per example::
+
+    dW[i] = outer(x[i], dy[i])    (m, n_in, n_out)     sum_i dW[i] = x.T @ dy
+    db[i] = dy[i]                 (m, n_out)
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from funcnn.backend import namespace
+from funcnn.backend import array_namespace, namespace
 from funcnn.layers._base import (
     Layer,
     ShapeError,
@@ -87,4 +93,11 @@ class Dense(Layer):
         dW = x.T @ dy                                  # (n_in, n_out)
         db = None if params.b is None else dy.sum(axis=0)  # (n_out,)
         dx = dy @ params.W.T                           # (m, n_in)
+        return DenseParams(dW, db), dx
+
+    def backward_per_example(self, params, cache, dy):
+        x = cache
+        dW = array_namespace(dy).einsum("mi,mo->mio", x, dy)  # (m, n_in, n_out)
+        db = None if params.b is None else dy               # (m, n_out)
+        dx = dy @ params.W.T                                # (m, n_in)
         return DenseParams(dW, db), dx

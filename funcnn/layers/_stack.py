@@ -6,6 +6,10 @@ the next one's ``dy``. ``Residual(layers)`` adds the block's input to its output
 
     y  = x + f(x)          f: the layers in order; f(x) must keep the shape of x
     dx = dy + df(dy)       df: f's backward pass, its grads f's grads
+
+Per example the same: ``backward_per_example`` runs each layer's per-example pass in
+reverse; a layer without per-example gradients (BatchNorm in training) raises
+``PerExampleError`` naming its place, as ``layers[2].layers[0]``.
 """
 
 from __future__ import annotations
@@ -13,7 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from funcnn import random
-from funcnn.layers._base import Layer, ShapeError, check_in_shape, init_context
+from funcnn.layers._base import (
+    Layer,
+    PerExampleError,
+    ShapeError,
+    check_in_shape,
+    init_context,
+)
 
 __all__ = ["Residual", "Serial"]
 
@@ -82,6 +92,15 @@ class Serial(Layer):
             grads[i], dy = self.layers[i].backward(params[i], cache[i], dy)  # dx: the next dy
         return tuple(grads), dy
 
+    def backward_per_example(self, params, cache, dy):
+        grads = [None] * len(self.layers)
+        for i in range(len(self.layers) - 1, -1, -1):
+            try:
+                grads[i], dy = self.layers[i].backward_per_example(params[i], cache[i], dy)
+            except PerExampleError as err:
+                raise err.inside(i) from None
+        return tuple(grads), dy
+
 
 @dataclass(frozen=True)
 class Residual(Serial):
@@ -105,4 +124,8 @@ class Residual(Serial):
 
     def backward(self, params, cache, dy):
         grads, dfx = super().backward(params, cache, dy)
+        return grads, dy + dfx                                  # the skip, plus through f
+
+    def backward_per_example(self, params, cache, dy):
+        grads, dfx = super().backward_per_example(params, cache, dy)
         return grads, dy + dfx                                  # the skip, plus through f

@@ -230,6 +230,66 @@ def test_small_cases_equal_vmap_of_jax_grad_and_keep_float32(case, backend):
                             per_leaf=False)
 
 
+# ---------------------------------------------------------------------------- squared norms
+
+
+def squares(grads):
+    """``(m,)``: each example's sum of squares over every leaf of per-example ``grads``."""
+    return sum(np.sum(np.asarray(g).reshape(g.shape[0], -1) ** 2, axis=1)
+               for g in tree_leaves(grads))
+
+
+@pytest.mark.parametrize("name", list(STACKS))
+def test_sq_norms_are_the_per_example_grads_squared(name):
+    layer, params, state, x, dy, train = setup(name, "numpy", seed=5)
+    _, cache, _ = layer.forward(params, state, x, train=train, key=KEY)
+    sq, dx = layer.backward_sq_norms(params, cache, dy)
+    grads, dx_each = layer.backward_per_example(params, cache, dy)
+    assert sq.shape == (M,) and sq.dtype == np.float64
+    assert_close(sq, squares(grads), f"{name}: squared norms", rtol=1e-12)
+    assert_close(dx, dx_each, f"{name}: dx", rtol=1e-12)
+
+
+@pytest.mark.parametrize("layer, in_shape, gram", [
+    (Conv2D(8, 3, stride=2), (5, 5, 4), True),       # p = 4 patches, K = 36, F = 8
+    (Conv2D(6, 2, bias=False), (3, 3, 5), True),     # p = 4, K = 20, F = 6
+    (Conv2D(2, 3, padding="same"), (6, 6, 1), False),  # p = 36, K = 9, F = 2
+    (Dense(3), (4,), None), (LayerNorm(), (2, 2, 3), None), (BatchNorm(), (3,), None),
+], ids=repr)
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_sq_norms_of_each_layer_on_both_backends(layer, in_shape, gram, dtype, backend):
+    """Conv2D's Gram form (few patches per image) and its direct one, Dense's
+    ``(||x_i||^2 + 1) ||dy_i||^2``, the generic sum of squares; float32 stays float32."""
+    if gram is not None:
+        k, f = layer.kernel_size[0] * layer.kernel_size[1] * in_shape[2], layer.filters
+        p = np.prod(layer.output_shape(in_shape)[:2])
+        assert (p * (k + f) < k * f) == gram  # the form this case exercises
+    params, state, x, dy = draw(layer, in_shape, backend, dtype, 6)
+    _, cache, _ = layer.forward(params, state, x, train=False)
+    sq, dx = layer.backward_sq_norms(params, cache, dy)
+    grads, dx_each = layer.backward_per_example(params, cache, dy)
+    assert sq.shape == (M,) and sq.dtype == np.dtype(dtype) and dx.dtype == np.dtype(dtype)
+    assert funcnn.backend.is_jax_array(sq) == (backend == "jax")
+    rtol = 1e-12 if dtype == "float64" else 1e-5
+    assert_close(sq, squares(grads), f"{layer!r}: squared norms", rtol=rtol)
+    assert_close(dx, dx_each, f"{layer!r}: dx", rtol=rtol)
+
+
+@pytest.mark.slow
+def test_sq_norms_under_jit_equal_numpys():
+    layer, params, state, x, dy, train = setup("conv-same-bn-pools-residual-layernorm", "numpy")
+
+    def run(layer, params, state, x, dy):
+        _, cache, _ = layer.forward(params, state, x, train=False)
+        return layer.backward_sq_norms(params, cache, dy)
+
+    on_numpy = run(layer, params, state, x, dy)
+    jitted = jax.jit(run, static_argnums=0)(layer, *funcnn.to_backend((params, state, x, dy),
+                                                                      "jax"))
+    for got, want in zip(jitted, on_numpy, strict=True):
+        assert_close(got, want, "jitted squared norms vs NumPy", rtol=1e-12)
+
+
 # ---------------------------------------------------------------------------- the refusals
 
 
@@ -259,9 +319,11 @@ def test_batch_norm_in_training_refuses_and_says_why_and_what_to_use(backend):
 def test_the_refusal_names_the_place_in_the_stack(backend):
     net = Serial([Dense(4), Residual([Dense(4), BatchNorm(), Activation("relu")]), Dense(2)])
     params, cache, dy = bn_train_cache(net, (3,), backend)
-    with pytest.raises(PerExampleError, match=r"^layers\[1\]\.layers\[1\]: BatchNorm\(") as err:
-        net.backward_per_example(params, cache, dy)
-    assert err.value.path == "[1].layers[1]"
+    for method in (net.backward_per_example, net.backward_sq_norms):
+        with pytest.raises(PerExampleError,
+                           match=r"^layers\[1\]\.layers\[1\]: BatchNorm\(") as err:
+            method(params, cache, dy)
+        assert err.value.path == "[1].layers[1]"
 
 
 def test_the_refusal_comes_while_tracing_under_jit():

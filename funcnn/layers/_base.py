@@ -7,6 +7,7 @@ A layer is a frozen, hashable dataclass (a static argument of ``jax.jit``) with:
     forward(params, state, x, *, train, key=None)         -> (y, cache, new_state)
     backward(params, cache, dy)                           -> (grads, dx)
     backward_per_example(params, cache, dy)               -> (grads, dx)
+    backward_sq_norms(params, cache, dy)                  -> (sq_norms, dx)
 
 ``in_shape`` and ``out_shape`` leave out the batch axis; ``x`` is ``(m, *in_shape)``.
 ``params`` is a NamedTuple of arrays (``()`` without parameters), ``state`` a NamedTuple
@@ -18,7 +19,9 @@ travels in ``cache``, the running statistics in ``state``.
 own loss and returns each example's parameter gradients: every leaf of ``grads`` gains a
 leading axis ``m`` (``grads.W[i]`` is example ``i``'s), ``dx`` is ``backward``'s. It exists
 when each output row depends on its own input row alone; ``BatchNorm`` in training
-(batch statistics) raises ``PerExampleError``.
+(batch statistics) raises ``PerExampleError``. ``backward_sq_norms`` gives each example's
+squared gradient norm over the layer's parameters, ``(m,)``, without forming a
+per-example weight gradient where a cheaper form exists (Dense, Conv2D).
 """
 
 from __future__ import annotations
@@ -28,8 +31,16 @@ from typing import Any
 import numpy as np
 
 from funcnn import random
-from funcnn.backend import concrete_value, float_dtype, get_backend, is_jax_array, to_backend
+from funcnn.backend import (
+    array_namespace,
+    concrete_value,
+    float_dtype,
+    get_backend,
+    is_jax_array,
+    to_backend,
+)
 from funcnn.initializers import initialize
+from funcnn.tree import tree_leaves
 
 __all__ = ["Layer", "PerExampleError", "ShapeError"]
 
@@ -111,6 +122,22 @@ class Layer:
         if params != ():
             raise NotImplementedError(f"{self!r} has parameters but no backward_per_example")
         return self.backward(params, cache, dy)
+
+    def backward_sq_norms(self, params: Any, cache: Any, dy: Any):
+        """``(sq_norms, dx)``: ``sq_norms[i]`` the squared norm of example ``i``'s gradient
+        over all of this layer's parameters, ``(m,)`` in ``dy``'s dtype (``dy`` as for
+        :meth:`backward_per_example`); ``dx`` is :meth:`backward`'s.
+
+        Here the sum of the squares of :meth:`backward_per_example`'s grads (zeros without
+        parameters). The squares are not scaled: in float32 a norm beyond about ``1e19``
+        overflows to ``inf``.
+        """
+        grads, dx = self.backward_per_example(params, cache, dy)
+        xp = array_namespace(dy)
+        sq = xp.zeros(dy.shape[:1], dy.dtype)
+        for g in tree_leaves(grads):
+            sq = sq + (g * g).reshape(g.shape[0], -1).sum(axis=1)
+        return sq, dx
 
 
 def check_in_shape(in_shape: Any) -> tuple[int, ...]:

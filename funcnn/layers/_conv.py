@@ -21,7 +21,11 @@ into one product per image, of its ``Ho * Wo`` patches and their deltas::
     dW[i] = (Pe[i].T @ dZe[i]).reshape(kh, kw, C, F)          (m, kh, kw, C, F)
     db[i] = dZe[i].sum(axis=0)                                 (m, F)
 
-(``sum_i dW[i] = P.T @ dZ``); ``dx`` is the same as for the batch.
+(``sum_i dW[i] = P.T @ dZ``); ``dx`` is the same as for the batch. Each example's squared
+norm ``||dW[i]||^2`` needs no ``dW[i]`` when an image has few patches ``p = Ho * Wo``
+(the Gram form, ``m p^2 (K + F)`` multiplications against ``m p K F``, ``K = kh kw C``)::
+
+    ||Pe[i].T @ dZe[i]||^2 = sum((Pe[i] @ Pe[i].T) * (dZe[i] @ dZe[i].T))
 The patch form is the fast one on both backends: XLA's CPU convolutions run far below
 its matrix-product rate (``benchmarks/conv_layers.py``).
 """
@@ -180,6 +184,24 @@ class Conv2D(Layer):
         dW = (pe.transpose(0, 2, 1) @ dze).reshape(m, kh, kw, c, f)  # (m, kh, kw, C, F)
         db = None if params.b is None else dze.sum(axis=1)      # (m, F)
         return Conv2DParams(dW, db), self._input_grad(params, cache, dy)
+
+    def backward_sq_norms(self, params, cache, dy):
+        m = dy.shape[0]
+        kh, kw, c, f = params.W.shape
+        k = kh * kw * c
+        pe = cache.patches.reshape(m, -1, k)                    # (m, p, K), p = Ho * Wo
+        dze = dy.reshape(m, -1, f)                              # (m, p, F)
+        p = pe.shape[1]
+        if p * (k + f) < k * f:                                 # the Gram form is cheaper
+            gram = pe @ pe.transpose(0, 2, 1)                   # (m, p, p)
+            sq = (gram * (dze @ dze.transpose(0, 2, 1))).sum(axis=(1, 2))  # (m,)
+        else:
+            dW = pe.transpose(0, 2, 1) @ dze                    # (m, K, F)
+            sq = (dW * dW).sum(axis=(1, 2))                     # (m,)
+        if params.b is not None:
+            db = dze.sum(axis=1)                                # (m, F)
+            sq = sq + (db * db).sum(axis=1)
+        return sq, self._input_grad(params, cache, dy)
 
     def _input_grad(self, params, cache, dy):
         """``dx``, ``(m, H, W, C)``: each patch's gradient folded back onto the image."""

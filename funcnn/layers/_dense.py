@@ -10,6 +10,7 @@ sum of outer products, one per example::
 
     dW[i] = outer(x[i], dy[i])    (m, n_in, n_out)     sum_i dW[i] = x.T @ dy
     db[i] = dy[i]                 (m, n_out)
+    ||dW[i]||^2 + ||db[i]||^2 = (||x[i]||^2 + 1) ||dy[i]||^2    (||outer(a, d)|| = ||a|| ||d||)
 """
 
 from __future__ import annotations
@@ -101,3 +102,11 @@ class Dense(Layer):
         db = None if params.b is None else dy               # (m, n_out)
         dx = dy @ params.W.T                                # (m, n_in)
         return DenseParams(dW, db), dx
+
+    def backward_sq_norms(self, params, cache, dy):
+        x = cache
+        dy2 = (dy * dy).sum(axis=1)                          # (m,): ||dy[i]||^2
+        sq = (x * x).sum(axis=1) * dy2                       # (m,): ||outer(x[i], dy[i])||^2
+        if params.b is not None:
+            sq = sq + dy2
+        return sq, dy @ params.W.T                           # dx: (m, n_in)

@@ -8,8 +8,9 @@ the next one's ``dy``. ``Residual(layers)`` adds the block's input to its output
     dx = dy + df(dy)       df: f's backward pass, its grads f's grads
 
 Per example the same: ``backward_per_example`` runs each layer's per-example pass in
-reverse; a layer without per-example gradients (BatchNorm in training) raises
-``PerExampleError`` naming its place, as ``layers[2].layers[0]``.
+reverse (``backward_sq_norms`` too, adding the layers' squared norms); a layer without
+per-example gradients (BatchNorm in training) raises ``PerExampleError`` naming its
+place, as ``layers[2].layers[0]``.
 """
 
 from __future__ import annotations
@@ -93,13 +94,24 @@ class Serial(Layer):
         return tuple(grads), dy
 
     def backward_per_example(self, params, cache, dy):
-        grads = [None] * len(self.layers)
+        grads, dx = self._reverse("backward_per_example", params, cache, dy)
+        return tuple(grads), dx
+
+    def backward_sq_norms(self, params, cache, dy):
+        sq, dx = self._reverse("backward_sq_norms", params, cache, dy)
+        return sum(sq[1:], sq[0]), dx                          # (m,): over every layer
+
+    def _reverse(self, method, params, cache, dy):
+        """``([out_0, out_1, ...], dx)``: each layer's ``method(params, cache, dy) ->
+        (out, dx)`` from the last layer to the first, a layer's ``dx`` the next one's
+        ``dy``; a ``PerExampleError`` names the layer's place."""
+        outs = [None] * len(self.layers)
         for i in range(len(self.layers) - 1, -1, -1):
             try:
-                grads[i], dy = self.layers[i].backward_per_example(params[i], cache[i], dy)
+                outs[i], dy = getattr(self.layers[i], method)(params[i], cache[i], dy)
             except PerExampleError as err:
                 raise err.inside(i) from None
-        return tuple(grads), dy
+        return outs, dy
 
 
 @dataclass(frozen=True)
@@ -129,3 +141,7 @@ class Residual(Serial):
     def backward_per_example(self, params, cache, dy):
         grads, dfx = super().backward_per_example(params, cache, dy)
         return grads, dy + dfx                                  # the skip, plus through f
+
+    def backward_sq_norms(self, params, cache, dy):
+        sq, dfx = super().backward_sq_norms(params, cache, dy)
+        return sq, dy + dfx                                     # the skip, plus through f

@@ -181,18 +181,6 @@ def test_per_example_grads_equal_vmap_of_jax_grad_on_numpy_and_jitted_jax(name):
     assert step._cache_size() == 1
 
 
-@pytest.mark.parametrize("name", list(STACKS))
-def test_per_example_grads_sum_to_backwards_and_dx_is_backwards(name):
-    layer, params, state, x, dy, train = setup(name, "numpy", seed=1)
-    _, cache, _ = layer.forward(params, state, x, train=train, key=KEY)
-    each, dx_each = layer.backward_per_example(params, cache, dy)
-    grads, dx = layer.backward(params, cache, dy)
-    assert_close(dx_each, dx, f"{name}: dx", rtol=1e-12)
-    for e, g in zip(tree_leaves(each), tree_leaves(grads), strict=True):
-        assert_close(e.sum(axis=0), g, f"{name}: sum of per-example grads vs backward's",
-                     rtol=1e-12)
-
-
 SMALL = [  # (layer, in_shape, train): each layer with params alone, and two small stacks
     (Dense(3), (4,), False), (Dense(2, bias=False), (3,), False),
     (Conv2D(2, 3, stride=2, padding="same"), (5, 4, 3), False),
@@ -240,14 +228,19 @@ def squares(grads):
 
 
 @pytest.mark.parametrize("name", list(STACKS))
-def test_sq_norms_are_the_per_example_grads_squared(name):
-    layer, params, state, x, dy, train = setup(name, "numpy", seed=5)
+def test_per_example_grads_sum_to_backwards_and_square_to_the_sq_norms(name):
+    layer, params, state, x, dy, train = setup(name, "numpy", seed=1)
     _, cache, _ = layer.forward(params, state, x, train=train, key=KEY)
-    sq, dx = layer.backward_sq_norms(params, cache, dy)
-    grads, dx_each = layer.backward_per_example(params, cache, dy)
+    each, dx_each = layer.backward_per_example(params, cache, dy)
+    grads, dx = layer.backward(params, cache, dy)
+    assert_close(dx_each, dx, f"{name}: dx", rtol=1e-12)
+    for e, g in zip(tree_leaves(each), tree_leaves(grads), strict=True):
+        assert_close(e.sum(axis=0), g, f"{name}: sum of per-example grads vs backward's",
+                     rtol=1e-12)
+    sq, dx_sq = layer.backward_sq_norms(params, cache, dy)
     assert sq.shape == (M,) and sq.dtype == np.float64
-    assert_close(sq, squares(grads), f"{name}: squared norms", rtol=1e-12)
-    assert_close(dx, dx_each, f"{name}: dx", rtol=1e-12)
+    assert_close(sq, squares(each), f"{name}: squared norms", rtol=1e-12)
+    assert_close(dx_sq, dx, f"{name}: dx of backward_sq_norms", rtol=1e-12)
 
 
 @pytest.mark.parametrize("layer, in_shape, gram", [

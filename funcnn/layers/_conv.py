@@ -14,6 +14,9 @@ windows as rows of patches ``P`` (``funcnn.layers._windows``)::
 ``dx`` is the "full convolution of dy with the flipped kernel" of the textbooks: each
 patch's gradient ``dZ @ Wm.T`` goes back to the pixels the patch was read from.
 
+The patch form is the fast one on both backends: XLA's CPU convolutions run far below
+its matrix-product rate (``benchmarks/conv_layers.py``).
+
 Per example (``dy``'s row ``i`` the gradient of example ``i``'s own loss), ``dW`` splits
 into one product per image, of its ``Ho * Wo`` patches and their deltas::
 
@@ -26,8 +29,6 @@ norm ``||dW[i]||^2`` needs no ``dW[i]`` when an image has few patches ``p = Ho *
 (the Gram form, ``m p^2 (K + F)`` multiplications against ``m p K F``, ``K = kh kw C``)::
 
     ||Pe[i].T @ dZe[i]||^2 = sum((Pe[i] @ Pe[i].T) * (dZe[i] @ dZe[i].T))
-The patch form is the fast one on both backends: XLA's CPU convolutions run far below
-its matrix-product rate (``benchmarks/conv_layers.py``).
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ from funcnn.optim import Optimizer, merge_hyper, split_hyper
 from funcnn.step import backward_grad, check_grad_fn, check_optimizer, n_correct, train_step
 from funcnn.tree import tree_leaves
 
-__all__ = ["TrainingDiverged", "enable_compilation_cache", "evaluate", "fit", "flush_denormals"]
+__all__ = ["TrainingDiverged", "enable_compilation_cache", "evaluate", "fit"]
 _HISTORY = ("loss", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds")
 
 

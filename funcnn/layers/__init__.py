@@ -6,11 +6,16 @@ pure functions, the same code on NumPy and jax.numpy::
     params, state, out_shape = layer.init(key, in_shape, dtype="float32")
     y, cache, new_state      = layer.forward(params, state, x, train=True, key=key)
     grads, dx                = layer.backward(params, cache, dy)
+    grads, dx                = layer.backward_per_example(params, cache, dy)
 
 ``in_shape`` is one example's shape (no batch axis); images are channels-last
 ``(H, W, C)``. ``params`` and ``state`` are NamedTuples of arrays (``()`` when a layer
 has none: only ``BatchNorm`` has state, its running statistics); ``grads`` has the
-structure of ``params``; ``dx`` is the gradient with respect to ``x``. For example::
+structure of ``params``; ``dx`` is the gradient with respect to ``x``.
+``backward_per_example`` takes ``dy`` whose row ``i`` is the gradient of example ``i``'s
+own loss and gives each example's gradients: every leaf of ``grads`` gains a leading
+batch axis (``PerExampleError`` for BatchNorm in training, whose batch statistics tie
+the examples together). For example::
 
     net = Serial([Conv2D(32, 3, padding="same"), Activation("relu"), MaxPool2D(2),
                   Flatten(), Dense(10)])
@@ -24,6 +29,7 @@ structure of ``params``; ``dx`` is the gradient with respect to ``x``. For examp
 
 from funcnn.layers._base import InitializerError as InitializerError
 from funcnn.layers._base import Layer as Layer
+from funcnn.layers._base import PerExampleError as PerExampleError
 from funcnn.layers._base import ShapeError as ShapeError
 from funcnn.layers._conv import Conv2D as Conv2D
 from funcnn.layers._conv import Conv2DParams as Conv2DParams
@@ -59,6 +65,7 @@ __all__ = [
     "LayerNorm",
     "MaxPool2D",
     "NormParams",
+    "PerExampleError",
     "Residual",
     "Serial",
     "ShapeError",

@@ -6,13 +6,26 @@ A layer is a frozen, hashable dataclass (a static argument of ``jax.jit``) with:
     init(key, in_shape, dtype="float32", *, backend=None) -> (params, state, out_shape)
     forward(params, state, x, *, train, key=None)         -> (y, cache, new_state)
     backward(params, cache, dy)                           -> (grads, dx)
+<<<<<<< HEAD
     backward_params(params, cache, dy)                    -> grads   (dx not needed)
+=======
+    backward_per_example(params, cache, dy)               -> (grads, dx)
+    backward_sq_norms(params, cache, dy)                  -> (sq_norms, dx)
+>>>>>>> h-perex
 
 ``in_shape`` and ``out_shape`` leave out the batch axis; ``x`` is ``(m, *in_shape)``.
 ``params`` is a NamedTuple of arrays (``()`` without parameters), ``state`` a NamedTuple
 (``()`` for every layer but ``BatchNorm``), ``grads`` has the structure of ``params`` and
 ``dx`` the shape of ``x``. Nothing is kept between calls: what the backward pass needs
 travels in ``cache``, the running statistics in ``state``.
+
+``backward_per_example`` takes ``dy`` whose row ``i`` is the gradient of example ``i``'s
+own loss and returns each example's parameter gradients: every leaf of ``grads`` gains a
+leading axis ``m`` (``grads.W[i]`` is example ``i``'s), ``dx`` is ``backward``'s. It exists
+when each output row depends on its own input row alone; ``BatchNorm`` in training
+(batch statistics) raises ``PerExampleError``. ``backward_sq_norms`` gives each example's
+squared gradient norm over the layer's parameters, ``(m,)``, without forming a
+per-example weight gradient where a cheaper form exists (Dense, Conv2D).
 """
 
 from __future__ import annotations
@@ -22,10 +35,22 @@ from typing import Any
 import numpy as np
 
 from funcnn import random
-from funcnn.backend import concrete_value, float_dtype, get_backend, is_jax_array, to_backend
+from funcnn.backend import (
+    array_namespace,
+    concrete_value,
+    float_dtype,
+    get_backend,
+    is_jax_array,
+    to_backend,
+)
 from funcnn.initializers import initialize
+from funcnn.tree import tree_leaves
 
+<<<<<<< HEAD
 __all__ = ["InitializerError", "Layer", "ShapeError"]
+=======
+__all__ = ["Layer", "PerExampleError", "ShapeError"]
+>>>>>>> h-perex
 
 
 class ShapeError(ValueError):
@@ -47,8 +72,31 @@ class ShapeError(ValueError):
 
     def inside(self, index: int) -> ShapeError:
         """The same error seen from the stack that holds this layer at ``index``."""
-        step = f"[{index}]" if not self.path else f"[{index}].layers{self.path}"
-        return ShapeError(self.layer, self.in_shape, self.problem, step)
+        return ShapeError(self.layer, self.in_shape, self.problem, _nested(index, self.path))
+
+
+class PerExampleError(ValueError):
+    """A layer has no per-example gradients: an example's gradient depends on the other
+    examples of the batch (``BatchNorm`` in training, normalising by the batch's own
+    statistics). The message names the layer, its place in the stack (as
+    :class:`ShapeError`'s), why, and what to use instead. ``path`` is that place."""
+
+    def __init__(self, layer: Any, problem: str, path: str = ""):
+        super().__init__(layer, problem, path)
+        self.layer, self.problem, self.path = layer, problem, path
+
+    def __str__(self) -> str:
+        where = f"layers{self.path}: " if self.path else ""
+        return f"{where}{self.layer!r} has no per-example gradients: {self.problem}"
+
+    def inside(self, index: int) -> PerExampleError:
+        """The same error seen from the stack that holds this layer at ``index``."""
+        return PerExampleError(self.layer, self.problem, _nested(index, self.path))
+
+
+def _nested(index: int, path: str) -> str:
+    """The place ``path`` (``""``: the layer itself) inside the stack's layer ``index``."""
+    return f"[{index}]" if not path else f"[{index}].layers{path}"
 
 
 class InitializerError(ValueError):
@@ -94,10 +142,40 @@ class Layer:
         """``(grads, dx)`` from the cache of :meth:`forward` and ``dy = dL/dy``."""
         raise NotImplementedError
 
+<<<<<<< HEAD
     def backward_params(self, params: Any, cache: Any, dy: Any):
         """``grads`` alone: for the first layer of a net, whose ``dx`` nobody needs (a
         layer with a costly ``dx``, such as ``Dense`` and ``Conv2D``, skips it)."""
         return self.backward(params, cache, dy)[0]
+=======
+    def backward_per_example(self, params: Any, cache: Any, dy: Any):
+        """``(grads, dx)`` with each leaf of ``grads`` per example, ``(m, *leaf.shape)``:
+        ``dy``'s row ``i`` is the gradient of example ``i``'s own loss, and ``grads``'s
+        row ``i`` that example's parameter gradient. ``dx`` is :meth:`backward`'s.
+
+        Here, for a layer without parameters: ``((), dx)`` of :meth:`backward`. A layer
+        with parameters defines its own.
+        """
+        if params != ():
+            raise NotImplementedError(f"{self!r} has parameters but no backward_per_example")
+        return self.backward(params, cache, dy)
+
+    def backward_sq_norms(self, params: Any, cache: Any, dy: Any):
+        """``(sq_norms, dx)``: ``sq_norms[i]`` the squared norm of example ``i``'s gradient
+        over all of this layer's parameters, ``(m,)`` in ``dy``'s dtype (``dy`` as for
+        :meth:`backward_per_example`); ``dx`` is :meth:`backward`'s.
+
+        Here the sum of the squares of :meth:`backward_per_example`'s grads (zeros without
+        parameters). The squares are not scaled: in float32 a norm beyond about ``1e19``
+        overflows to ``inf``.
+        """
+        grads, dx = self.backward_per_example(params, cache, dy)
+        xp = array_namespace(dy)
+        sq = xp.zeros(dy.shape[:1], dy.dtype)
+        for g in tree_leaves(grads):
+            sq = sq + (g * g).reshape(g.shape[0], -1).sum(axis=1)
+        return sq, dx
+>>>>>>> h-perex
 
 
 def check_in_shape(in_shape: Any) -> tuple[int, ...]:

@@ -13,8 +13,22 @@ windows as rows of patches ``P`` (``funcnn.layers._windows``)::
 
 ``dx`` is the "full convolution of dy with the flipped kernel" of the textbooks: each
 patch's gradient ``dZ @ Wm.T`` goes back to the pixels the patch was read from.
+
 The patch form is the fast one on both backends: XLA's CPU convolutions run far below
 its matrix-product rate (``benchmarks/conv_layers.py``).
+
+Per example (``dy``'s row ``i`` the gradient of example ``i``'s own loss), ``dW`` splits
+into one product per image, of its ``Ho * Wo`` patches and their deltas::
+
+    Pe = P.reshape(m, Ho * Wo, kh * kw * C);   dZe = dy.reshape(m, Ho * Wo, F)
+    dW[i] = (Pe[i].T @ dZe[i]).reshape(kh, kw, C, F)          (m, kh, kw, C, F)
+    db[i] = dZe[i].sum(axis=0)                                 (m, F)
+
+(``sum_i dW[i] = P.T @ dZ``); ``dx`` is the same as for the batch. Each example's squared
+norm ``||dW[i]||^2`` needs no ``dW[i]`` when an image has few patches ``p = Ho * Wo``
+(the Gram form, ``m p^2 (K + F)`` multiplications against ``m p K F``, ``K = kh kw C``)::
+
+    ||Pe[i].T @ dZe[i]||^2 = sum((Pe[i] @ Pe[i].T) * (dZe[i] @ dZe[i].T))
 """
 
 from __future__ import annotations
@@ -162,14 +176,62 @@ class Conv2D(Layer):
         return Conv2DParams(dW, db)
 
     def backward(self, params, cache, dy):
+<<<<<<< HEAD
         x = cache.x
         m, h, w, _ = x.shape
+=======
+        patches = cache.patches
+>>>>>>> h-perex
+        kh, kw, c, f = params.W.shape
+        dz = dy.reshape(-1, f)                                  # (m * Ho * Wo, F)
+<<<<<<< HEAD
+=======
+        dW = (patches.T @ dz).reshape(kh, kw, c, f)             # (kh, kw, C, F)
+        db = None if params.b is None else dz.sum(axis=0)       # (F,)
+        return Conv2DParams(dW, db), self._input_grad(params, cache, dy)
+
+    def backward_per_example(self, params, cache, dy):
+        patches = cache.patches
+        m = dy.shape[0]
+        kh, kw, c, f = params.W.shape
+        pe = patches.reshape(m, -1, kh * kw * c)                # (m, Ho * Wo, kh * kw * C)
+        dze = dy.reshape(m, -1, f)                              # (m, Ho * Wo, F)
+        dW = (pe.transpose(0, 2, 1) @ dze).reshape(m, kh, kw, c, f)  # (m, kh, kw, C, F)
+        db = None if params.b is None else dze.sum(axis=1)      # (m, F)
+        return Conv2DParams(dW, db), self._input_grad(params, cache, dy)
+
+    def backward_sq_norms(self, params, cache, dy):
+        m = dy.shape[0]
+        kh, kw, c, f = params.W.shape
+        k = kh * kw * c
+        pe = cache.patches.reshape(m, -1, k)                    # (m, p, K), p = Ho * Wo
+        dze = dy.reshape(m, -1, f)                              # (m, p, F)
+        p = pe.shape[1]
+        if p * (k + f) < k * f:                                 # the Gram form is cheaper
+            gram = pe @ pe.transpose(0, 2, 1)                   # (m, p, p)
+            sq = (gram * (dze @ dze.transpose(0, 2, 1))).sum(axis=(1, 2))  # (m,)
+        else:
+            dW = pe.transpose(0, 2, 1) @ dze                    # (m, K, F)
+            sq = (dW * dW).sum(axis=(1, 2))                     # (m,)
+        if params.b is not None:
+            db = dze.sum(axis=1)                                # (m, F)
+            sq = sq + (db * db).sum(axis=1)
+        return sq, self._input_grad(params, cache, dy)
+
+    def _input_grad(self, params, cache, dy):
+        """``dx``, ``(m, H, W, C)``: each patch's gradient folded back onto the image."""
+        _, h, w, _ = cache.x.shape
         kh, kw, c, f = params.W.shape
         (top, bottom), (left, right) = self.pads(h, w)
         dz = dy.reshape(-1, f)                                  # (m * Ho * Wo, F)
+>>>>>>> h-perex
         dpatches = dz @ params.W.reshape(kh * kw * c, f).T      # (m * Ho * Wo, kh * kw * C)
         dwin = dpatches.reshape(*dy.shape[:3], kh * kw, c)      # (m, Ho, Wo, kh * kw, C)
         dpadded = fold(dwin, (h + top + bottom, w + left + right), self.kernel_size,
                        self.stride)                             # (m, Hp, Wp, C)
+<<<<<<< HEAD
         dx = dpadded[:, top:top + h, left:left + w, :]          # (m, H, W, C)
         return self.backward_params(params, cache, dy), dx
+=======
+        return dpadded[:, top:top + h, left:left + w, :]        # (m, H, W, C)
+>>>>>>> h-perex

@@ -15,6 +15,18 @@ the three terms of ``dx``: the direct path, the path through ``mu`` and the path
 ``LayerNorm(n)`` and flax's default); BatchNorm over all axes but the last (the batch and,
 for images, the pixels of each channel). In evaluation BatchNorm uses its running
 statistics, constants: then ``dx = dxhat * inv``.
+
+Per example (``dy``'s row ``i`` the gradient of example ``i``'s own loss), the sums over
+all but the last axis stop short of the batch axis::
+
+    dscale[i] = sum over the axes of one example but the last of dy[i] * xhat[i]   (m, n)
+    dshift[i] = sum over the axes of one example but the last of dy[i]             (m, n)
+
+and ``dx`` is the batch's. That holds for LayerNorm and for BatchNorm in evaluation,
+where each example is normalised on its own (by its own statistics, or by constants).
+BatchNorm in training normalises by the batch's mean and variance: example ``i``'s loss
+depends on every example's input, so the gradient of ``sum_i loss_i`` does not split into
+per-example gradients, and ``backward_per_example`` raises ``PerExampleError``.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ import numpy as np
 from funcnn.backend import array_namespace, namespace
 from funcnn.layers._base import (
     Layer,
+    PerExampleError,
     ShapeError,
     broadcast_last,
     check_dtype,
@@ -89,11 +102,13 @@ def _affine(params: NormParams, xhat: Any) -> Any:
                                                                             xhat.ndim)
 
 
-def _affine_backward(params: NormParams, xhat: Any, dy: Any) -> tuple[NormParams, Any]:
-    """``(dscale, dshift)`` and ``dxhat``."""
-    outer = tuple(range(dy.ndim - 1))
-    dscale = (dy * xhat).sum(axis=outer)                       # (n,)
-    dshift = dy.sum(axis=outer)                                # (n,)
+def _affine_backward(params: NormParams, xhat: Any, dy: Any, *,
+                     per_example: bool = False) -> tuple[NormParams, Any]:
+    """``(dscale, dshift)`` and ``dxhat``: ``dscale`` and ``dshift`` of shape ``(n,)``, or
+    ``(m, n)`` with ``per_example`` (summed over each example's axes but the last)."""
+    outer = tuple(range(1 if per_example else 0, dy.ndim - 1))
+    dscale = (dy * xhat).sum(axis=outer)                       # (n,) or (m, n)
+    dshift = dy.sum(axis=outer)                                # (n,) or (m, n)
     return NormParams(dscale, dshift), dy * broadcast_last(params.scale, dy.ndim)
 
 
@@ -140,6 +155,11 @@ class LayerNorm(Layer):
     def backward(self, params, cache, dy):
         xhat, inv = cache
         grads, dxhat = _affine_backward(params, xhat, dy)
+        return grads, _normalize_backward(dxhat, xhat, inv, (-1,))
+
+    def backward_per_example(self, params, cache, dy):
+        xhat, inv = cache
+        grads, dxhat = _affine_backward(params, xhat, dy, per_example=True)  # (m, n) each
         return grads, _normalize_backward(dxhat, xhat, inv, (-1,))
 
 
@@ -204,3 +224,15 @@ class BatchNorm(Layer):
             return grads, dxhat * broadcast_last(cache.inv, dy.ndim)
         return grads, _normalize_backward(dxhat, cache.xhat, cache.inv,
                                           tuple(range(dy.ndim - 1)))
+
+    def backward_per_example(self, params, cache, dy):
+        """Per-example ``(dscale, dshift)``, ``(m, n)`` each, and ``dx``, with the running
+        statistics (a cache of ``train=False``); ``PerExampleError`` with batch ones."""
+        if not isinstance(cache, _RunningStats):
+            raise PerExampleError(self, "in training (train=True) it normalises by the "
+                                  "batch's own mean and variance, so each example's gradient "
+                                  "depends on the whole batch; use the running statistics "
+                                  "(train=False), or LayerNorm (or no normalisation) for "
+                                  "per-example gradients and DP-SGD")
+        grads, dxhat = _affine_backward(params, cache.xhat, dy, per_example=True)
+        return grads, dxhat * broadcast_last(cache.inv, dy.ndim)

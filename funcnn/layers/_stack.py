@@ -6,6 +6,11 @@ the next one's ``dy``. ``Residual(layers)`` adds the block's input to its output
 
     y  = x + f(x)          f: the layers in order; f(x) must keep the shape of x
     dx = dy + df(dy)       df: f's backward pass, its grads f's grads
+
+Per example the same: ``backward_per_example`` runs each layer's per-example pass in
+reverse (``backward_sq_norms`` too, adding the layers' squared norms); a layer without
+per-example gradients (BatchNorm in training) raises ``PerExampleError`` naming its
+place, as ``layers[2].layers[0]``.
 """
 
 from __future__ import annotations
@@ -13,7 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from funcnn import random
-from funcnn.layers._base import Layer, ShapeError, check_in_shape, init_context
+from funcnn.layers._base import (
+    Layer,
+    PerExampleError,
+    ShapeError,
+    check_in_shape,
+    init_context,
+)
 
 __all__ = ["Residual", "Serial"]
 
@@ -101,6 +112,26 @@ class Serial(Layer):
         grads[0] = self.layers[0].backward_params(params[0], cache[0], dy)
         return tuple(grads)
 
+    def backward_per_example(self, params, cache, dy):
+        grads, dx = self._reverse("backward_per_example", params, cache, dy)
+        return tuple(grads), dx
+
+    def backward_sq_norms(self, params, cache, dy):
+        sq, dx = self._reverse("backward_sq_norms", params, cache, dy)
+        return sum(sq[1:], sq[0]), dx                          # (m,): over every layer
+
+    def _reverse(self, method, params, cache, dy):
+        """``([out_0, out_1, ...], dx)``: each layer's ``method(params, cache, dy) ->
+        (out, dx)`` from the last layer to the first, a layer's ``dx`` the next one's
+        ``dy``; a ``PerExampleError`` names the layer's place."""
+        outs = [None] * len(self.layers)
+        for i in range(len(self.layers) - 1, -1, -1):
+            try:
+                outs[i], dy = getattr(self.layers[i], method)(params[i], cache[i], dy)
+            except PerExampleError as err:
+                raise err.inside(i) from None
+        return outs, dy
+
 
 @dataclass(frozen=True)
 class Residual(Serial):
@@ -128,3 +159,11 @@ class Residual(Serial):
 
     def backward_params(self, params, cache, dy):
         return super().backward(params, cache, dy)[0]
+
+    def backward_per_example(self, params, cache, dy):
+        grads, dfx = super().backward_per_example(params, cache, dy)
+        return grads, dy + dfx                                  # the skip, plus through f
+
+    def backward_sq_norms(self, params, cache, dy):
+        sq, dfx = super().backward_sq_norms(params, cache, dy)
+        return sq, dy + dfx                                     # the skip, plus through f

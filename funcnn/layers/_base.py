@@ -6,12 +6,9 @@ A layer is a frozen, hashable dataclass (a static argument of ``jax.jit``) with:
     init(key, in_shape, dtype="float32", *, backend=None) -> (params, state, out_shape)
     forward(params, state, x, *, train, key=None)         -> (y, cache, new_state)
     backward(params, cache, dy)                           -> (grads, dx)
-<<<<<<< HEAD
     backward_params(params, cache, dy)                    -> grads   (dx not needed)
-=======
     backward_per_example(params, cache, dy)               -> (grads, dx)
     backward_sq_norms(params, cache, dy)                  -> (sq_norms, dx)
->>>>>>> h-perex
 
 ``in_shape`` and ``out_shape`` leave out the batch axis; ``x`` is ``(m, *in_shape)``.
 ``params`` is a NamedTuple of arrays (``()`` without parameters), ``state`` a NamedTuple
@@ -46,11 +43,7 @@ from funcnn.backend import (
 from funcnn.initializers import initialize
 from funcnn.tree import tree_leaves
 
-<<<<<<< HEAD
-__all__ = ["InitializerError", "Layer", "ShapeError"]
-=======
-__all__ = ["Layer", "PerExampleError", "ShapeError"]
->>>>>>> h-perex
+__all__ = ["InitializerError", "Layer", "PerExampleError", "ShapeError"]
 
 
 class ShapeError(ValueError):
@@ -142,12 +135,11 @@ class Layer:
         """``(grads, dx)`` from the cache of :meth:`forward` and ``dy = dL/dy``."""
         raise NotImplementedError
 
-<<<<<<< HEAD
     def backward_params(self, params: Any, cache: Any, dy: Any):
         """``grads`` alone: for the first layer of a net, whose ``dx`` nobody needs (a
         layer with a costly ``dx``, such as ``Dense`` and ``Conv2D``, skips it)."""
         return self.backward(params, cache, dy)[0]
-=======
+
     def backward_per_example(self, params: Any, cache: Any, dy: Any):
         """``(grads, dx)`` with each leaf of ``grads`` per example, ``(m, *leaf.shape)``:
         ``dy``'s row ``i`` is the gradient of example ``i``'s own loss, and ``grads``'s
@@ -175,7 +167,6 @@ class Layer:
         for g in tree_leaves(grads):
             sq = sq + (g * g).reshape(g.shape[0], -1).sum(axis=1)
         return sq, dx
->>>>>>> h-perex
 
 
 def check_in_shape(in_shape: Any) -> tuple[int, ...]:

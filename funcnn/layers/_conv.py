@@ -176,19 +176,7 @@ class Conv2D(Layer):
         return Conv2DParams(dW, db)
 
     def backward(self, params, cache, dy):
-<<<<<<< HEAD
-        x = cache.x
-        m, h, w, _ = x.shape
-=======
-        patches = cache.patches
->>>>>>> h-perex
-        kh, kw, c, f = params.W.shape
-        dz = dy.reshape(-1, f)                                  # (m * Ho * Wo, F)
-<<<<<<< HEAD
-=======
-        dW = (patches.T @ dz).reshape(kh, kw, c, f)             # (kh, kw, C, F)
-        db = None if params.b is None else dz.sum(axis=0)       # (F,)
-        return Conv2DParams(dW, db), self._input_grad(params, cache, dy)
+        return self.backward_params(params, cache, dy), self._input_grad(params, cache, dy)
 
     def backward_per_example(self, params, cache, dy):
         patches = cache.patches
@@ -224,14 +212,8 @@ class Conv2D(Layer):
         kh, kw, c, f = params.W.shape
         (top, bottom), (left, right) = self.pads(h, w)
         dz = dy.reshape(-1, f)                                  # (m * Ho * Wo, F)
->>>>>>> h-perex
         dpatches = dz @ params.W.reshape(kh * kw * c, f).T      # (m * Ho * Wo, kh * kw * C)
         dwin = dpatches.reshape(*dy.shape[:3], kh * kw, c)      # (m, Ho, Wo, kh * kw, C)
         dpadded = fold(dwin, (h + top + bottom, w + left + right), self.kernel_size,
                        self.stride)                             # (m, Hp, Wp, C)
-<<<<<<< HEAD
-        dx = dpadded[:, top:top + h, left:left + w, :]          # (m, H, W, C)
-        return self.backward_params(params, cache, dy), dx
-=======
         return dpadded[:, top:top + h, left:left + w, :]        # (m, H, W, C)
->>>>>>> h-perex

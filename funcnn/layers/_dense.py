@@ -1,37 +1,24 @@
-<<<<<<< HEAD
 """The dense layer, ``y = x @ W + b`` (then an optional activation and dropout), beside
-its backward pass; the MLP is a stack of these."""
-=======
-"""The dense layer, ``y = x @ W + b``, beside its backward pass::
+its backward pass; the MLP is a stack of these.
 
-    y  = x @ W + b          (m, n_out);  W: (n_in, n_out), b: (n_out,)
-    dW = x.T @ dy           (n_in, n_out)
-    db = dy.sum(axis=0)     (n_out,)
-    dx = dy @ W.T           (m, n_in)
+Per example (``dy``'s row ``i`` the gradient of example ``i``'s own loss, ``dz`` as in
+the backward pass), ``dW`` is a sum of outer products, one per example::
 
-Per example (``dy``'s row ``i`` the gradient of example ``i``'s own loss), ``dW`` is a
-sum of outer products, one per example::
-
-    dW[i] = outer(x[i], dy[i])    (m, n_in, n_out)     sum_i dW[i] = x.T @ dy
-    db[i] = dy[i]                 (m, n_out)
-    ||dW[i]||^2 + ||db[i]||^2 = (||x[i]||^2 + 1) ||dy[i]||^2    (||outer(a, d)|| = ||a|| ||d||)
+    dW[i] = outer(x[i], dz[i])    (m, n_in, n_out)     sum_i dW[i] = x.T @ dz
+    db[i] = dz[i]                 (m, n_out)
+    ||dW[i]||^2 + ||db[i]||^2 = (||x[i]||^2 + 1) ||dz[i]||^2    (||outer(a, d)|| = ||a|| ||d||)
 """
->>>>>>> h-perex
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-<<<<<<< HEAD
 import numpy as np
 
 from funcnn import activations, random
-from funcnn.backend import is_jax_array, namespace
+from funcnn.backend import array_namespace, is_jax_array, namespace
 from funcnn.initializers import default_initializer, get_initializer, initialize
-=======
-from funcnn.backend import array_namespace, namespace
->>>>>>> h-perex
 from funcnn.layers._base import (
     InitializerError,
     Layer,
@@ -196,7 +183,6 @@ class Dense(Layer):
         return dy * activations.get_activation(self.activation).grad(cache.z, cache.a)
 
     def backward(self, params, cache, dy):
-<<<<<<< HEAD
         dz = self._dz(cache, dy)                       # (m, n_out)
         dx = dz @ params.W.T                           # (m, n_in)
         return self._grads(params, cache, dz), dx
@@ -209,25 +195,17 @@ class Dense(Layer):
         dW = cache.x.T @ dz                            # (n_in, n_out)
         db = None if params.b is None else dz.sum(axis=0)  # (n_out,)
         return DenseParams(dW, db)
-=======
-        x = cache
-        dW = x.T @ dy                                  # (n_in, n_out)
-        db = None if params.b is None else dy.sum(axis=0)  # (n_out,)
-        dx = dy @ params.W.T                           # (m, n_in)
-        return DenseParams(dW, db), dx
 
     def backward_per_example(self, params, cache, dy):
-        x = cache
-        dW = array_namespace(dy).einsum("mi,mo->mio", x, dy)  # (m, n_in, n_out)
-        db = None if params.b is None else dy               # (m, n_out)
-        dx = dy @ params.W.T                                # (m, n_in)
-        return DenseParams(dW, db), dx
+        dz = self._dz(cache, dy)                                 # (m, n_out), per example
+        dW = array_namespace(dz).einsum("mi,mo->mio", cache.x, dz)  # (m, n_in, n_out)
+        db = None if params.b is None else dz                    # (m, n_out)
+        return DenseParams(dW, db), dz @ params.W.T              # dx: (m, n_in)
 
     def backward_sq_norms(self, params, cache, dy):
-        x = cache
-        dy2 = (dy * dy).sum(axis=1)                          # (m,): ||dy[i]||^2
-        sq = (x * x).sum(axis=1) * dy2                       # (m,): ||outer(x[i], dy[i])||^2
+        dz = self._dz(cache, dy)
+        dz2 = (dz * dz).sum(axis=1)                              # (m,): ||dz[i]||^2
+        sq = (cache.x * cache.x).sum(axis=1) * dz2               # (m,): ||outer(x[i], dz[i])||^2
         if params.b is not None:
-            sq = sq + dy2
-        return sq, dy @ params.W.T                           # dx: (m, n_in)
->>>>>>> h-perex
+            sq = sq + dz2
+        return sq, dz @ params.W.T                               # dx: (m, n_in)

@@ -277,7 +277,7 @@ def init_state(net: Network, *, backend: str | None = None, dtype: Any = "float3
     return to_backend(state, backend) if backend == "jax" else tree_map(np.copy, state)
 
 
-@functools.cache
+@functools.lru_cache(maxsize=32)  # zero-filled params: bounded, nets can be large
 def _templates(net: Network, dtype: str) -> tuple:
     params, states = _init(net.layers, net.in_shape, 0, np.dtype(dtype), "numpy")
     return tree_map(np.zeros_like, params), states if net.keeps_state else ()

@@ -9,6 +9,7 @@ import os
 import sys
 import time
 
+from . import conv_passes
 from .contenders.conv import CONV_CONTENDERS
 from .conv import CONV, CONV_TINY, ConvConfig, load_images, step_flops
 from .machine import machine
@@ -16,7 +17,7 @@ from .report import print_machine, print_targets, write_json
 from .targets import Target
 from .timing import run_config
 
-__all__ = ["conv_epoch_args", "conv_epoch_main", "conv_table", "conv_targets"]
+__all__ = ["conv_epoch_args", "conv_epoch_main", "conv_table", "conv_targets", "passes_table"]
 
 FLOOR, BASE = "gemm-floor", "funcnn-jax"
 LOSS_RTOL = 2e-2  # last-batch losses of contenders that trained alike, float32, a few steps
@@ -38,6 +39,9 @@ def conv_epoch_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", help="comma-separated contenders (gemm-floor always runs)")
     p.add_argument("--data", metavar="DIR", help="MNIST via funcnn.data.load_mnist(DIR)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--passes", action="store_true",
+                   help="also time the step piece by piece against its own matrix products "
+                        "(NumPy layer by layer, jax program by program): the cost model")
     p.add_argument("--json", metavar="PATH", help="also write everything as JSON")
     return p.parse_args(argv)
 
@@ -85,16 +89,16 @@ def conv_table(cfg: ConvConfig, rows: list[dict]) -> str:
              else f"whole epochs of {cfg.epoch_steps} steps")
     lines = [f"[{cfg.name}] conv{c1}-pool-conv{c2}-pool-dense{cfg.hidden}-10, batch "
              f"{cfg.batch_size}, {cfg.dtype}, Adam; {steps}; medians of {cfg.repeats}",
-             f"{'contender':<15} {'first_s':>8} {'median_s':>9} {'min_s':>8} {'epoch_s':>8} "
+             f"{'contender':<18} {'first_s':>8} {'median_s':>9} {'min_s':>8} {'epoch_s':>8} "
              f"{'GFLOP/s':>8} {'x floor':>8} {'x funcnn-jax':>12} {'last loss':>10}  note"]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"{r['name']:<15} skipped: {r['skipped']}")
+            lines.append(f"{r['name']:<18} skipped: {r['skipped']}")
             continue
         loss = "" if r.get("last_loss") is None else f"{r['last_loss']:.4f}"
         ratio = "" if r.get("ratio") is None else f"{r['ratio']:.2f}"
         base = "" if r.get("x_funcnn_jax") is None else f"{r['x_funcnn_jax']:.2f}"
-        lines.append(f"{r['name']:<15} {r['first_epoch_s']:8.3f} {r['median_s']:9.3f} "
+        lines.append(f"{r['name']:<18} {r['first_epoch_s']:8.3f} {r['median_s']:9.3f} "
                      f"{r['min_s']:8.3f} {r['epoch_s']:8.1f} {r['gflops']:8.1f} {ratio:>8} "
                      f"{base:>12} {loss:>10}  {r['note']}")
     return "\n".join(lines)
@@ -113,14 +117,51 @@ def conv_targets(rows: list[dict]) -> list[Target]:
     return [ratio(BASE, "patch-jax-grad", 1.1, "funcnn-jax <= 1.1 x patch-jax-grad"),
             ratio(BASE, "torch-eager", 1.0, "funcnn-jax faster than torch-eager"),
             ratio("lax-jax-grad", BASE, None, "lax-jax-grad / funcnn-jax"),
+            ratio("lax-jax-grad-step", BASE, None, "lax-jax-grad-step / funcnn-jax"),
             ratio(BASE, "jax-gemm-floor", None, "funcnn-jax / jax-gemm-floor"),
             ratio("funcnn-numpy", FLOOR, None, "funcnn-numpy / gemm-floor")]
 
 
+def passes_table(numpy_s: dict[str, float], jax_s: dict[str, float]) -> str:
+    """The cost model: milliseconds per step of each pass beside its own products."""
+    lines = ["NumPy, layer by layer (ms per step; products: the layer's own matmuls alone)",
+             f"  {'piece':<26} {'pass':>8} {'products':>9} {'x products':>10}"]
+    for label, sec in numpy_s.items():
+        if " products " in label:
+            continue
+        i, _, rest = label.partition(" ")
+        name, _, which = rest.rpartition(" ")
+        prod = numpy_s.get(f"{i} {name} products {which}")
+        ratio = f"{sec / prod:10.2f}" if prod else ""
+        prod_ms = f"{prod * 1e3:9.2f}" if prod else ""
+        lines.append(f"  {label:<26} {sec * 1e3:8.2f} {prod_ms:>9} {ratio:>10}")
+    total = sum(v for k, v in numpy_s.items() if " products " not in k)
+    prods = sum(v for k, v in numpy_s.items() if " products " in k)
+    lines.append(f"  {'the whole step':<26} {total * 1e3:8.2f} {prods * 1e3:9.2f} "
+                 f"{total / prods:10.2f}")
+    lines.append("jax, whole programs (one lax.scan each; ms per step)")
+    pairs = (("forward", "XLA products forward"),
+             ("forward + backward", "XLA products forward + backward"),
+             ("jax.grad forward + backward", "XLA products forward + backward"),
+             ("training step", "XLA products forward + backward"))
+    for name, floor in pairs:
+        if name in jax_s:
+            lines.append(f"  {name:<30} {jax_s[name] * 1e3:8.2f}   {floor} "
+                         f"{jax_s[floor] * 1e3:.2f}: {jax_s[name] / jax_s[floor]:.2f} x")
+    return "\n".join(lines)
+
+
+def rows_repeats(rows: list[dict]) -> int:
+    """The most timed runs any contender made."""
+    return max((r.get("repeats", 0) for r in rows), default=0)
+
+
 def losses_disagree(rows: list[dict]) -> list[str]:
     """The trainers whose last-batch loss is not within ``LOSS_RTOL`` of funcnn-jax's: they
-    start from the same weights and train the same batches, so they should agree."""
-    losses = {r["name"]: r["last_loss"] for r in rows if r.get("last_loss") is not None}
+    start from the same weights and train the same batches, so they should agree (those
+    whose repeats the budget cut trained fewer runs and are not compared)."""
+    losses = {r["name"]: r["last_loss"] for r in rows if r.get("last_loss") is not None
+              and r.get("repeats") == rows_repeats(rows)}
     ref = losses.get(BASE)
     if ref is None:
         return []
@@ -152,6 +193,13 @@ def conv_epoch_main(argv: list[str] | None = None) -> dict:
     print_targets(f"{cfg.name} (medians of this run)", report["targets"])
     for line in report["losses_disagree"]:
         print(f"warning: last-batch losses disagree: {line}")
+    if args.passes:
+        print(f"\n[{cfg.name}] the step piece by piece ...", flush=True)
+        steps = min(cfg.run_steps, 10)
+        report["passes"] = {"steps": steps,
+                            "numpy": conv_passes.numpy_layers(cfg, x, y, steps),
+                            "jax": conv_passes.jax_programs(cfg, x, y, steps)}
+        print(passes_table(report["passes"]["numpy"], report["passes"]["jax"]))
     print(f"\ntotal {report['total_s']:.1f} s")
     if args.json:
         write_json(report, args.json)

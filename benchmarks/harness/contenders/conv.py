@@ -11,6 +11,9 @@ and returns the loss of its last batch, so that a run can check that they agree:
   matrix products) in the same scan with the same Adam;
 - ``lax-jax-grad``: ``jax.grad`` through ``lax.conv_general_dilated`` and
   ``lax.reduce_window`` (what a JAX user writes first), same scan, same Adam;
+- ``lax-jax-grad-step``: the same step, one jitted call per batch from a Python loop
+  (inside a ``lax.scan`` XLA's CPU backend runs the convolutions' gradients far slower
+  than in a program of one step);
 - ``torch-eager``: ``nn.Sequential`` of ``Conv2d``/``MaxPool2d``/``Linear`` on NCHW
   images, ``CrossEntropyLoss``, ``torch.optim.Adam``, all cores;
 - ``funcnn-numpy``: funcnn's step of ``funcnn-jax`` on NumPy arrays, batch by batch;
@@ -20,6 +23,7 @@ and returns the loss of its last batch, so that a run can check that they agree:
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 
@@ -148,6 +152,32 @@ def build_patch_jax_grad(cfg: ConvConfig, x: np.ndarray, y: np.ndarray) -> Conte
 def build_lax_jax_grad(cfg: ConvConfig, x: np.ndarray, y: np.ndarray) -> Contender:
     return _scan_trainer(cfg, x, y, lambda state: _grad_step(cfg, lax_forward),
                          "jax.grad of lax.conv_general_dilated + reduce_window")
+
+
+def build_lax_jax_grad_step(cfg: ConvConfig, x: np.ndarray, y: np.ndarray) -> Contender:
+    """``lax-jax-grad``'s step jitted alone (params and Adam state donated), called once
+    per batch with the batch's rows; the batch is gathered on the device."""
+    import jax
+    import jax.numpy as jnp
+
+    params, _ = initial_params(cfg)
+    params = funcnn.backend.to_backend(params, "jax")
+    carry = [(params, _adam(cfg).init(params))]
+    xd, yd = jax.block_until_ready((jnp.asarray(x), jnp.asarray(y.astype(np.int32))))
+    step = _grad_step(cfg, lax_forward)
+
+    @functools.partial(jax.jit, donate_argnums=(0,))
+    def run(carry, xd, yd, rows):
+        return step(carry, xd[rows], yd[rows])
+
+    def epoch(i: int) -> float:
+        for rows in order(cfg, permutation(cfg, i)).astype(np.int32):
+            carry[0], loss = run(carry[0], xd, yd, rows)
+        return float(loss)
+
+    held = nbytes(x, y) + sum(int(leaf.nbytes) for leaf in jax.tree.leaves(params))
+    return Contender(epoch, cfg.dtype, cfg.run_steps, held, "rss",
+                     "lax-jax-grad's step, one jitted call per batch")
 
 
 def build_funcnn_numpy(cfg: ConvConfig, x: np.ndarray, y: np.ndarray) -> Contender:
@@ -281,6 +311,7 @@ CONV_CONTENDERS: dict[str, Callable[[ConvConfig, np.ndarray, np.ndarray], Conten
     "funcnn-jax": build_funcnn_jax,
     "patch-jax-grad": build_patch_jax_grad,
     "lax-jax-grad": build_lax_jax_grad,
+    "lax-jax-grad-step": build_lax_jax_grad_step,
     "torch-eager": build_torch_eager,
     "funcnn-numpy": build_funcnn_numpy,
 }

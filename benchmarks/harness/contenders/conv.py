@@ -12,8 +12,8 @@ and returns the loss of its last batch, so that a run can check that they agree:
 - ``lax-jax-grad``: ``jax.grad`` through ``lax.conv_general_dilated`` and
   ``lax.reduce_window`` (what a JAX user writes first), same scan, same Adam;
 - ``lax-jax-grad-step``: the same step, one jitted call per batch from a Python loop
-  (inside a ``lax.scan`` XLA's CPU backend runs the convolutions' gradients far slower
-  than in a program of one step);
+  (inside a ``lax.scan`` XLA's CPU backend runs the convolutions' gradients tens of
+  times slower than in a program of one step);
 - ``torch-eager``: ``nn.Sequential`` of ``Conv2d``/``MaxPool2d``/``Linear`` on NCHW
   images, ``CrossEntropyLoss``, ``torch.optim.Adam``, all cores;
 - ``funcnn-numpy``: funcnn's step of ``funcnn-jax`` on NumPy arrays, batch by batch;

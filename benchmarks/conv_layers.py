@@ -18,27 +18,26 @@ output, then the gradients of the params and of the input for a random cotangent
   floor the patch form's gathering and folding add to.
 
 The contenders are timed in turn, round after round (a busy machine slows all alike).
-Prints the median and least seconds of each, the median's ratio to ``funcnn-jax``, and
-the machine.
+Prints the median and least seconds of each, the median's ratio to ``funcnn-jax``, the
+rate of the convolutions' three products in GFLOP/s (``2 * rows * k * n`` each), the
+machine and the load. ``conv_epoch.py`` trains a whole net of these layers.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from harness.machine import machine  # the harness puts the working tree's funcnn first
+from harness.report import print_machine
 from jax import lax
-from mlp_epoch import machine, print_machine
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from funcnn.layers import Conv2D, MaxPool2D  # noqa: E402
+from funcnn.layers import Conv2D, MaxPool2D
 
 CASES = ((Conv2D(32, 3, padding="same"), (128, 28, 28, 1)),
          (Conv2D(64, 3, padding="same"), (128, 14, 14, 32)),
@@ -108,12 +107,22 @@ def check_agree(runs: dict) -> None:
             assert err < 1e-4, f"{name} differs from lax by {err:.2g}"
 
 
+def conv_flops(layer, shape) -> int:
+    """FLOPs of a convolution's three products (output, kernel and input gradients); 0 for
+    pooling. ``"same"`` padding, stride 1: ``rows = m * H * W``, ``k = kh * kw * C``."""
+    if not isinstance(layer, Conv2D):
+        return 0
+    m, h, w, c = shape
+    kh, kw = layer.kernel_size
+    return 3 * 2 * (m * h * w) * (kh * kw * c) * layer.filters
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=20, help="timed runs of each jax program")
     parser.add_argument("--numpy-repeats", type=int, default=5, help="timed runs on NumPy")
     args = parser.parse_args()
-    print_machine(machine())
+    load_before = os.getloadavg()
     rng = np.random.default_rng(0)
     for layer, shape in CASES:
         params, _, out = layer.init(0, shape[1:], backend="numpy")
@@ -126,11 +135,16 @@ def main() -> None:
         results = interleaved_seconds(runs, {name: args.numpy_repeats if name.endswith("numpy")
                                              else args.repeats for name in runs})
         print(f"\n{layer!r} on {shape}, float32, forward + backward")
-        print(f"  {'contender':<15} {'median':>9}    {'least':>9}    median / funcnn-jax")
+        print(f"  {'contender':<15} {'median':>9}    {'least':>9}    median / funcnn-jax"
+              "   GFLOP/s")
         base = results["funcnn-jax"][0]
+        flops = conv_flops(layer, shape)
         for name, (median, least) in results.items():
             ms = f"{median * 1e3:9.2f} ms {least * 1e3:9.2f} ms"
-            print(f"  {name:<15} {ms} {median / base:6.2f}x")
+            rate = f"{flops / median / 1e9:9.1f}" if flops else ""
+            print(f"  {name:<15} {ms} {median / base:6.2f}x {rate:>16}")
+    print()
+    print_machine({"machine": machine(), "load_before": load_before})
 
 
 if __name__ == "__main__":

@@ -295,10 +295,10 @@ def fit_mesh(devices: Any, split: BatchSplit, n: int, backend: str) -> Any:
 
 def place_fit(mesh: Any, state: Any, data: Any) -> tuple[Any, Any]:
     """``(state, data)`` of a data-parallel ``fit`` on ``mesh``: the params, optimizer
-    state and model state of ``state`` (a ``FitState``) replicated; each array of ``data`` replicated too,
-    unless it already lives on ``mesh`` (e.g. split by rows with :func:`shard_batch`), where
-    it stays. With several processes it first checks that they all passed the same values
-    and key. ``mesh=None`` (one device) returns them as they are."""
+    state and model state of ``state`` (a ``FitState``) replicated; each array of ``data``
+    replicated too, unless it already lives on ``mesh`` (e.g. split by rows with
+    :func:`shard_batch`), where it stays. With several processes it first checks that they
+    all passed the same values and key. ``mesh=None`` (one device) returns them as they are."""
     if mesh is None:
         return state, data
     check_same_on_all_processes(params=state.params, opt_state=state.opt_state,

@@ -85,6 +85,7 @@ class Serial(Layer):
 
     def forward(self, params, state, x, *, train, key=None):
         n = len(self.layers)
+        state = state or ((),) * n  # a net without model state passes ()
         if len(params) != n or len(state) != n:
             raise ValueError(f"a {type(self).__name__} of {n} layers needs {n} params and "
                              f"{n} states; got {len(params)} and {len(state)}")

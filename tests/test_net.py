@@ -64,10 +64,12 @@ def assert_grads_close(got, want, label, rtol=RTOL):
 # ---------------------------------------------------------------------------- random nets
 
 # Image blocks (H, W, C) -> (H', W', C'); a block that does not fit the shape is not drawn.
+# No block ends in a biased linear layer: before a BatchNorm its bias would have a zero
+# gradient, and a relative check of rounding noise (1e-17) against zero means nothing.
 IMAGE_BLOCKS = {
     "conv-same-relu": lambda c: [Conv2D(3, 3, padding="same"), Activation("relu")],
     "conv-valid": lambda c: [Conv2D(3, 3, padding="valid"), Activation("tanh")],
-    "conv-stride": lambda c: [Conv2D(2, 3, stride=2, padding="same")],
+    "conv-stride": lambda c: [Conv2D(2, 3, stride=2, padding="same"), Activation("softplus")],
     "conv-nobias-bn": lambda c: [Conv2D(3, 2, bias=False), BatchNorm()],
     "maxpool": lambda c: [MaxPool2D(2)],
     "maxpool-drop": lambda c: [MaxPool2D(2, drop_remainder=True)],
@@ -80,7 +82,7 @@ IMAGE_BLOCKS = {
 }
 # Flat blocks (n,) -> (n',), given the row's hidden activation.
 FLAT_BLOCKS = {
-    "dense-bn": lambda n, g: [Dense(5), BatchNorm(momentum=0.5), Activation(g)],
+    "dense-bn": lambda n, g: [Dense(5, bias=False), BatchNorm(momentum=0.5), Activation(g)],
     "layernorm": lambda n, g: [LayerNorm()],
     "dropout": lambda n, g: [Dropout(0.3)],
     "residual": lambda n, g: [Residual([Dense(n, activation=g), Dense(n, bias=False)])],
@@ -192,7 +194,25 @@ MATRIX = [(pair, seed, seed % 3 != 2)  # seed: the row's own net, activation and
 MATRIX_IDS = [f"{p}-s{s}-{'train' if t else 'eval'}" for p, s, t in MATRIX]
 
 
-@pytest.mark.parametrize(("pair", "seed", "train"), sample_quick(MATRIX, 32, ids=MATRIX_IDS))
+def stateless_stack(net) -> bool:
+    """A net with a Serial or Residual block and no BatchNorm: the bug of
+    test_a_net_with_a_block_and_no_batch_norm_runs (network.apply hands the block ``()``
+    as its state)."""
+    return not net.keeps_state and any(isinstance(layer, Serial) for layer in net.layers)
+
+
+BLOCK_BUG = pytest.mark.xfail(
+    strict=True, raises=ValueError,
+    reason="network.apply gives a Serial/Residual of a net without state () as its state")
+
+
+def _with_bug_marks(params: list) -> list:
+    return [pytest.param(*p.values, id=p.id, marks=(*p.marks, BLOCK_BUG))
+            if stateless_stack(random_net(p.values[1], p.values[0])) else p for p in params]
+
+
+@pytest.mark.parametrize(("pair", "seed", "train"),
+                         _with_bug_marks(sample_quick(MATRIX, 32, ids=MATRIX_IDS)))
 def test_backprop_of_random_nets_matches_jax_grad(pair, seed, train):
     net = random_net(seed, pair)
     assert net.output == PAIRS[pair][0] and net.loss == PAIRS[pair][1]
@@ -333,11 +353,11 @@ def test_lax_scan_threads_params_and_state_as_jax_grad_does():
 @NUMPY_QUICK
 def test_jax_grad_at_relu_kinks_and_max_pool_ties_is_the_backward_pass(backend):
     """Zero biases and an all-zero image put the pre-activations of that example exactly
-    on ReLU's kink, and integer pixels tie in most pooling windows: jax.grad of
+    on ReLU's kink, and integer pixels tie in many pooling windows: jax.grad of
     funcnn.loss still equals the hand-written pass there (as for the MLP's kinks)."""
-    net = funcnn.Net([Conv2D(3, 3, padding="same"), Activation("relu"), MaxPool2D(2),
+    net = funcnn.Net([Conv2D(3, 2), Activation("relu"), MaxPool2D(2, drop_remainder=True),
                       Flatten(), Dense(4, activation="leaky_relu"), Dense(3)],
-                     in_shape=IN_SHAPE)
+                     in_shape=IN_SHAPE)  # (6, 6, 2) -> (5, 5, 3) -> (2, 2, 3): a row dropped
     params = funcnn.init_params(net, 1, dtype="float64", backend=backend)
     rng = np.random.default_rng(6)
     x = rng.integers(0, 2, size=(M, *IN_SHAPE)).astype(np.float64)  # ties everywhere
@@ -463,6 +483,11 @@ def test_wrong_state_is_refused_clearly(backend):
             call(BN_NET, params, x, y)
     with pytest.raises(ValueError, match=r"init_state"):
         funcnn.evaluate(BN_NET, params, x, y)
+    opt = funcnn.optim.sgd(0.1)
+    with pytest.raises(ValueError, match=r"init_state"):
+        funcnn.make_train_step(BN_NET, opt)(params, opt.init(params), x, y)
+    with pytest.raises(ValueError, match=r"init_state"):
+        funcnn.fit(BN_NET, params, opt, x, y, epochs=1, batch_size=4, key=0, progress=False)
     with pytest.raises(ValueError, match=r"state does not match .* first difference at "
                                          r"<root>"):
         funcnn.forward(BN_NET, params, x, state=state[:3])
@@ -492,6 +517,24 @@ def test_params_of_another_net_are_refused_with_the_first_difference(backend):
     with pytest.raises(ValueError, match=r"params does not match .* first difference at <root>"):
         funcnn.forward(BN_NET, funcnn.init_params(mlp, 0, dtype="float64", backend=backend),
                        x, state=state)
+
+
+@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
+    "funcnn/network.py apply(): `states = state if state else ((),) * len(layers)` hands a "
+    "Serial/Residual block of a net without state () instead of its tuple of empty states, "
+    "and Serial.forward refuses it ('needs n params and n states; got n and 0')"))
+def test_a_net_with_a_block_and_no_batch_norm_runs():
+    """A Residual (or Serial) block in a net without BatchNorm: the backward pass equals
+    jax.grad of the loss, and fit runs."""
+    block = funcnn.Net([Flatten(), Residual([Dense(4, activation="tanh")]), Dense(3)],
+                       in_shape=(2, 2, 1))
+    params = funcnn.init_params(block, 0, dtype="float64")
+    x = np.random.default_rng(1).normal(size=(5, 2, 2, 1))
+    y = np.array([0, 1, 2, 0, 1])
+    assert not block.keeps_state and funcnn.init_state(block) == ()
+    check_grads(block, params, x, y)
+    funcnn.fit(block, params, funcnn.optim.sgd(0.1), x, y, epochs=1, batch_size=2, key=0,
+               progress=False)
 
 
 # ---------------------------------------------------------------------------- model state
@@ -600,16 +643,26 @@ def test_fit_with_state_numpy_and_jax_agree_and_train_the_short_batch_unpadded()
         net, params, state, x, y = _fit_problem(backend)
         opt = _adam()
         p, o, hist, s = funcnn.fit(net, params, opt, x, y, epochs=2, batch_size=8, key=1,
-                                   state=state, shuffle=False, progress=False)
+                                   state=state, shuffle=False, progress=False,
+                                   validation=(x[:10], y[:10]))
+        val = funcnn.evaluate(net, p, x[:10], y[:10], state=s)  # the running statistics
+        np.testing.assert_allclose(hist["val_loss"][-1], val["loss"], rtol=1e-12)
         # A hand loop over the same batches, the short one as it is.
-        hp, ho, hs = params, opt.init(params), state
+        hp, ho, hs, losses = params, opt.init(params), state, []
         step = funcnn.make_train_step(net, opt)
         xb, yb = funcnn.to_backend((x, y), backend)
         for _ in range(2):
             for start in range(0, 22, 8):
-                hp, ho, _, hs = step(hp, ho, xb[start:start + 8], yb[start:start + 8],
-                                     state=hs)
+                hp, ho, loss, hs = step(hp, ho, xb[start:start + 8], yb[start:start + 8],
+                                        state=hs)
+                losses.append(float(loss))
+        np.testing.assert_allclose(hist["loss"], losses, rtol=1e-10)
         assert_grads_close(s, hs, f"{backend}: fit's state vs the hand loop", rtol=1e-10)
+        if backend == "numpy":  # the check tells: a padded short batch gives other statistics
+            padded = step(params, opt.init(params), np.concatenate([x[16:], x[:2]]),
+                          np.concatenate([y[16:], y[:2]]), state=state)[3]
+            short = step(params, opt.init(params), x[16:], y[16:], state=state)[3]
+            assert leaves_close(padded, short, rtol=1e-6)
         assert_grads_close(p, hp, f"{backend}: fit's params vs the hand loop", rtol=1e-10)
         assert len(hist["loss"]) == 6
         results[backend] = (p, o, s, hist)
@@ -617,6 +670,20 @@ def test_fit_with_state_numpy_and_jax_agree_and_train_the_short_batch_unpadded()
     assert_grads_close((pj, oj, sj), (pn, on, sn), "jax vs numpy fit", rtol=1e-9)
     for name in ("loss", "train_loss", "train_accuracy"):
         np.testing.assert_allclose(hj[name], hn[name], rtol=1e-9, err_msg=name)
+
+
+@NUMPY_QUICK
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_train_step_and_fit_keep_the_states_dtype(backend, dtype):
+    params, state, x, y = _bn_problem(backend, dtype)
+    opt = funcnn.optim.sgd(0.1)
+    out = funcnn.make_train_step(BN_NET, opt)(params, opt.init(params), x, y, state=state)
+    _, _, _, new = funcnn.fit(BN_NET, params, opt, x, y, epochs=1, batch_size=4, key=0,
+                              state=state, progress=False)  # batches of 4 and 3
+    for leaf in tree_leaves((out[0], out[3], new)):
+        assert leaf.dtype == np.dtype(dtype)
+        assert isinstance(leaf, np.ndarray) == (backend == "numpy")
+    assert leaves_close(new, state, rtol=1e-3)  # the statistics moved: the leaves differ
 
 
 @NUMPY_QUICK

@@ -394,6 +394,8 @@ def test_max_pool_ties_send_the_gradient_to_the_first_maximum_through_a_net(back
     dp = (2 * (z[None, :] - y) / y.size) @ np.asarray(dense.W)[0]  # (3,)
     want = np.einsum("ic,i->c", x[:, 0, 0, :], dp)
     np.testing.assert_allclose(np.asarray(grads[0].W).reshape(2), want, rtol=1e-12)
+    if backend == "numpy":
+        return  # jax.grad is the referee of the jax variant (eager jax costs seconds here)
     pj, xj, yj = funcnn.to_backend((params, x, y), "jax")
     ref = jax.grad(lambda q: funcnn.loss(net, q, xj, yj))(pj)
     np.testing.assert_allclose(np.asarray(ref[0].W).reshape(2), want, rtol=1e-12)

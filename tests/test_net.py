@@ -194,25 +194,8 @@ MATRIX = [(pair, seed, seed % 3 != 2)  # seed: the row's own net, activation and
 MATRIX_IDS = [f"{p}-s{s}-{'train' if t else 'eval'}" for p, s, t in MATRIX]
 
 
-def stateless_stack(net) -> bool:
-    """A net with a Serial or Residual block and no BatchNorm: the bug of
-    test_a_net_with_a_block_and_no_batch_norm_runs (network.apply hands the block ``()``
-    as its state)."""
-    return not net.keeps_state and any(isinstance(layer, Serial) for layer in net.layers)
-
-
-BLOCK_BUG = pytest.mark.xfail(
-    strict=True, raises=ValueError,
-    reason="network.apply gives a Serial/Residual of a net without state () as its state")
-
-
-def _with_bug_marks(params: list) -> list:
-    return [pytest.param(*p.values, id=p.id, marks=(*p.marks, BLOCK_BUG))
-            if stateless_stack(random_net(p.values[1], p.values[0])) else p for p in params]
-
-
 @pytest.mark.parametrize(("pair", "seed", "train"),
-                         _with_bug_marks(sample_quick(MATRIX, 32, ids=MATRIX_IDS)))
+                         sample_quick(MATRIX, 32, ids=MATRIX_IDS))
 def test_backprop_of_random_nets_matches_jax_grad(pair, seed, train):
     net = random_net(seed, pair)
     assert net.output == PAIRS[pair][0] and net.loss == PAIRS[pair][1]
@@ -521,10 +504,6 @@ def test_params_of_another_net_are_refused_with_the_first_difference(backend):
                        x, state=state)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "funcnn/network.py apply(): `states = state if state else ((),) * len(layers)` hands a "
-    "Serial/Residual block of a net without state () instead of its tuple of empty states, "
-    "and Serial.forward refuses it ('needs n params and n states; got n and 0')"))
 def test_a_net_with_a_block_and_no_batch_norm_runs():
     """A Residual (or Serial) block in a net without BatchNorm: the backward pass equals
     jax.grad of the loss, and fit runs."""

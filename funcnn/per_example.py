@@ -59,7 +59,7 @@ from the unit row: the gradient is linear in ``dy``), so a huge or tiny loss del
 neither overflows nor underflows; the layers' squares themselves are not scaled, so in
 float32 activations or weights whose gradient norm passes about ``1e19`` (for a unit
 ``dy``) overflow to ``inf``, and such an example gets a norm ``inf`` and a clipping weight
-0. A net with model state takes ``state=`` (read only: nothing is returned for it);
+0; one below about ``1e-23`` reads 0 and is left unclipped (as it should be). A net with model state takes ``state=`` (read only: nothing is returned for it);
 BatchNorm in evaluation (``train=False``, its running statistics) has per-example
 gradients, in training (``train=True``, and so in a training step with :func:`dp_grad`)
 it raises ``funcnn.layers.PerExampleError`` naming the layer's place, as ``layers[2]``.
@@ -284,8 +284,11 @@ def _clipped_layers(net: Any, params: Params, cache: Cache, dz: Array, rows: Any
     if not isinstance(rows, int):
         rows = xp.asarray(rows, dtype=dz.dtype)
     peak, r, unit = _layer_norms(net, params, cache, dz * rows)
-    # r_i = 0 only for g_i = 0, whose weight does not matter
-    weight = xp.minimum(peak, max_norm / xp.where(r > 0, r, 1)) / rows         # (m,)
+    # r_i = 0 when g_i's squares are 0 (or underflow): C / r_i is then infinite, the weight
+    # peak_i. Else r_i >= sqrt(smallest subnormal) (4e-23 in float32): C / r_i is finite.
+    positive = r > 0
+    weight = xp.where(positive, xp.minimum(peak, max_norm / xp.where(positive, r, 1)),
+                      peak) / rows                                                # (m,)
     grads = backward(net, params, cache, None, dz=unit * weight[:, None])
     if noise_multiplier > 0:
         grads = _add_noise(grads, noise_multiplier * max_norm / rows, key, noise_multiplier)

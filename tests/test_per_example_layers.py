@@ -222,6 +222,20 @@ def test_norms_of_huge_and_tiny_loss_deltas_neither_overflow_nor_underflow():
                                    min(1.0, norms[row]), rtol=1e-5)  # clipped; kept
 
 
+def test_an_example_whose_squares_underflow_is_not_clipped():
+    """float32 inputs of 1e-30: each example's squares underflow to 0 (its norm reads 0),
+    yet its gradient (about 1e-27) is far below the bound, so clipping leaves it as it is:
+    the clipped mean is the batch gradient, not a gradient scaled down to the bound."""
+    net = funcnn.Net([Flatten(), Dense(2, bias=False)], (3,), output="identity")
+    params = funcnn.init_params(net, 0, dtype="float32")
+    x = np.random.default_rng(1).normal(size=(4, 3)).astype(np.float32) * np.float32(1e-30)
+    y = np.full((4, 2), -1e3, np.float32)               # each example's delta about 1e3
+    assert np.all(np.asarray(pe.per_example_grad_norms(net, params, x, y)) == 0)
+    got = pe.clipped_mean_grad(net, params, x, y, max_norm=1.0)
+    want = funcnn.value_and_grad(net, params, x, y)[1]
+    assert_close(got, want, "an unclipped example whose squares underflow", rtol=1e-6)
+
+
 # ---------------------------------------------------------------------------- in training
 
 

@@ -59,8 +59,9 @@ from the unit row: the gradient is linear in ``dy``), so a huge or tiny loss del
 neither overflows nor underflows; the layers' squares themselves are not scaled, so in
 float32 activations or weights whose gradient norm passes about ``1e19`` (for a unit
 ``dy``) overflow to ``inf``, and such an example gets a norm ``inf`` and a clipping weight
-0; one below about ``1e-23`` reads 0 and is left unclipped (as it should be). A net with model state takes ``state=`` (read only: nothing is returned for it);
-BatchNorm in evaluation (``train=False``, its running statistics) has per-example
+0; one below about ``1e-23`` reads 0 and is left unclipped (as it should be). A net
+with model state takes ``state=`` (read only: nothing is returned for it); BatchNorm in
+evaluation (``train=False``, its running statistics) has per-example
 gradients, in training (``train=True``, and so in a training step with :func:`dp_grad`)
 it raises ``funcnn.layers.PerExampleError`` naming the layer's place, as ``layers[2]``.
 

@@ -41,6 +41,30 @@ padded short batch past them are zero and get no weight), so row ``i``'s own del
 ``rows * dz[i]``; the noise is drawn from ``fold_in(key, NOISE_STREAM)``, apart from the
 dropout masks drawn from the step's ``key``. It goes with every optimizer.
 
+**Nets of layers.** For a ``funcnn.Net`` the same quantities come from each layer's own
+per-example pass (:mod:`funcnn.layers`), sent from the last layer to the first with
+``dy = m * dz``, each example's own delta::
+
+    grads_l[i], dy = f_l.backward_per_example(params_l, cache_l, dy)     leaves (m, ...)
+    sq_l,       dy = f_l.backward_sq_norms(params_l, cache_l, dy)        (m,)
+    ||g_i||^2      = sum_l sq_l[i]
+
+and the clipped sum, linear in ``dy``, is one plain backward pass from reweighted rows::
+
+    sum_i s_i g_i / rows = backward(net, params, cache, dz=dy * s[:, None] / rows)
+
+one squared-norm pass and one backward pass, no per-example weight gradient. Each row of
+``dy`` is first divided by its largest ``|element|`` (``||g_i||`` is that times the norm
+from the unit row: the gradient is linear in ``dy``), so a huge or tiny loss delta
+neither overflows nor underflows; the layers' squares themselves are not scaled, so in
+float32 activations or weights whose gradient norm passes about ``1e19`` (for a unit
+``dy``) overflow to ``inf``, and such an example gets a norm ``inf`` and a clipping weight
+0; one below about ``1e-23`` reads 0 and is left unclipped (as it should be). A net
+with model state takes ``state=`` (read only: nothing is returned for it); BatchNorm in
+evaluation (``train=False``, its running statistics) has per-example
+gradients, in training (``train=True``, and so in a training step with :func:`dp_grad`)
+it raises ``funcnn.layers.PerExampleError`` naming the layer's place, as ``layers[2]``.
+
 The functions taking ``(net, params, x, y)`` check their arguments as
 ``funcnn.value_and_grad`` does; ``example_deltas``, ``grads_from_cache``,
 ``norms_from_cache``, ``grad_and_norms_from_cache`` and ``clipped_grad_from_cache`` are
@@ -59,9 +83,11 @@ from funcnn._checks import check_positive
 from funcnn.activations import get_activation
 from funcnn.backend import array_namespace, check_same_backend, concrete_value, is_jax_array
 from funcnn.checked import check_params, prepare
+from funcnn.layers import Serial
 from funcnn.losses import get_loss
 from funcnn.mlp import MLP, Dense
-from funcnn.network import Cache, apply, check_net
+from funcnn.network import Cache, apply, backward, check_net
+from funcnn.tree import tree_leaves, tree_unflatten
 from funcnn.types import Array, Grads, Key, Params
 
 __all__ = [
@@ -87,7 +113,12 @@ def example_deltas(net: Any, params: Params, cache: Cache, y: Array) -> tuple:
 
     The backward pass of :func:`funcnn.backward` without its weight products, started
     from ``m`` times the loss delta (the gradient of each row's own loss, not of the mean).
+    An MLP's only: a ``Net``'s layers hold other arrays than dense deltas.
     """
+    if not isinstance(net, MLP):
+        raise TypeError("example_deltas are the deltas of an MLP's dense layers; got a "
+                        f"{type(net).__name__} (grads_from_cache and norms_from_cache take "
+                        "any net)")
     m = cache.zs[-1].shape[0]
     return _deltas(net, params, cache, get_loss(net.loss).delta(net.output, cache.zs[-1],
                                                                 cache.out, y) * m)
@@ -147,13 +178,37 @@ def _unscale(peak: Array, r: Array) -> Array:
     return xp.where(xp.isinf(peak), peak, peak * r)
 
 
+def _own_delta(net: Any, cache: Cache, y: Array) -> Array:
+    """``(m, k)``: row ``i`` the gradient of example ``i``'s own loss at the logits,
+    ``m`` times the delta of the mean."""
+    return get_loss(net.loss).delta(net.output, cache.z, cache.out, y) * cache.z.shape[0]
+
+
+def _layer_norms(net: Any, params: Params, cache: Cache, dy: Array):
+    """``(peak, r, unit)`` of a net of layers from each example's own delta ``dy``
+    ``(m, k)``: ``peak_i = max|dy_i|``, ``unit = dy / peak`` (rows of largest element 1,
+    zero rows kept) and ``r_i`` the gradient norm from ``unit_i``, so ``||g_i|| = peak_i
+    r_i``: one pass of the layers' ``backward_sq_norms`` (a ``PerExampleError`` names the
+    layer's place, as ``layers[2]``)."""
+    xp = array_namespace(dy)
+    peak = xp.max(xp.abs(dy), axis=1)                                   # (m,)
+    unit = dy / xp.where(peak > 0, peak, 1)[:, None]                    # |.| <= 1
+    sq, _ = Serial(net.layers).backward_sq_norms(params, cache.layers, unit)
+    return peak, xp.sqrt(sq), unit
+
+
 def grads_from_cache(net: Any, params: Params, cache: Cache, y: Array) -> Grads:
     """Per-example gradients from a forward cache (no checks); see :func:`per_example_grads`."""
+    if not isinstance(net, MLP):
+        dy = _own_delta(net, cache, y)
+        return Serial(net.layers).backward_per_example(params, cache.layers, dy)[0]
     return _outer_grads(cache.inputs, example_deltas(net, params, cache, y))
 
 
 def norms_from_cache(net: Any, params: Params, cache: Cache, y: Array) -> Array:
     """Per-example global gradient norms ``(m,)`` from a forward cache (no checks)."""
+    if not isinstance(net, MLP):
+        return _unscale(*_layer_norms(net, params, cache, _own_delta(net, cache, y))[:2])
     return _unscale(*_scaled_norms(cache.inputs, example_deltas(net, params, cache, y)))
 
 
@@ -161,8 +216,11 @@ def grad_and_norms_from_cache(net: Any, params: Params, cache: Cache, y: Array):
     """``(batch gradient, per-example norms (m,))`` from one backward pass (no checks).
 
     The gradient is that of :func:`funcnn.backward` (up to rounding), computed from
-    the per-example deltas, so a loop that logs the norms pays for one pass, not two.
+    the per-example deltas, so a loop that logs the norms pays for one pass, not two (an
+    MLP; a ``Net`` runs :func:`funcnn.backward` and the squared-norm pass).
     """
+    if not isinstance(net, MLP):
+        return backward(net, params, cache, y), norms_from_cache(net, params, cache, y)
     deltas = example_deltas(net, params, cache, y)
     scale = 1.0 / deltas[0].shape[0]
     grads = []
@@ -181,9 +239,13 @@ def clipped_grad_from_cache(
     The gradient is ``(sum_i min(1, C / ||g_i||) g_i + noise) / m`` with ``C = max_norm``
     and noise ``noise_multiplier * C * N(0, I)``: one standard normal draw from ``key``
     of all the parameters at once, laid out leaf by leaf (``W[0], b[0], W[1], ...``, each
-    row-major). ``max_norm`` and ``noise_multiplier`` are Python numbers, already checked
-    (see :class:`DPGrad`).
+    row-major; for a ``Net`` its params' leaves in order). ``max_norm`` and
+    ``noise_multiplier`` are Python numbers, already checked (see :class:`DPGrad`).
     """
+    if not isinstance(net, MLP):
+        dz = get_loss(net.loss).delta(net.output, cache.z, cache.out, y)
+        return _clipped_layers(net, params, cache, dz, cache.z.shape[0], max_norm,
+                               noise_multiplier, key)
     m = cache.zs[-1].shape[0]
     dz = get_loss(net.loss).delta(net.output, cache.zs[-1], cache.out, y)
     return _clipped(net, params, cache, dz, m, max_norm, noise_multiplier, key)
@@ -213,6 +275,27 @@ def _clipped(net: Any, params: Params, cache: Cache, dz: Array, rows: Any, max_n
     return tuple(grads), _unscale(peak, r)
 
 
+def _clipped_layers(net: Any, params: Params, cache: Cache, dz: Array, rows: Any,
+                    max_norm: float, noise_multiplier: float,
+                    key: Key | None) -> tuple[Grads, Array]:
+    """:func:`_clipped` for a net of layers: the clipped sum is linear in each example's
+    delta, so it is one backward pass from the rows ``unit_i * min(peak_i, C / r_i) /
+    rows`` (``= dy_i s_i / rows``, see :func:`_layer_norms`): no factor overflows."""
+    xp = array_namespace(dz)
+    if not isinstance(rows, int):
+        rows = xp.asarray(rows, dtype=dz.dtype)
+    peak, r, unit = _layer_norms(net, params, cache, dz * rows)
+    # r_i = 0 when g_i's squares are 0 (or underflow): C / r_i is then infinite, the weight
+    # peak_i. Else r_i >= sqrt(smallest subnormal) (4e-23 in float32): C / r_i is finite.
+    positive = r > 0
+    weight = xp.where(positive, xp.minimum(peak, max_norm / xp.where(positive, r, 1)),
+                      peak) / rows                                                # (m,)
+    grads = backward(net, params, cache, None, dz=unit * weight[:, None])
+    if noise_multiplier > 0:
+        grads = _add_noise(grads, noise_multiplier * max_norm / rows, key, noise_multiplier)
+    return grads, _unscale(peak, r)
+
+
 def _add_noise(grads: Grads, std: Any, key: Key | None, noise_multiplier: float) -> Grads:
     """``grads + std * N(0, I)``, the normals drawn at once and cut leaf by leaf."""
     if key is None:
@@ -221,18 +304,17 @@ def _add_noise(grads: Grads, std: Any, key: Key | None, noise_multiplier: float)
             "(a funcnn.random key or int seed, independent of the dropout key); pass "
             "noise_multiplier=0.0 for clipping without noise"
         )
-    W0 = grads[0].W
-    backend = "jax" if is_jax_array(W0) else "numpy"
-    sizes = [leaf.size for layer in grads for leaf in layer]
-    noise = random.normal(random.as_key(key, backend), (sum(sizes),), W0.dtype) * std
+    leaves = tree_leaves(grads)
+    if not leaves:
+        return grads
+    backend = "jax" if is_jax_array(leaves[0]) else "numpy"
+    total = sum(leaf.size for leaf in leaves)
+    noise = random.normal(random.as_key(key, backend), (total,), leaves[0].dtype) * std
     out, start = [], 0
-    for layer in grads:
-        leaves = []
-        for leaf in layer:
-            leaves.append(leaf + noise[start:start + leaf.size].reshape(leaf.shape))
-            start += leaf.size
-        out.append(Dense(*leaves))
-    return tuple(out)
+    for leaf in leaves:
+        out.append(leaf + noise[start:start + leaf.size].reshape(leaf.shape))
+        start += leaf.size
+    return tree_unflatten(grads, out)
 
 
 # ---------------------------------------------------------------------------- in training
@@ -283,11 +365,12 @@ class DPGrad:
 
     def __call__(self, net: Any, params: Params, cache: Cache, dz: Array, *, rows: Any,
                  key: Key | None = None) -> Grads:
-        check_mlp(net)
+        check_net(net)
         noise_key = None if key is None or not self.noise_multiplier else \
             random.fold_in(key, NOISE_STREAM)
-        return _clipped(net, params, cache, dz, rows, self.max_norm, self.noise_multiplier,
-                        noise_key)[0]
+        clipped = _clipped if isinstance(net, MLP) else _clipped_layers
+        return clipped(net, params, cache, dz, rows, self.max_norm, self.noise_multiplier,
+                       noise_key)[0]
 
 
 def dp_grad(max_norm: float, noise_multiplier: float = 0.0) -> DPGrad:
@@ -300,54 +383,54 @@ def dp_grad(max_norm: float, noise_multiplier: float = 0.0) -> DPGrad:
 # ---------------------------------------------------------------------------- checked entry points
 
 
-def check_mlp(net: Any) -> None:
-    """Per-example gradients are written out for the MLP's dense layers."""
+def _forward(net, params, x, y, key, train, state):
+    """Checks as in ``funcnn.value_and_grad``, then the forward cache and prepared targets
+    (the model state only read: ``train=False`` normalises by BatchNorm's running
+    statistics, and ``train=True`` leaves BatchNorm to refuse per-example gradients)."""
     check_net(net)
-    if not isinstance(net, MLP):
-        raise TypeError("per-example gradients and DP-SGD take a funcnn.MLP; got a "
-                        f"{type(net).__name__}")
-
-
-def _forward(net, params, x, y, key, train):
-    """Checks as in ``funcnn.value_and_grad``, then the forward cache and prepared targets."""
-    check_mlp(net)
-    b = prepare(net, params, x, y, key=key, train=train)
-    return apply(net, params, b.x, b.noise, train=train), b.y
+    b = prepare(net, params, x, y, state=state, key=key, train=train)
+    return apply(net, params, b.x, b.noise, state=b.state, train=train), b.y
 
 
 def per_example_grads(
     net: Any, params: Params, x: Array, y: Array, *, key: Key | None = None,
-    train: bool = False,
+    train: bool = False, state: Any = None,
 ) -> Grads:
     """Each example's gradient of its own loss, with a leading batch axis.
 
-    Returns a tuple of ``Dense(W=(m, n_in, n_out), b=(m, n_out))``, one per layer:
-    ``W[i] = outer(inputs[l][i], delta[l][i])``. Their mean over the batch is
-    ``funcnn.backprop``. ``key`` and ``train`` draw dropout masks as in
-    :func:`funcnn.forward`. Memory grows as ``m`` times the parameters: for norms or
-    clipping use :func:`per_example_grad_norms` or :func:`clipped_mean_grad`.
+    Returns the params' tree with every leaf ``(m, *leaf.shape)``: for an MLP a tuple of
+    ``Dense(W=(m, n_in, n_out), b=(m, n_out))``, one per layer, ``W[i] =
+    outer(inputs[l][i], delta[l][i])``; for a ``Net`` each layer's
+    ``backward_per_example``. Their mean over the batch is ``funcnn.backprop``. ``key``
+    and ``train`` draw dropout masks as in :func:`funcnn.forward`; ``state`` is the
+    model state of a net with BatchNorm (read only, nothing returned for it), whose
+    per-example gradients exist with ``train=False`` only (``PerExampleError``
+    otherwise). Memory grows as ``m`` times the parameters: for norms or clipping use
+    :func:`per_example_grad_norms` or :func:`clipped_mean_grad`.
     """
-    cache, y = _forward(net, params, x, y, key, train)
+    cache, y = _forward(net, params, x, y, key, train, state)
     return grads_from_cache(net, params, cache, y)
 
 
 def per_example_grad_norms(
     net: Any, params: Params, x: Array, y: Array, *, key: Key | None = None,
-    train: bool = False,
+    train: bool = False, state: Any = None,
 ) -> Array:
     """Each example's global gradient norm (over all layers, weights and biases), ``(m,)``.
 
-    Computed as ``sqrt(sum_l ||delta_l||^2 (||a_l||^2 + 1))`` without forming a
-    per-example weight gradient; arguments as for :func:`per_example_grads`. Large norms
-    point at hard or mislabelled examples.
+    Computed without forming a per-example weight gradient: for an MLP as ``sqrt(sum_l
+    ||delta_l||^2 (||a_l||^2 + 1))``, for a ``Net`` from its layers'
+    ``backward_sq_norms``; arguments as for :func:`per_example_grads`. Large norms point
+    at hard or mislabelled examples.
     """
-    cache, y = _forward(net, params, x, y, key, train)
+    cache, y = _forward(net, params, x, y, key, train, state)
     return norms_from_cache(net, params, cache, y)
 
 
 def clipped_mean_grad(
     net: Any, params: Params, x: Array, y: Array, *, max_norm: float,
     noise_multiplier: float = 0.0, key: Key | None = None, train: bool = False,
+    state: Any = None,
 ) -> Grads:
     """The DP-SGD gradient of a batch: each example clipped to ``max_norm``, summed,
     noised with ``N(0, (noise_multiplier * max_norm)^2)`` per element, divided by ``m``.
@@ -357,14 +440,15 @@ def clipped_mean_grad(
     ``random.split(key)[0]`` (as ``forward(..., key=random.split(key)[0], train=True)``
     draws them) and the noise from ``random.split(key)[1]`` (as
     ``clipped_grad_from_cache(..., key=random.split(key)[1])`` draws it). ``max_norm`` and
-    ``noise_multiplier`` must be Python numbers (static under jit).
+    ``noise_multiplier`` must be Python numbers (static under jit); ``state`` as for
+    :func:`per_example_grads`.
     """
     settings = DPGrad(max_norm, noise_multiplier)
-    check_mlp(net)
+    check_net(net)
     check_params(net, params)
     drop_key = noise_key = None
     if key is not None:
         drop_key, noise_key = random.split(random.as_key(key, check_same_backend(params)))
-    cache, y = _forward(net, params, x, y, drop_key, train)
+    cache, y = _forward(net, params, x, y, drop_key, train, state)
     return clipped_grad_from_cache(net, params, cache, y, max_norm=settings.max_norm,
                                    noise_multiplier=settings.noise_multiplier, key=noise_key)[0]

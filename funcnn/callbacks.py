@@ -28,8 +28,9 @@ Ready-made callbacks::
 
 A hand-written loop uses the same files with :func:`save_fit_state` and
 :func:`load_fit_state`. A fit checkpoint is a :func:`funcnn.save` file with the
-params, the optimizer state, the net, ``metadata = {"epoch": e, "history":
-{per-epoch lists}, "stop": bool}`` and ``extra = {"key": uint32 (2,), "loss": float64
+params, the optimizer state, the net, its model state (``state``, ``()`` without
+BatchNorm), ``metadata = {"epoch": e, "history": {per-epoch lists}, "stop": bool}`` and
+``extra = {"key": uint32 (2,), "loss": float64
 (steps,), "best": Best | None}``.
 """
 
@@ -153,7 +154,7 @@ def save_fit_state(path: str | os.PathLike, net: Network, state: FitState) -> No
              "loss": np.asarray(state.history.get("loss", []), dtype=np.float64),
              "best": state.best}
     epoch = check_count("state.epoch", state.epoch, minimum=0)
-    save(path, state.params, state.opt_state, net=net, extra=extra,
+    save(path, state.params, state.opt_state, net=net, state=state.model_state, extra=extra,
          metadata={"epoch": epoch, "history": history, "stop": bool(state.stop)})
 
 
@@ -181,6 +182,7 @@ def load_fit_state(path: str | os.PathLike, net: Network, backend: str | None = 
         convert(ckpt.params, backend, "params"), convert(ckpt.opt_state, backend, "opt_state"),
         meta["epoch"], convert(extra["key"], backend, "key"), history,
         None if best is None else convert(best, backend, "best"), stop,
+        convert(ckpt.state, backend, "model_state"),
     )
 
 
@@ -190,9 +192,10 @@ def checkpoint(path: str | os.PathLike, *, every: int = 1, resume: bool = False)
     Before training, the folder of ``path`` must be writable (an ``OSError`` naming
     ``path`` otherwise). With ``resume=True`` a run starts from the state in ``path``
     (params, optimizer state, key, epoch, history, early-stopping state), so that it
-    ends bit-identical to a run never interrupted; a run that had finished (or stopped
-    early) returns at once. With :func:`early_stopping`, list that callback first: the
-    checkpoint then saves the memory it updated in the same epoch. Without a file it says
+    ends bit-identical to a run never interrupted (BatchNorm's running statistics
+    included); a run that had finished (or stopped early) returns at once. With
+    :func:`early_stopping`, list that callback first: the checkpoint then saves the memory
+    it updated in the same epoch. Without a file it says
     so on stderr and starts afresh.
     With several processes (:mod:`funcnn.parallel`) only process 0 writes, and every
     process resumes from the file, which must be on a file system they all see.

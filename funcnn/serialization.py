@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 FORMAT = "funcnn.checkpoint"
-VERSION = 2  # 2 added the optional "extra" tree; version 1 files are still read
+VERSION = 3  # 2 added the optional "extra" tree, 3 a funcnn.Net spec and the model state
 HEADER = "__funcnn__"
 MAX_HEADER_BYTES = 16 * 2**20  # JSON: ~100 bytes a leaf, plus the metadata (per-epoch history)
 _LEAF_KINDS = "biufc"  # bool, int, uint, float, complex: dtypes stored without pickle

@@ -74,15 +74,17 @@ __all__ = [
 
 class Best(NamedTuple):
     """Early stopping's memory: the lowest validation loss so far, the epoch (from 0)
-    that reached it, and the params and optimizer state after that epoch.
+    that reached it, and the params, optimizer state and model state after that epoch.
 
     Before any epoch improved, ``loss`` is ``inf``, ``epoch`` is the epoch before the
-    first one trained, and ``params`` and ``opt_state`` are ``None``."""
+    first one trained, and ``params`` and ``opt_state`` are ``None``. ``model_state`` is
+    ``()`` for a net without one (and in files written before it was kept)."""
 
     loss: float
     epoch: int
     params: Any
     opt_state: Any
+    model_state: Any = ()
 
 
 funcnn_types(Best)  # in every fit checkpoint: funcnn.load rebuilds it without registration
@@ -233,12 +235,13 @@ def checkpoint(path: str | os.PathLike, *, every: int = 1, resume: bool = False)
 
 def early_stopping(patience: int) -> Callback:
     """Stop ``fit`` after ``patience`` epochs without a lower validation loss, and return
-    the params (and optimizer state) of the best epoch, with ``history["best_epoch"] =
-    [epoch]`` (from 0). Needs ``fit(..., validation=(x_val, y_val))``.
+    the params (and optimizer state and model state) of the best epoch, with
+    ``history["best_epoch"] = [epoch]`` (from 0). Needs ``fit(..., validation=(x_val, y_val))``.
 
     Its memory is the state's ``best`` (the lowest validation loss, its epoch and copies
-    of its params and optimizer state) and ``stop``, so a checkpoint holds it and a resumed
-    run stops where the uninterrupted one would: list it before :func:`checkpoint`.
+    of its params, optimizer state and model state) and ``stop``, so a checkpoint holds it
+    and a resumed run stops where the uninterrupted one would: list it before
+    :func:`checkpoint`.
     """
     patience = check_count("patience", patience)
 
@@ -252,7 +255,8 @@ def early_stopping(patience: int) -> Callback:
         best = state.best if state.best is not None else Best(math.inf, epoch - 1, None, None)
         loss = state.history["val_loss"][-1]
         if loss < best.loss:
-            best = Best(loss, epoch, copy_arrays(state.params), copy_arrays(state.opt_state))
+            best = Best(loss, epoch, copy_arrays(state.params), copy_arrays(state.opt_state),
+                        copy_arrays(state.model_state))
         return state._replace(best=best, stop=epoch - best.epoch >= patience)
 
     def on_end(state: FitState, info: FitInfo) -> FitState | None:
@@ -260,6 +264,7 @@ def early_stopping(patience: int) -> Callback:
         if best is None or best.params is None:
             return None
         return state._replace(params=best.params, opt_state=best.opt_state,
+                              model_state=best.model_state,
                               history={**state.history, "best_epoch": [best.epoch]})
 
     return Callback(on_start, on_epoch_end, on_end)

@@ -520,6 +520,32 @@ def test_a_registered_class_whose_fields_changed_is_refused(tmp_path, empty_regi
         load(tmp_path / "c.npz")
 
 
+def test_a_field_added_with_a_default_loads_older_files_and_no_other_change_does(
+        tmp_path, empty_registry):
+    register(EMAState)
+    save(tmp_path / "c.npz", EMAState(np.zeros(1), np.ones(1)))
+
+    def grown(**defaults):
+        fields = [("count", Any), ("ema", Any), ("debias", Any)]
+        cls = NamedTuple("EMAState", fields)
+        cls.__new__.__defaults__ = tuple(defaults.values()) or None
+        cls._field_defaults = defaults
+        cls.__module__, cls.__qualname__ = EMAState.__module__, EMAState.__qualname__
+        return register(cls)
+
+    cls = grown(debias=True)  # a field added later, with a default: older files still load
+    got = load(tmp_path / "c.npz").params
+    assert type(got) is cls and got.debias is True
+    assert_identical(tuple(got[:2]), (np.zeros(1), np.ones(1)))
+    grown()  # without a default an older file cannot say what it holds
+    with pytest.raises(CheckpointError, match=r"fields \['count', 'ema'\].*'debias'\]"):
+        load(tmp_path / "c.npz")
+    save(tmp_path / "d.npz", cls(np.zeros(1), np.ones(1), np.zeros(1)))
+    register(EMAState)  # and a file never holds more fields than the class
+    with pytest.raises(CheckpointError, match=r"fields \['count', 'ema', 'debias'\]"):
+        load(tmp_path / "d.npz")
+
+
 # ---------------------------------------------------------------- damaged and foreign files
 
 

@@ -32,6 +32,7 @@ from funcnn.callbacks import (
     Callback,
     FitState,
     checkpoint,
+    copy_arrays,
     early_stopping,
     load_fit_state,
     save_fit_state,
@@ -471,6 +472,44 @@ def test_a_fit_state_carries_the_model_state(tmp_path, backend):
     assert not np.allclose(np.asarray(model_state[1].mean), 0)  # the pass moved it
     with pytest.raises(ValueError, match="keeps model state"):
         save_fit_state(path, net, state._replace(model_state=()))
+
+
+def test_early_stopping_returns_the_model_state_of_the_best_epoch(tmp_path):
+    L = funcnn.layers
+    net = funcnn.Net([L.Dense(8), L.BatchNorm(momentum=0.5), L.Activation("relu"),
+                      L.Dense(3)], (2,))
+    x, y = funcnn.data.spirals(0, n=48, classes=3)
+    seen = []  # a copy of the model state after each epoch
+    record = Callback(on_epoch_end=lambda s, i: seen.append(copy_arrays(s.model_state)))
+    path = tmp_path / "bn.ckpt"
+    params, _, history, state = funcnn.fit(
+        net, funcnn.init_params(net, 0), funcnn.optim.adam(5e-2), x, y, epochs=12,
+        batch_size=16, key=2, progress=False, validation=(x, (y + 1) % 3),  # gets worse
+        state=funcnn.init_state(net), callbacks=[record, early_stopping(2), checkpoint(path)])
+    best = history["best_epoch"][0]
+    assert best < len(seen) - 1, "the last epoch was the best: nothing to restore"
+    _assert_trees_identical(state, seen[best], "model state")
+    assert not np.array_equal(seen[best][1].mean, seen[-1][1].mean)
+    saved = load_fit_state(path, net)
+    _assert_trees_identical(saved.best.model_state, seen[best], "saved best model state")
+
+
+def test_a_fit_checkpoint_written_before_best_kept_the_model_state_loads(tmp_path):
+    net, state = _fit_state("numpy", 10)
+    path = tmp_path / "old.ckpt"
+    save_fit_state(path, net, state)
+    with np.load(path, allow_pickle=False) as data:
+        members = {name: data[name] for name in data.files}
+    header = json.loads(members["__funcnn__"].tobytes())
+    best = header["extra"]["children"][header["extra"]["keys"].index("best")]
+    assert best["fields"][-1] == "model_state" and best["children"][-1]["node"] == "tuple"
+    del best["fields"][-1], best["children"][-1]  # as funcnn wrote it before
+    members["__funcnn__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    with open(path, "wb") as f:
+        np.savez(f, **members)
+    got = load_fit_state(path, net)
+    assert type(got.best) is Best and got.best.model_state == ()
+    _assert_trees_identical(got.best.params, state.best.params, "best params")
 
 
 def test_a_fit_checkpoint_stores_the_loss_history_as_an_array(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from funcnn import serialization
 from funcnn.checkpoint import CheckpointError
 from funcnn.cli import _plots
 from funcnn.cli._common import N_CLASSES, CommandError, check_out, describe_net, load_data
+from funcnn.tree import tree_leaves
 
 __all__ = ["add_parser", "confusion_matrix", "custom_pieces", "load_model", "run"]
 
@@ -40,8 +42,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def load_model(path: str) -> tuple[funcnn.MLP, tuple]:
-    """The net and params of a checkpoint (on NumPy), or a CommandError saying what is wrong."""
+def load_model(path: str) -> tuple[funcnn.MLP | funcnn.Net, tuple, tuple]:
+    """The net, params and model state (``()`` without BatchNorm) of a checkpoint (on
+    NumPy), or a CommandError saying what is wrong."""
     try:
         ckpt = funcnn.load(path)
     except FileNotFoundError:
@@ -68,7 +71,7 @@ def load_model(path: str) -> tuple[funcnn.MLP, tuple]:
     if ckpt.net is None:
         raise CommandError(f"the checkpoint {path} holds no net spec",
                            "save it with funcnn.save(path, params, net=net)")
-    return ckpt.net, ckpt.params
+    return ckpt.net, ckpt.params, ckpt.state
 
 
 def custom_pieces(path: str) -> list[tuple[str, str, str]]:
@@ -87,11 +90,14 @@ def custom_pieces(path: str) -> list[tuple[str, str, str]]:
             if type(value) is dict and "custom" in value]
 
 
-def check_fits_mnist(net: funcnn.MLP, path: str) -> None:
-    if net.sizes[0] != N_PIXELS or net.sizes[-1] != N_CLASSES or net.loss != "cross_entropy":
+def check_fits_mnist(net: funcnn.MLP | funcnn.Net, path: str) -> None:
+    if math.prod(net.in_shape) != N_PIXELS or net.n_out != N_CLASSES \
+            or net.loss != "cross_entropy":
         raise CommandError(
-            f"the checkpoint {path} holds a {describe_net(net)} with {net.loss} loss",
-            f"MNIST needs {N_PIXELS} inputs, {N_CLASSES} softmax outputs and cross-entropy",
+            f"the checkpoint {path} holds a {describe_net(net)} on inputs of shape "
+            f"{net.in_shape} with {net.loss} loss",
+            f"MNIST needs {N_PIXELS} inputs (any shape of them, e.g. (28, 28, 1)), "
+            f"{N_CLASSES} softmax outputs and cross-entropy",
         )
 
 
@@ -113,16 +119,17 @@ def table(counts: np.ndarray) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    net, params = load_model(args.checkpoint)
+    net, params, state = load_model(args.checkpoint)
     check_fits_mnist(net, args.checkpoint)
     out = check_out(args.out if args.out is not None else str(Path(args.checkpoint).parent))
     data = load_data(args.data)
-    test = funcnn.evaluate(net, params, data.x_test, data.y_test)
-    predicted = np.argmax(np.asarray(funcnn.predict(net, params, data.x_test)), axis=1)
+    x = data.x_test.reshape(-1, *net.in_shape)
+    test = funcnn.evaluate(net, params, x, data.y_test, state=state)
+    predicted = np.argmax(np.asarray(funcnn.predict(net, params, x, state=state)), axis=1)
     counts = confusion_matrix(data.y_test, predicted, N_CLASSES)
     per_class = np.diag(counts) / np.maximum(counts.sum(axis=1), 1)
 
-    dtype = np.asarray(params[0].W).dtype
+    dtype = np.asarray(tree_leaves(params)[0]).dtype
     print(f"checkpoint {args.checkpoint}: {describe_net(net)} ({dtype})")
     print(f"MNIST test set, {len(data.y_test)} images: loss {test['loss']:.4f}, "
           f"accuracy {100 * test['accuracy']:.2f}%\n")

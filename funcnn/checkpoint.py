@@ -241,7 +241,7 @@ class _Decoder:
 
     def __init__(self, given: Network | None, source: str):
         self.pieces = {} if given is None else _custom_pieces(given, {})
-        self.given, self.source, self.count = given, source, 0
+        self.source, self.count = source, 0
 
     def net(self, spec: Any) -> Network:
         if type(spec) is not dict:
@@ -294,15 +294,18 @@ class _Decoder:
 
     def custom(self, node: dict, path: str) -> Any:
         kind, name = node.get("custom"), node.get("name")
-        piece = self.pieces.get((kind, name)) if type(name) is str else None
+        if type(kind) is not str or type(name) is not str or set(node) != {"custom", "name"}:
+            raise FormatError(f"the saved net spec gives {path} a malformed custom piece "
+                              f"{node!r:.200}")
+        piece = self.pieces.get((kind, name))
         if piece is not None:
             return piece
-        field = path.removeprefix("net.")
-        example = (f"funcnn.MLP(..., {field}=<your {kind} named {name!r}>)" if "." not in field
-                   else f"funcnn.Net(...) whose {field} is your {kind} named {name!r}")
+        field, kind, name = path.removeprefix("net."), kind[:40], repr(name[:100])
+        example = (f"funcnn.MLP(..., {field}=<your {kind} named {name}>)" if "." not in field
+                   else f"funcnn.Net(...) whose {field} is your {kind} named {name}")
         raise ValueError(
             f"checkpoint {self.source!r} was saved for a net whose {field} is the custom "
-            f"{kind} {name!r:.100}; funcnn cannot rebuild your code from a file: pass the "
+            f"{kind} {name}; funcnn cannot rebuild your code from a file: pass the "
             f"net, e.g. funcnn.load(path, net={example})"
         )
 

@@ -264,6 +264,8 @@ NET_SPEC_FORGERIES = {
     "a module as activation": (_layer(2, activation="funcnn.cli:main"), "saved net spec"),
     "a custom piece": (_layer(2, activation={"custom": "activation", "name": "os.system"}),
                        "cannot rebuild your code from a file"),
+    "a custom piece of no kind": (_layer(2, activation={"custom": ["os"], "name": "system"}),
+                                  "malformed custom piece"),
     "an unknown kind of net": (lambda spec: spec.update(net="funcnn.__main__:Net"),
                                "unknown kind of net"),
     "a field of the net that is not a field": (

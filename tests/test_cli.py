@@ -1043,13 +1043,19 @@ MY_CE = funcnn.losses.Loss("my_ce", funcnn.losses.cross_entropy,
 @pytest.mark.parametrize("field, piece, needles", [
     ("hidden", SWISH, ["custom activation 'swish' (hidden)", "hidden=<your activation>"]),
     ("loss", MY_CE, ["custom loss 'my_ce' (loss)", "loss=<your loss>"]),
+    (None, SWISH, ["custom activation 'swish' (layers[0].activation)", "funcnn.Net(",
+                   "state=ckpt.state"]),
 ])
 def test_evaluate_a_net_with_a_custom_piece(capsys, digits, tmp_path, field, piece, needles):
     """A file keeps only the name of a custom activation or loss: the command line cannot
     run it, and says so (and how to evaluate it in Python) in two lines."""
-    net = funcnn.MLP((784, 16, 10), **{field: piece})
+    if field is None:  # inside a layer of a Net
+        L = funcnn.layers
+        net = funcnn.Net([L.Dense(16, activation=piece), L.BatchNorm(), L.Dense(10)], (784,))
+    else:
+        net = funcnn.MLP((784, 16, 10), **{field: piece})
     path = tmp_path / "custom.npz"
-    funcnn.save(path, funcnn.init_params(net, 0), net=net)
+    funcnn.save(path, funcnn.init_params(net, 0), net=net, state=funcnn.init_state(net))
     code, out, err = run_cli(capsys, "evaluate", "--checkpoint", path, "--data", digits)
     assert code == 1 and out == ""
     assert_short_error(err, "custom.npz", "only Python can evaluate it", "funcnn.load(path, "

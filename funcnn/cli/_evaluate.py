@@ -62,11 +62,16 @@ def load_model(path: str) -> tuple[funcnn.MLP | funcnn.Net, tuple, tuple]:
         named = " and ".join(f"the custom {kind} {name!r} ({field})"
                              for field, kind, name in pieces)
         yours = ", ".join(f"{field}=<your {kind}>" for field, kind, _ in pieces)
+        if any("." in field or "[" in field for field, _, _ in pieces):  # in a Net's layers
+            yours = "funcnn.Net([...]) with your pieces"
+            state = ", state=ckpt.state"
+        else:
+            yours, state = f"funcnn.MLP(..., {yours})", ""
         raise CommandError(
             f"the checkpoint {path} holds a net with {named}, whose code is not in the "
             "file: only Python can evaluate it",
-            f"in Python, where it is defined: net = funcnn.MLP(..., {yours}); ckpt = "
-            "funcnn.load(path, net=net); funcnn.evaluate(net, ckpt.params, x, y)",
+            f"in Python, where it is defined: net = {yours}; ckpt = "
+            f"funcnn.load(path, net=net); funcnn.evaluate(net, ckpt.params, x, y{state})",
         ) from None
     if ckpt.net is None:
         raise CommandError(f"the checkpoint {path} holds no net spec",
@@ -75,9 +80,11 @@ def load_model(path: str) -> tuple[funcnn.MLP | funcnn.Net, tuple, tuple]:
 
 
 def custom_pieces(path: str) -> list[tuple[str, str, str]]:
-    """The custom activations and losses a checkpoint's net spec names, as ``(field, kind,
-    name)``, e.g. ``("hidden", "activation", "swish")``: a file keeps only their names.
-    ``[]`` when there are none or the header cannot be read (``funcnn.load`` says why)."""
+    """The custom activations, losses and initializers a checkpoint's net spec names, as
+    ``(field, kind, name)``, e.g. ``("hidden", "activation", "swish")`` for an MLP or
+    ``("layers[0].activation", "activation", "swish")`` for a ``Net``: a file keeps only
+    their names. ``[]`` when there are none or the header cannot be read (``funcnn.load``
+    says why)."""
     try:
         with open(path, "rb") as f, \
                 serialization.NpzReader(f, os.fstat(f.fileno()).st_size,
@@ -85,9 +92,21 @@ def custom_pieces(path: str) -> list[tuple[str, str, str]]:
             spec = serialization.read_header(reader, ()).get("net")
     except (OSError, serialization.FormatError):
         return []
-    return [(field, str(value.get("custom")), str(value.get("name")))
-            for field, value in (spec.items() if type(spec) is dict else ())
-            if type(value) is dict and "custom" in value]
+    return list(_customs(spec, ""))
+
+
+def _customs(node, where: str):
+    """``(field, kind, name)`` of each custom piece under ``node`` of a saved net spec,
+    ``where`` being its place (a Net's layers and fields are walked)."""
+    if type(node) is dict and "custom" in node:
+        yield where, str(node.get("custom"))[:40], str(node.get("name"))[:100]
+    elif type(node) is dict:
+        for key, value in node.items():
+            yield from _customs(value, where if key == "fields" else
+                                f"{where}.{key}" if where else str(key))
+    elif type(node) is list:
+        for i, value in enumerate(node):
+            yield from _customs(value, f"{where}[{i}]")
 
 
 def check_fits_mnist(net: funcnn.MLP | funcnn.Net, path: str) -> None:

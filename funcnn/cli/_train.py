@@ -83,7 +83,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "is the recipe of examples/cnn_mnist.py without its shifted images: two "
                     "blocks of 3x3 convolution, 2x2 max-pooling, BatchNorm and ReLU (16 and 32 "
                     "channels), dense 128 with BatchNorm and ReLU, dense 10; Adam (lr 1e-2), "
-                    "a quarter epoch of warm-up then cosine decay, batch 128, 8 epochs. 10%% "
+                    "a quarter epoch of warm-up then cosine decay, batch 128, 8 epochs. 10% "
                     "of the training images are held out for validation. Writes model.npz, "
                     "checkpoint.npz, metrics.json and curves.png into --out and ends with one "
                     "JSON line on stdout.",

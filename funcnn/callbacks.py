@@ -28,8 +28,9 @@ Ready-made callbacks::
 
 A hand-written loop uses the same files with :func:`save_fit_state` and
 :func:`load_fit_state`. A fit checkpoint is a :func:`funcnn.save` file with the
-params, the optimizer state, the net, ``metadata = {"epoch": e, "history":
-{per-epoch lists}, "stop": bool}`` and ``extra = {"key": uint32 (2,), "loss": float64
+params, the optimizer state, the net, its model state (``state``, ``()`` without
+BatchNorm), ``metadata = {"epoch": e, "history": {per-epoch lists}, "stop": bool}`` and
+``extra = {"key": uint32 (2,), "loss": float64
 (steps,), "best": Best | None}``.
 """
 
@@ -73,15 +74,17 @@ __all__ = [
 
 class Best(NamedTuple):
     """Early stopping's memory: the lowest validation loss so far, the epoch (from 0)
-    that reached it, and the params and optimizer state after that epoch.
+    that reached it, and the params, optimizer state and model state after that epoch.
 
     Before any epoch improved, ``loss`` is ``inf``, ``epoch`` is the epoch before the
-    first one trained, and ``params`` and ``opt_state`` are ``None``."""
+    first one trained, and ``params`` and ``opt_state`` are ``None``. ``model_state`` is
+    ``()`` for a net without one (and in files written before it was kept)."""
 
     loss: float
     epoch: int
     params: Any
     opt_state: Any
+    model_state: Any = ()
 
 
 funcnn_types(Best)  # in every fit checkpoint: funcnn.load rebuilds it without registration
@@ -153,7 +156,7 @@ def save_fit_state(path: str | os.PathLike, net: Network, state: FitState) -> No
              "loss": np.asarray(state.history.get("loss", []), dtype=np.float64),
              "best": state.best}
     epoch = check_count("state.epoch", state.epoch, minimum=0)
-    save(path, state.params, state.opt_state, net=net, extra=extra,
+    save(path, state.params, state.opt_state, net=net, state=state.model_state, extra=extra,
          metadata={"epoch": epoch, "history": history, "stop": bool(state.stop)})
 
 
@@ -181,6 +184,7 @@ def load_fit_state(path: str | os.PathLike, net: Network, backend: str | None = 
         convert(ckpt.params, backend, "params"), convert(ckpt.opt_state, backend, "opt_state"),
         meta["epoch"], convert(extra["key"], backend, "key"), history,
         None if best is None else convert(best, backend, "best"), stop,
+        convert(ckpt.state, backend, "model_state"),
     )
 
 
@@ -190,9 +194,10 @@ def checkpoint(path: str | os.PathLike, *, every: int = 1, resume: bool = False)
     Before training, the folder of ``path`` must be writable (an ``OSError`` naming
     ``path`` otherwise). With ``resume=True`` a run starts from the state in ``path``
     (params, optimizer state, key, epoch, history, early-stopping state), so that it
-    ends bit-identical to a run never interrupted; a run that had finished (or stopped
-    early) returns at once. With :func:`early_stopping`, list that callback first: the
-    checkpoint then saves the memory it updated in the same epoch. Without a file it says
+    ends bit-identical to a run never interrupted (BatchNorm's running statistics
+    included); a run that had finished (or stopped early) returns at once. With
+    :func:`early_stopping`, list that callback first: the checkpoint then saves the memory
+    it updated in the same epoch. Without a file it says
     so on stderr and starts afresh.
     With several processes (:mod:`funcnn.parallel`) only process 0 writes, and every
     process resumes from the file, which must be on a file system they all see.
@@ -230,12 +235,13 @@ def checkpoint(path: str | os.PathLike, *, every: int = 1, resume: bool = False)
 
 def early_stopping(patience: int) -> Callback:
     """Stop ``fit`` after ``patience`` epochs without a lower validation loss, and return
-    the params (and optimizer state) of the best epoch, with ``history["best_epoch"] =
-    [epoch]`` (from 0). Needs ``fit(..., validation=(x_val, y_val))``.
+    the params (and optimizer state and model state) of the best epoch, with
+    ``history["best_epoch"] = [epoch]`` (from 0). Needs ``fit(..., validation=(x_val, y_val))``.
 
     Its memory is the state's ``best`` (the lowest validation loss, its epoch and copies
-    of its params and optimizer state) and ``stop``, so a checkpoint holds it and a resumed
-    run stops where the uninterrupted one would: list it before :func:`checkpoint`.
+    of its params, optimizer state and model state) and ``stop``, so a checkpoint holds it
+    and a resumed run stops where the uninterrupted one would: list it before
+    :func:`checkpoint`.
     """
     patience = check_count("patience", patience)
 
@@ -249,7 +255,8 @@ def early_stopping(patience: int) -> Callback:
         best = state.best if state.best is not None else Best(math.inf, epoch - 1, None, None)
         loss = state.history["val_loss"][-1]
         if loss < best.loss:
-            best = Best(loss, epoch, copy_arrays(state.params), copy_arrays(state.opt_state))
+            best = Best(loss, epoch, copy_arrays(state.params), copy_arrays(state.opt_state),
+                        copy_arrays(state.model_state))
         return state._replace(best=best, stop=epoch - best.epoch >= patience)
 
     def on_end(state: FitState, info: FitInfo) -> FitState | None:
@@ -257,6 +264,7 @@ def early_stopping(patience: int) -> Callback:
         if best is None or best.params is None:
             return None
         return state._replace(params=best.params, opt_state=best.opt_state,
+                              model_state=best.model_state,
                               history={**state.history, "best_epoch": [best.epoch]})
 
     return Callback(on_start, on_epoch_end, on_end)

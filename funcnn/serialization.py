@@ -50,7 +50,7 @@ __all__ = [
 ]
 
 FORMAT = "funcnn.checkpoint"
-VERSION = 2  # 2 added the optional "extra" tree; version 1 files are still read
+VERSION = 3  # 2 added the optional "extra" tree, 3 a funcnn.Net spec and the model state
 HEADER = "__funcnn__"
 MAX_HEADER_BYTES = 16 * 2**20  # JSON: ~100 bytes a leaf, plus the metadata (per-epoch history)
 _LEAF_KINDS = "biufc"  # bool, int, uint, float, complex: dtypes stored without pickle
@@ -309,7 +309,7 @@ def _check_node(node: Any, path: str, reader: NpzReader, used: set[str],
     elif kind == "namedtuple":
         cls = _resolve_class(node.get("class"), path)
         fields = node.get("fields")
-        if fields != list(cls._fields) or len(children) != len(fields):
+        if not _known_fields(fields, cls) or len(children) != len(fields):
             raise FormatError(
                 f"{path} was saved as {_class_name(cls)} with fields {fields!r:.200}, "
                 f"but that class now has fields {list(cls._fields)}"
@@ -319,6 +319,13 @@ def _check_node(node: Any, path: str, reader: NpzReader, used: set[str],
         steps = [f"[{i}]" for i in range(len(children))]
     for step, child in zip(steps, children, strict=True):
         _check_node(child, path + step, reader, used, leaves)
+
+
+def _known_fields(fields: Any, cls: type) -> bool:
+    """Whether ``fields`` are those of ``cls``, or its first ones when the others have
+    defaults (a field added to a class later: older files leave it at its default)."""
+    return (type(fields) is list and fields == list(cls._fields[:len(fields)])
+            and set(cls._fields[len(fields):]) <= set(cls._field_defaults))
 
 
 def _check_leaf(node: dict[str, Any], kind: str, path: str, reader: NpzReader,

@@ -272,6 +272,133 @@ def test_save_refuses_params_that_do_not_fit_the_net(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+L = funcnn.layers
+
+
+def every_layer_net(**dense) -> funcnn.Net:
+    """A net with every layer a checkpoint may name, nested stacks included."""
+    return funcnn.Net([
+        L.Conv2D(3, (3, 2), stride=1, padding="same", bias=False), L.BatchNorm(momentum=0.75),
+        L.Activation("tanh"), L.MaxPool2D(2), L.Residual([L.Conv2D(3, 3, padding="same"),
+                                                          L.LayerNorm(eps=1e-3)]),
+        L.AvgPool2D(window=(2, 1), stride=(2, 1), drop_remainder=True),
+        L.Serial([L.Flatten(), L.Dropout(0.125)]),
+        L.Dense(5, activation="relu", dropout=0.25, kernel_init="glorot_uniform", **dense),
+        L.Serial([L.BatchNorm(), L.Dense(4)]),
+    ], (8, 6, 2), output="sigmoid")
+
+
+def header_of(path: Path) -> dict[str, Any]:
+    with np.load(path, allow_pickle=False) as data:
+        return json.loads(data["__funcnn__"].tobytes())
+
+
+def trained_net(net: funcnn.Net, backend: str = "numpy") -> tuple[Any, Any]:
+    """Params and a model state moved by a training pass (not the initial values)."""
+    params = funcnn.to_backend(funcnn.init_params(net, 3), backend)
+    x = np.random.default_rng(1).normal(size=(6, *net.in_shape)).astype(np.float32)
+    _, _, state = funcnn.forward(net, params, funcnn.to_backend(x, backend), train=True,
+                                 key=2, state=funcnn.init_state(net, backend=backend))
+    return params, state
+
+
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_a_net_with_every_layer_and_its_model_state_round_trip(tmp_path, backend):
+    net = every_layer_net()
+    params, state = trained_net(net, backend)
+    assert not np.allclose(np.asarray(state[1].mean), 0)
+    opt_state = optim.adam(1e-3).init(params)
+    save(tmp_path / "net.npz", params, opt_state, net=net, state=state, metadata={"epoch": 1})
+    for expected in (None, net):
+        out = load(tmp_path / "net.npz", net=expected, backend=backend)
+        assert out.net == net and type(out.net) is funcnn.Net and hash(out.net) == hash(net)
+        assert type(out.state[1]) is L.BatchNormState
+        want = funcnn.to_backend((params, opt_state, state), "numpy")
+        assert_identical(funcnn.to_backend((out.params, out.opt_state, out.state), "numpy"),
+                         want)
+        assert out.metadata == {"epoch": 1}
+    header = header_of(tmp_path / "net.npz")
+    assert header["version"] == serialization.VERSION == 3
+    assert header["net"]["fields"]["layers"][4]["layer"] == "Residual"
+
+
+def test_files_without_a_net_or_model_state_stay_version_2_and_load_with_an_empty_state(
+        tmp_path):
+    params, _ = trained("adam")
+    save(tmp_path / "mlp.npz", params, net=NET)
+    header = header_of(tmp_path / "mlp.npz")
+    assert header["version"] == 2 and "sizes" in header["net"]  # as older funcnn wrote them
+    # a file written before the model state existed
+    rewrite(tmp_path / "mlp.npz", lambda header, members: header.pop("state"))
+    out = load(tmp_path / "mlp.npz", net=NET)
+    assert out.state == () and out.net == NET
+
+
+def test_the_model_state_is_checked_against_the_net(tmp_path):
+    net = every_layer_net()
+    params, state = trained_net(net)
+    with pytest.raises(ValueError, match=r"keeps model state.*state="):
+        save(tmp_path / "a.npz", params, net=net)
+    bad = (*state[:-1], (L.BatchNormState(np.zeros(7, np.float32), np.ones(7, np.float32)),
+                         ()))
+    with pytest.raises(ValueError, match=r"state does not match.*first difference at \[8\]"):
+        save(tmp_path / "a.npz", params, net=net, state=bad)
+    assert list(tmp_path.iterdir()) == []
+    save(tmp_path / "a.npz", params, state=bad)  # without the net nothing says it is wrong
+    with pytest.raises(ValueError, match=r"a.npz.*state does not match"):
+        load(tmp_path / "a.npz", net=net)
+    save(tmp_path / "b.npz", params, net=net, state=state)
+    other = every_layer_net(bias=False)
+    with pytest.raises(ValueError, match="different net"):
+        load(tmp_path / "b.npz", net=other)
+
+
+def swish(z):
+    return z * funcnn.activations.sigmoid(z)
+
+
+def swish_grad(z, a):
+    s = funcnn.activations.sigmoid(z)
+    return s + z * s * (1 - s)
+
+
+def tiny_init(key, shape, dtype):
+    return funcnn.random.normal(key, shape, dtype) * 0.01
+
+
+def test_custom_pieces_inside_layers_are_saved_by_name_and_need_the_net(tmp_path):
+    act = funcnn.activations.Activation("swish", swish, swish_grad)
+    net = funcnn.Net([L.Dense(5, activation=act, kernel_init=tiny_init), L.Activation(act),
+                      L.Dense(3)], (4,))
+    params = funcnn.init_params(net, 0)
+    save(tmp_path / "c.npz", params, net=net)
+    header = header_of(tmp_path / "c.npz")
+    dense = header["net"]["fields"]["layers"][0]["fields"]
+    assert dense["activation"] == {"custom": "activation", "name": "swish"}
+    assert dense["kernel_init"] == {"custom": "initializer", "name": "tiny_init"}
+    with pytest.raises(ValueError, match=r"layers\[0\]\.activation is the custom activation "
+                                         r"'swish'.*funcnn.load\(path, net=funcnn.Net"):
+        load(tmp_path / "c.npz")
+    out = load(tmp_path / "c.npz", net=net)
+    assert out.net == net and out.net.layers[1].activation is act
+    assert out.net.layers[0].kernel_init is tiny_init
+    assert_identical(out.params, params)
+
+
+def test_save_refuses_a_layer_class_a_checkpoint_cannot_name(tmp_path):
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Twice(L.Activation):
+        pass
+
+    net = funcnn.Net([L.Dense(3), Twice("relu"), L.Dense(2)], (4,))
+    with pytest.raises(TypeError, match=r"net.layers\[1\] is a .*Twice, a layer a checkpoint "
+                                        "cannot describe.*without net="):
+        save(tmp_path / "c.npz", funcnn.init_params(net, 0), net=net)
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------- what save refuses
 
 
@@ -391,6 +518,32 @@ def test_a_registered_class_whose_fields_changed_is_refused(tmp_path, empty_regi
     register(Renamed)
     with pytest.raises(CheckpointError, match=r"fields \['count', 'ema'\].*\['count', 'average'\]"):
         load(tmp_path / "c.npz")
+
+
+def test_a_field_added_with_a_default_loads_older_files_and_no_other_change_does(
+        tmp_path, empty_registry):
+    register(EMAState)
+    save(tmp_path / "c.npz", EMAState(np.zeros(1), np.ones(1)))
+
+    def grown(**defaults):
+        fields = [("count", Any), ("ema", Any), ("debias", Any)]
+        cls = NamedTuple("EMAState", fields)
+        cls.__new__.__defaults__ = tuple(defaults.values()) or None
+        cls._field_defaults = defaults
+        cls.__module__, cls.__qualname__ = EMAState.__module__, EMAState.__qualname__
+        return register(cls)
+
+    cls = grown(debias=True)  # a field added later, with a default: older files still load
+    got = load(tmp_path / "c.npz").params
+    assert type(got) is cls and got.debias is True
+    assert_identical(tuple(got[:2]), (np.zeros(1), np.ones(1)))
+    grown()  # without a default an older file cannot say what it holds
+    with pytest.raises(CheckpointError, match=r"fields \['count', 'ema'\].*'debias'\]"):
+        load(tmp_path / "c.npz")
+    save(tmp_path / "d.npz", cls(np.zeros(1), np.ones(1), np.zeros(1)))
+    register(EMAState)  # and a file never holds more fields than the class
+    with pytest.raises(CheckpointError, match=r"fields \['count', 'ema', 'debias'\]"):
+        load(tmp_path / "d.npz")
 
 
 # ---------------------------------------------------------------- damaged and foreign files

@@ -10,6 +10,7 @@ on the first 2000 real MNIST images.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -31,6 +32,7 @@ from funcnn.data.mnist import FILES as MNIST_FILES
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 QUICK = ["--hidden", "32", "--epochs", "1", "--no-progress"]  # a small, fast train
+NET_FLAGS = {"mlp": ["--hidden", "32"], "cnn": ["--model", "cnn", "--channels", "4,8"]}
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -392,7 +394,7 @@ def test_gradcheck_reports_a_wrong_backward_pass(capsys, monkeypatch):
         grads = right(net, params, cache, y)
         return (funcnn.Dense(grads[0].W, grads[0].b * 1.01), *grads[1:])
 
-    monkeypatch.setattr(funcnn.mlp, "backward", wrong)
+    monkeypatch.setattr(sys.modules["funcnn.testing._grads"], "backward", wrong)  # what it calls
     code, out, err = run_cli(capsys, "gradcheck", "--activation", "tanh")
     assert code == 1
     verdicts = {row[0]: row[-1] for row in leaf_rows(out)}
@@ -419,6 +421,13 @@ def test_gradcheck_in_a_python_where_jax_cannot_be_imported(tmp_path):
 
 
 # ---------------------------------------------------------------------------- train, evaluate
+
+
+def evaluated(capsys, model: Path, data: Path) -> tuple[str, dict]:
+    """``funcnn evaluate`` of ``model``, which must succeed: its stdout and last JSON line."""
+    code, out, err = run_cli(capsys, "evaluate", "--checkpoint", model, "--data", data)
+    assert code == 0, err
+    return out, last_json(out)
 
 
 def check_run(out_dir: Path, result: dict, *, epochs: int, train_rows: int, test_rows: int):
@@ -458,10 +467,7 @@ def test_train_then_evaluate_on_small_idx_files(capsys, digits, tmp_path):
     assert result["test_accuracy"] == pytest.approx(right.mean(), abs=1.5 / len(right))
     assert result["test_accuracy"] > 0.5  # ten classes: chance is 0.1
 
-    code, out, err = run_cli(capsys, "evaluate", "--checkpoint", out_dir / "model.npz",
-                             "--data", digits)
-    assert code == 0, err
-    evaluation = last_json(out)
+    out, evaluation = evaluated(capsys, out_dir / "model.npz", digits)
     confusion = np.asarray(evaluation["confusion"])
     assert confusion.shape == (10, 10) and confusion.sum() == len(data.y_test)
     np.testing.assert_array_equal(confusion.sum(axis=1), np.bincount(data.y_test, minlength=10))
@@ -505,6 +511,107 @@ def test_the_next_hint_can_be_pasted(capsys, monkeypatch, digits, tmp_path):
     assert last_json(out)["test_loss"] == pytest.approx(trained["test_loss"], rel=1e-5)
 
 
+@pytest.mark.slow
+def test_train_a_cnn_then_evaluate_it(capsys, digits, tmp_path):
+    out_dir = tmp_path / "cnn"
+    code, out, err = run_cli(capsys, "train", "--data", digits, "--limit", 400, "--epochs", 1,
+                             *NET_FLAGS["cnn"], "--backend", "numpy", "--no-progress",
+                             "--out", out_dir)
+    assert code == 0, err
+    result = last_json(out)
+    assert result["sizes"] is None and result["net"].startswith("conv 4-8, dense 128-10 net")
+    assert result["train_rows"] == 360 and result["validation_rows"] == 40
+    assert re.search(r"^epoch 1/1 ", err, re.M), err
+    model = funcnn.load(out_dir / "model.npz")
+    net = model.net
+    assert type(net) is funcnn.Net and net.in_shape == (28, 28, 1) and net.keeps_state
+    assert [type(layer).__name__ for layer in net.layers] == [
+        "Conv2D", "MaxPool2D", "BatchNorm", "Activation"] * 2 + [
+        "Flatten", "Dense", "BatchNorm", "Activation", "Dense"]
+    assert [layer.filters for layer in net.layers[::4][:2]] == [4, 8]
+    init = funcnn.init_state(net)
+    for got, start in zip(model.state, init, strict=True):  # the running statistics moved
+        if got:
+            assert not np.allclose(got.mean, start.mean) and not np.allclose(got.var, start.var)
+    ckpt = funcnn.load(out_dir / "checkpoint.npz")
+    assert ckpt.metadata["epoch"] == 1 and ckpt.net == net
+    metrics = json.loads((out_dir / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and metrics["config"]["model"] == "cnn"
+    assert metrics["config"]["optimizer"] == "adam" and metrics["config"]["lr"] == 1e-2
+    assert metrics["config"]["hidden"] is None and metrics["config"]["channels"] == [4, 8]
+    assert (out_dir / "curves.png").read_bytes()[:8] == PNG_MAGIC
+    assert f"next: funcnn evaluate --checkpoint {out_dir / 'model.npz'}" in out
+    # the test accuracy in evaluation mode (the running statistics), through the layers
+    data = funcnn.data.load_mnist(digits)
+    z, _, _ = funcnn.layers.Serial(net.layers).forward(
+        model.params, model.state, data.x_test.reshape(-1, 28, 28, 1), train=False)
+    right = np.argmax(np.asarray(z), axis=1) == data.y_test
+    assert result["test_accuracy"] == pytest.approx(right.mean(), abs=1.5 / len(right))
+    assert result["test_accuracy"] > 0.2  # ten classes: chance is 0.1
+
+    out, evaluation = evaluated(capsys, out_dir / "model.npz", digits)
+    assert evaluation["test_accuracy"] == pytest.approx(result["test_accuracy"], abs=1e-9)
+    assert evaluation["test_loss"] == pytest.approx(result["test_loss"], rel=1e-5)
+    assert np.trace(evaluation["confusion"]) == round(right.sum())
+    assert "conv 4-8, dense 128-10 net" in out and (out_dir / "confusion.png").exists()
+
+
+@pytest.mark.slow
+def test_train_a_cnn_on_jax_through_python_dash_m(digits, tmp_path):
+    out_dir = tmp_path / "cnn"
+    result = run_module("train", "--data", digits, "--limit", 300, "--epochs", 1,
+                        "--model", "cnn", "--backend", "jax", "--no-progress", "--out", out_dir)
+    assert result.returncode == 0, result.stderr
+    trained = json.loads(result.stdout.strip().splitlines()[-1])
+    assert trained["backend"] == "jax" and trained["net"].startswith("conv 16-32, dense 128")
+    result = run_module("evaluate", "--checkpoint", out_dir / "model.npz", "--data", digits)
+    assert result.returncode == 0, result.stderr
+    evaluated = json.loads(result.stdout.strip().splitlines()[-1])
+    assert evaluated["test_loss"] == pytest.approx(trained["test_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("argv, flag, model", [
+    (["--model", "cnn", "--hidden", "32"], "--hidden", "mlp"),
+    (["--model", "cnn", "--activation", "tanh"], "--activation", "mlp"),
+    (["--model", "cnn", "--dropout", "0"], "--dropout", "mlp"),
+    (["--channels", "8,16"], "--channels", "cnn"),
+    (["--model", "mlp", "--channels", "8"], "--channels", "cnn"),
+])
+def test_flags_of_the_other_model_are_refused_in_one_line(capsys, tmp_path, argv, flag, model):
+    code, out, err = run_cli(capsys, "train", *argv, "--out", tmp_path / "out")
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1, err
+    assert_short_error(err, f"{flag} applies to --model {model} only")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv, want", [
+    ([], {"model": "mlp", "optimizer": "adamw", "lr": 2e-3, "epochs": 20, "warmup_epochs": 1.0,
+          "hidden": (512, 256), "activation": "relu", "dropout": 0.2, "channels": None}),
+    (["--model", "cnn"], {"optimizer": "adam", "lr": 1e-2, "epochs": 8, "warmup_epochs": 0.25,
+                          "hidden": None, "activation": None, "dropout": None,
+                          "channels": (16, 32)}),
+    (["--model", "cnn", "--optimizer", "sgd"], {"optimizer": "sgd", "lr": 0.05}),
+    (["--model", "cnn", "--lr", "0.5", "--epochs", "2"], {"lr": 0.5, "epochs": 2}),
+    (["--model", "cnn", "--channels", "12"], {"channels": (12,)}),
+])
+def test_each_model_has_the_defaults_of_its_recipe(argv, want):
+    args = build_parser().parse_args(["train", *argv])
+    funcnn.cli._train.resolve_model_flags(args)
+    assert {k: getattr(args, k) for k in want} == want
+
+
+def test_the_cnn_has_the_layers_of_the_example():
+    """`--model cnn` is examples/cnn_mnist.py's default net, layer for layer."""
+    spec = importlib.util.spec_from_file_location("cnn_mnist", ROOT / "examples" / "cnn_mnist.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    args = build_parser().parse_args(["train", "--model", "cnn"])
+    funcnn.cli._train.resolve_model_flags(args)
+    net = funcnn.cli._train.build_net(args, 784)
+    assert net.layers == example.NETS[example.parse_args([]).net]().layers
+
+
 def test_the_next_hint_without_data_has_no_data_flag():
     hint = funcnn.cli._train.next_command(Path("runs/mnist/model.npz"), None)
     assert hint == "funcnn evaluate --checkpoint runs/mnist/model.npz"
@@ -527,11 +634,13 @@ def test_train_and_evaluate_on_real_mnist(capsys, mnist_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
 @pytest.mark.parametrize("backend", ["numpy", "jax"])
 def test_resume_after_an_interruption_is_bit_identical(capsys, monkeypatch, digits, tmp_path,
-                                                       backend):
-    """Ctrl-C after epoch 1 of 2, then --resume: the same checkpoint as an unbroken run."""
-    flags = ["train", "--data", digits, "--limit", 600, "--hidden", "32", "--epochs", 2,
+                                                       backend, model):
+    """Ctrl-C after epoch 1 of 2, then --resume: the same checkpoint as an unbroken run
+    (the cnn's BatchNorm statistics included)."""
+    flags = ["train", "--data", digits, "--limit", 600, *NET_FLAGS[model], "--epochs", 2,
              "--backend", backend, "--no-progress", "--early-stopping", 5]
     code, out, err = run_cli(capsys, *flags, "--out", tmp_path / "whole")
     assert code == 0, err
@@ -556,10 +665,11 @@ def test_resume_after_an_interruption_is_bit_identical(capsys, monkeypatch, digi
     b = funcnn.load(tmp_path / "broken" / "checkpoint.npz")
     model_a = funcnn.load(tmp_path / "whole" / "model.npz")
     model_b = funcnn.load(tmp_path / "broken" / "model.npz")
-    for got, want in zip(funcnn.tree.tree_leaves((b.params, b.opt_state, model_b.params)),
-                         funcnn.tree.tree_leaves((a.params, a.opt_state, model_a.params)),
-                         strict=True):
-        np.testing.assert_array_equal(got, want)  # bit for bit
+    got = funcnn.tree.tree_leaves((b.params, b.opt_state, b.state, model_b.params, model_b.state))
+    want = funcnn.tree.tree_leaves((a.params, a.opt_state, a.state, model_a.params, model_a.state))
+    assert len(got) == len(want) and (len(a.state) > 0) == (model == "cnn")
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)  # bit for bit
     assert b.metadata["epoch"] == a.metadata["epoch"] == 2
     for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
         np.testing.assert_array_equal(b.metadata["history"][name], a.metadata["history"][name])
@@ -933,13 +1043,19 @@ MY_CE = funcnn.losses.Loss("my_ce", funcnn.losses.cross_entropy,
 @pytest.mark.parametrize("field, piece, needles", [
     ("hidden", SWISH, ["custom activation 'swish' (hidden)", "hidden=<your activation>"]),
     ("loss", MY_CE, ["custom loss 'my_ce' (loss)", "loss=<your loss>"]),
+    (None, SWISH, ["custom activation 'swish' (layers[0].activation)", "funcnn.Net(",
+                   "state=ckpt.state"]),
 ])
 def test_evaluate_a_net_with_a_custom_piece(capsys, digits, tmp_path, field, piece, needles):
     """A file keeps only the name of a custom activation or loss: the command line cannot
     run it, and says so (and how to evaluate it in Python) in two lines."""
-    net = funcnn.MLP((784, 16, 10), **{field: piece})
+    if field is None:  # inside a layer of a Net
+        L = funcnn.layers
+        net = funcnn.Net([L.Dense(16, activation=piece), L.BatchNorm(), L.Dense(10)], (784,))
+    else:
+        net = funcnn.MLP((784, 16, 10), **{field: piece})
     path = tmp_path / "custom.npz"
-    funcnn.save(path, funcnn.init_params(net, 0), net=net)
+    funcnn.save(path, funcnn.init_params(net, 0), net=net, state=funcnn.init_state(net))
     code, out, err = run_cli(capsys, "evaluate", "--checkpoint", path, "--data", digits)
     assert code == 1 and out == ""
     assert_short_error(err, "custom.npz", "only Python can evaluate it", "funcnn.load(path, "

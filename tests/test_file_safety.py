@@ -93,6 +93,16 @@ def load_refused(path: Path, **kwargs: Any) -> str:
     return message
 
 
+def refused_and_peak(path: Path) -> tuple[str, int]:
+    """:func:`load_refused`'s message and the peak memory (bytes) allocated meanwhile."""
+    tracemalloc.start()
+    try:
+        message = load_refused(path)
+        return message, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 # ---------------------------------------------------------------------------- class names
 
 FORGED_CLASSES = [
@@ -215,6 +225,72 @@ def test_a_forged_net_spec_is_refused_without_an_import(tmp_path, fresh_modules,
     assert fragment in load_refused(path)
 
 
+L = funcnn.layers
+CNN = funcnn.Net([L.Conv2D(2, 3, padding="same"), L.BatchNorm(), L.Activation("relu"),
+                  L.Residual([L.Conv2D(2, 3, padding="same")]), L.Flatten(), L.Dense(3)],
+                 (4, 4, 1))
+
+
+def net_checkpoint(path: Path) -> Path:
+    save(path, funcnn.init_params(CNN, 0), net=CNN, state=funcnn.init_state(CNN))
+    return path
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    node: dict[str, Any] = {"layer": "Flatten", "fields": {}}
+    for _ in range(depth):
+        node = {"layer": "Serial", "fields": {"layers": [node]}}
+    return node
+
+
+def _layer(i: int, **fields: Any):
+    """An edit of the saved layer ``i``'s fields."""
+    return lambda spec: spec["fields"]["layers"][i]["fields"].update(fields)
+
+
+NET_SPEC_FORGERIES = {
+    "a module as a layer": (lambda spec: spec["fields"]["layers"][2].update(
+        layer="funcnn.__main__:main"), "'funcnn.__main__:main', which funcnn does not rebuild"),
+    "a class funcnn has but a net may not hold": (lambda spec: spec["fields"]["layers"][2].update(
+        layer="Layer"), "'Layer', which funcnn does not rebuild"),
+    "a field that is not a field": (_layer(0, module="funcnn.__main__"),
+                                    "['module'], which are not fields of Conv2D"),
+    "a private attribute as a field": (_layer(1, keeps_state=False),
+                                       "['keeps_state'], which are not fields of BatchNorm"),
+    "a string for an int": (_layer(0, filters="2"), "Conv2D filters must be a positive int"),
+    "a float for a bool": (_layer(0, bias=1.0), "bias must be True or False"),
+    "a dict for a str": (_layer(2, activation={"os": "system"}),
+                         "a value funcnn does not rebuild"),
+    "a module as activation": (_layer(2, activation="funcnn.cli:main"), "saved net spec"),
+    "a custom piece": (_layer(2, activation={"custom": "activation", "name": "os.system"}),
+                       "cannot rebuild your code from a file"),
+    "a custom piece of no kind": (_layer(2, activation={"custom": ["os"], "name": "system"}),
+                                  "malformed custom piece"),
+    "an unknown kind of net": (lambda spec: spec.update(net="funcnn.__main__:Net"),
+                               "unknown kind of net"),
+    "a field of the net that is not a field": (
+        lambda spec: spec["fields"].update(sizes=[4, 3]), "not fields of Net"),
+    "a nested bomb": (lambda spec: spec["fields"]["layers"].insert(4, _nested(200)),
+                      "nests deeper than 32"),
+    "a wide bomb": (lambda spec: spec["fields"]["layers"].__setitem__(
+        slice(4, 4), [{"layer": "Flatten", "fields": {}}] * 20_000), "more than 10000 layers"),
+    "a layer of a terabyte": (_layer(5, n_out=2**38), "but the file stores"),
+}
+
+
+@pytest.mark.parametrize("name", list(NET_SPEC_FORGERIES))
+def test_a_forged_layer_spec_is_refused_without_an_import(tmp_path, fresh_modules, name):
+    edit, fragment = NET_SPEC_FORGERIES[name]
+    path = net_checkpoint(tmp_path / "net.npz")
+    assert load(path).net == CNN
+    header = header_of(path)
+    edit(header["net"])
+    rewrite_header(path, header)
+    message, peak = refused_and_peak(path)
+    assert fragment in message, message
+    assert peak < 64 * 2**20, f"refusing it took {peak / 2**20:.0f} MiB"
+
+
 # ---------------------------------------------------------------------------- sizes
 
 
@@ -227,12 +303,7 @@ def test_a_deflated_bomb_is_refused_before_it_is_inflated(tmp_path):
     members = read_members(path)
     write_members(path, members, {name: zipfile.ZIP_DEFLATED for name in members})
     assert path.stat().st_size < 100_000
-    tracemalloc.start()
-    try:
-        message = load_refused(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    message, peak = refused_and_peak(path)
     assert "is compressed" in message and "stored members only" in message
     assert peak < 1_000_000, f"refusing the file allocated {peak} bytes"
 

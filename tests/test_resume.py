@@ -26,11 +26,13 @@ import numpy as np
 import pytest
 
 import funcnn
+from funcnn.backend import is_jax_array
 from funcnn.callbacks import (
     Best,
     Callback,
     FitState,
     checkpoint,
+    copy_arrays,
     early_stopping,
     load_fit_state,
     save_fit_state,
@@ -44,12 +46,20 @@ SCRIPT = r'''
 """Train with funcnn.fit as the JSON config in argv[1] says, and save the results."""
 import json
 import sys
+import time
 
 import funcnn
 
 cfg = json.loads(sys.argv[1])
-net = funcnn.MLP(tuple(cfg["sizes"]), dropout=cfg["dropout"])
 classes = cfg["sizes"][-1]
+if cfg.get("batchnorm"):  # a net with model state: BatchNorm's running statistics
+    L = funcnn.layers
+    net = funcnn.Net([L.Dense(cfg["sizes"][1]), L.BatchNorm(), L.Activation("relu"),
+                      L.Dropout(cfg["dropout"]), L.Dense(classes)], (cfg["sizes"][0],))
+    model_state = {"state": funcnn.init_state(net, backend=cfg["backend"])}
+else:
+    net = funcnn.MLP(tuple(cfg["sizes"]), dropout=cfg["dropout"])
+    model_state = {}
 x, y = funcnn.data.spirals(cfg["data_seed"], n=cfg["n"], classes=classes)
 validation = funcnn.data.spirals(cfg["data_seed"] + 1, n=50, classes=classes)
 if cfg["flip_validation"]:  # the better the net fits, the worse this loss: it stops early
@@ -66,9 +76,15 @@ for run in cfg["runs"]:  # one after the other, each from the initial params
             funcnn.callbacks.early_stopping(cfg["early_stopping"])]
         if run["checkpoint"] is not None:
             callbacks.append(funcnn.callbacks.checkpoint(run["checkpoint"], resume=run["resume"]))
-        params, state, history = funcnn.fit(
-            net, initial, optimizer, x, y, epochs=run["epochs"], callbacks=callbacks, **common)
-        funcnn.save(run["out"], params, state, net=net, metadata={"history": history})
+        if run.get("pause_after") is not None:  # after that epoch's checkpoint: wait for a kill
+            callbacks.append(funcnn.callbacks.Callback(on_epoch_end=lambda s, i: (
+                print("paused", flush=True), time.sleep(600)) if s.epoch == run["pause_after"]
+                else None))
+        params, state, history, *after = funcnn.fit(
+            net, initial, optimizer, x, y, epochs=run["epochs"], callbacks=callbacks, **common,
+            **model_state)
+        funcnn.save(run["out"], params, state, net=net, state=after[0] if after else None,
+                    metadata={"history": history})
     else:  # "epochs": one fit per epoch, saving the params and state after each
         params, state = initial, None
         for epoch in range(run["epochs"]):
@@ -177,6 +193,42 @@ def test_resume_in_a_fresh_process_is_bit_identical_to_an_uninterrupted_run(tmp_
     assert funcnn.load(ckpt).metadata["epoch"] == 4
     # the halves differ (training moved the params), so the equality above means something
     assert not np.array_equal(np.asarray(saved.params[0].W), np.asarray(want.params[0].W))
+
+
+# BatchNorm between a dense layer and dropout: the model state moves with every step, and
+# the short last batch (203 = 12*16 + 11) runs as its own step
+BATCHNORM = {**SMALL, "sizes": [2, 16, 3], "batchnorm": True}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_batchnorm_run_killed_and_resumed_is_bit_identical_to_an_uninterrupted_one(
+        tmp_path, backend):
+    ckpt, epochs = tmp_path / "bn.ckpt", 4
+    interrupted = _start(tmp_path, _config(backend, BATCHNORM, {
+        **_fit_run(tmp_path / "never.npz", epochs, ckpt, True), "pause_after": 2}))
+    reference = _start(tmp_path, _config(backend, BATCHNORM, _fit_run(tmp_path / "full.npz",
+                                                                      epochs)))
+    assert interrupted.stdout.readline().strip() == "paused", interrupted.stderr.read()[-4000:]
+    interrupted.send_signal(signal.SIGKILL)  # after the checkpoint of epoch 2, at no write
+    interrupted.communicate()
+    _finish(reference)
+    saved = load_fit_state(ckpt, funcnn.load(tmp_path / "full.npz").net)
+    assert saved.epoch == 2 and not (tmp_path / "never.npz").exists()
+    assert len(saved.model_state) == 5
+    assert type(saved.model_state[1]) is funcnn.layers.BatchNormState
+
+    # a fresh process with other seeds resumes: what it reaches comes from the checkpoint,
+    # the running statistics included
+    _run(tmp_path, _config(backend, BATCHNORM, _fit_run(tmp_path / "resumed.npz", epochs, ckpt,
+                                                        True), init_seed=99, key=12345))
+    resumed, want = funcnn.load(tmp_path / "resumed.npz"), funcnn.load(tmp_path / "full.npz")
+    _assert_same_run(resumed, want)
+    _assert_trees_identical(resumed.state, want.state, "model state")
+    assert resumed.net == want.net and want.net.keeps_state
+    # the statistics moved after epoch 2 (so the equality above means something)
+    assert not np.array_equal(saved.model_state[1].mean, want.state[1].mean)
+    assert not np.array_equal(want.state[1].var, np.ones_like(want.state[1].var))
 
 
 def test_resume_without_a_checkpoint_file_says_so_and_starts_from_the_given_params(
@@ -399,6 +451,65 @@ def test_a_fit_state_round_trips_exactly(tmp_path, backend):
     assert all(type(v) is float for v in got.history["loss"][:10])
     for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"):
         assert got.history[name] == state.history[name], name
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_fit_state_carries_the_model_state(tmp_path, backend):
+    L = funcnn.layers
+    net = funcnn.Net([L.Dense(4), L.BatchNorm(momentum=0.5), L.Dense(2)], (3,))
+    params = funcnn.to_backend(funcnn.init_params(net, 1), backend)
+    rng = np.random.default_rng(5)
+    x = funcnn.to_backend(rng.normal(size=(8, 3)).astype(np.float32), backend)
+    _, _, model_state = funcnn.forward(net, params, x, state=funcnn.init_state(net,
+                                       backend=backend), train=True)
+    state = FitState(params, funcnn.optim.sgd(0.1).init(params), 1, funcnn.random.key(3, backend),
+                     {"loss": [0.5], "train_loss": [0.5]}, None, model_state=model_state)
+    path = tmp_path / "bn.ckpt"
+    save_fit_state(path, net, state)
+    got = load_fit_state(path, net, backend)
+    _assert_trees_identical(got.model_state, model_state, "model_state")
+    assert is_jax_array(got.model_state[1].mean) == (backend == "jax")
+    assert not np.allclose(np.asarray(model_state[1].mean), 0)  # the pass moved it
+    with pytest.raises(ValueError, match="keeps model state"):
+        save_fit_state(path, net, state._replace(model_state=()))
+
+
+def test_early_stopping_returns_the_model_state_of_the_best_epoch(tmp_path):
+    L = funcnn.layers
+    net = funcnn.Net([L.Dense(8), L.BatchNorm(momentum=0.5), L.Activation("relu"),
+                      L.Dense(3)], (2,))
+    x, y = funcnn.data.spirals(0, n=48, classes=3)
+    seen = []  # a copy of the model state after each epoch
+    record = Callback(on_epoch_end=lambda s, i: seen.append(copy_arrays(s.model_state)))
+    path = tmp_path / "bn.ckpt"
+    params, _, history, state = funcnn.fit(
+        net, funcnn.init_params(net, 0), funcnn.optim.adam(5e-2), x, y, epochs=12,
+        batch_size=16, key=2, progress=False, validation=(x, (y + 1) % 3),  # gets worse
+        state=funcnn.init_state(net), callbacks=[record, early_stopping(2), checkpoint(path)])
+    best = history["best_epoch"][0]
+    assert best < len(seen) - 1, "the last epoch was the best: nothing to restore"
+    _assert_trees_identical(state, seen[best], "model state")
+    assert not np.array_equal(seen[best][1].mean, seen[-1][1].mean)
+    saved = load_fit_state(path, net)
+    _assert_trees_identical(saved.best.model_state, seen[best], "saved best model state")
+
+
+def test_a_fit_checkpoint_written_before_best_kept_the_model_state_loads(tmp_path):
+    net, state = _fit_state("numpy", 10)
+    path = tmp_path / "old.ckpt"
+    save_fit_state(path, net, state)
+    with np.load(path, allow_pickle=False) as data:
+        members = {name: data[name] for name in data.files}
+    header = json.loads(members["__funcnn__"].tobytes())
+    best = header["extra"]["children"][header["extra"]["keys"].index("best")]
+    assert best["fields"][-1] == "model_state" and best["children"][-1]["node"] == "tuple"
+    del best["fields"][-1], best["children"][-1]  # as funcnn wrote it before
+    members["__funcnn__"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
+    with open(path, "wb") as f:
+        np.savez(f, **members)
+    got = load_fit_state(path, net)
+    assert type(got.best) is Best and got.best.model_state == ()
+    _assert_trees_identical(got.best.params, state.best.params, "best params")
 
 
 def test_a_fit_checkpoint_stores_the_loss_history_as_an_array(tmp_path):

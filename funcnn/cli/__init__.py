@@ -1,6 +1,7 @@
 """The ``funcnn`` command: train on MNIST, evaluate a checkpoint, check gradients.
 
     funcnn train --data DIR     # runs/mnist/: model.npz checkpoint.npz metrics.json curves.png
+    funcnn train --model cnn --data DIR --out runs/cnn     # the small convolutional net
     funcnn evaluate --checkpoint runs/mnist/model.npz
     funcnn gradcheck --activation tanh
 
@@ -28,8 +29,9 @@ def build_parser() -> Parser:
     v = versions()
     parser = Parser(
         prog="funcnn",
-        description="Functional multilayer perceptrons on NumPy and JAX: train one on MNIST, "
-                    "evaluate it, or check the hand-written gradients against autodiff.",
+        description="Functional neural networks on NumPy and JAX: train an MLP or a small "
+                    "convolutional net on MNIST, evaluate it, or check the hand-written "
+                    "gradients against autodiff.",
         epilog="Run 'funcnn COMMAND --help' for the flags of a command.",
     )
     parser.add_argument(
@@ -82,7 +84,8 @@ def _main(argv: list[str] | None) -> int:
         return 1
     except MemoryError as err:
         failure = CommandError(f"out of memory ({err or 'MemoryError'})",
-                               "choose smaller sizes (--hidden, --rows, --n-in, --limit)")
+                               "choose smaller sizes (--hidden, --channels, --rows, --n-in, "
+                               "--limit)")
     except CommandError as err:
         failure = err
     print(f"funcnn {args.command}: error: {failure}", file=sys.stderr)

@@ -28,6 +28,7 @@ __all__ = [
     "N_CLASSES",
     "CommandError",
     "Parser",
+    "channels",
     "check_out",
     "describe_net",
     "drops_units",
@@ -269,15 +270,20 @@ def machine() -> dict[str, Any]:
     }
 
 
-def drops_units(net: funcnn.MLP) -> bool:
+def drops_units(net: funcnn.MLP | funcnn.Net) -> bool:
     """Whether training drops units: dropout acts on hidden units only, so a net without
     a hidden layer has none (``--hidden none`` keeps the default ``--dropout 0.2``)."""
+    if not isinstance(net, funcnn.MLP):
+        return net.draws
     return net.dropout > 0 and net.n_layers > 1
 
 
-def describe_net(net: funcnn.MLP) -> str:
+def describe_net(net: funcnn.MLP | funcnn.Net) -> str:
     """``"784-512-256-10 MLP, relu hidden, softmax output, dropout 0.2"`` (dropout only
-    when it :func:`drops_units`)."""
+    when it :func:`drops_units`); for a ``Net`` its convolutions' and dense layers' widths,
+    ``"conv 16-32, dense 128-10 net, BatchNorm, softmax output"``."""
+    if not isinstance(net, funcnn.MLP):
+        return _describe_layers(net)
     text = "-".join(map(str, net.sizes)) + " MLP"
     if net.n_layers > 1:
         text += f", {net.hidden} hidden"
@@ -285,3 +291,41 @@ def describe_net(net: funcnn.MLP) -> str:
     if drops_units(net):
         text += f", dropout {net.dropout:g}"
     return text
+
+
+def _describe_layers(net: funcnn.Net) -> str:
+    found: dict[str, list] = {"conv": [], "dense": [], "kinds": []}
+
+    def walk(layers) -> None:
+        for layer in layers:
+            kind = type(layer).__name__
+            if isinstance(layer, funcnn.layers.Serial):
+                if kind == "Residual":
+                    found["kinds"].append("residual")
+                walk(layer.layers)
+            elif kind == "Conv2D":
+                found["conv"].append(layer.filters)
+            elif kind == "Dense":
+                found["dense"].append(layer.n_out)
+            elif kind in ("BatchNorm", "LayerNorm") or (kind == "Dropout" and layer.draws):
+                found["kinds"].append(kind if kind != "Dropout" else f"dropout {layer.p:g}")
+
+    walk(net.layers)
+    widths = [f"{name} {'-'.join(map(str, found[name]))}" for name in ("conv", "dense")
+              if found[name]]
+    kinds = list(dict.fromkeys(found["kinds"]))  # in order, once each
+    return ", ".join([" ".join([", ".join(widths), "net"]), *kinds, f"{net.output} output"])
+
+
+def channels(text: str) -> tuple[int, ...]:
+    """``"16,32"`` -> ``(16, 32)``: the channels of one or two convolution blocks (each
+    pools 28x28 images to half their size; a third would meet 7x7, which 2x2 does not tile)."""
+    try:
+        values = tuple(width(part) for part in text.split(","))
+    except argparse.ArgumentTypeError:
+        values = ()
+    if not 1 <= len(values) <= 2:
+        raise argparse.ArgumentTypeError(
+            f"expected one or two comma-separated positive integers (up to {MAX_WIDTH}) like "
+            f"16,32; got {text!r}")
+    return values

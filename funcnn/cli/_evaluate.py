@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from funcnn import serialization
 from funcnn.checkpoint import CheckpointError
 from funcnn.cli import _plots
 from funcnn.cli._common import N_CLASSES, CommandError, check_out, describe_net, load_data
+from funcnn.tree import tree_leaves
 
 __all__ = ["add_parser", "confusion_matrix", "custom_pieces", "load_model", "run"]
 
@@ -40,8 +42,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def load_model(path: str) -> tuple[funcnn.MLP, tuple]:
-    """The net and params of a checkpoint (on NumPy), or a CommandError saying what is wrong."""
+def load_model(path: str) -> tuple[funcnn.MLP | funcnn.Net, tuple, tuple]:
+    """The net, params and model state (``()`` without BatchNorm) of a checkpoint (on
+    NumPy), or a CommandError saying what is wrong."""
     try:
         ckpt = funcnn.load(path)
     except FileNotFoundError:
@@ -59,22 +62,29 @@ def load_model(path: str) -> tuple[funcnn.MLP, tuple]:
         named = " and ".join(f"the custom {kind} {name!r} ({field})"
                              for field, kind, name in pieces)
         yours = ", ".join(f"{field}=<your {kind}>" for field, kind, _ in pieces)
+        if any("." in field or "[" in field for field, _, _ in pieces):  # in a Net's layers
+            yours = "funcnn.Net([...]) with your pieces"
+            state = ", state=ckpt.state"
+        else:
+            yours, state = f"funcnn.MLP(..., {yours})", ""
         raise CommandError(
             f"the checkpoint {path} holds a net with {named}, whose code is not in the "
             "file: only Python can evaluate it",
-            f"in Python, where it is defined: net = funcnn.MLP(..., {yours}); ckpt = "
-            "funcnn.load(path, net=net); funcnn.evaluate(net, ckpt.params, x, y)",
+            f"in Python, where it is defined: net = {yours}; ckpt = "
+            f"funcnn.load(path, net=net); funcnn.evaluate(net, ckpt.params, x, y{state})",
         ) from None
     if ckpt.net is None:
         raise CommandError(f"the checkpoint {path} holds no net spec",
                            "save it with funcnn.save(path, params, net=net)")
-    return ckpt.net, ckpt.params
+    return ckpt.net, ckpt.params, ckpt.state
 
 
 def custom_pieces(path: str) -> list[tuple[str, str, str]]:
-    """The custom activations and losses a checkpoint's net spec names, as ``(field, kind,
-    name)``, e.g. ``("hidden", "activation", "swish")``: a file keeps only their names.
-    ``[]`` when there are none or the header cannot be read (``funcnn.load`` says why)."""
+    """The custom activations, losses and initializers a checkpoint's net spec names, as
+    ``(field, kind, name)``, e.g. ``("hidden", "activation", "swish")`` for an MLP or
+    ``("layers[0].activation", "activation", "swish")`` for a ``Net``: a file keeps only
+    their names. ``[]`` when there are none or the header cannot be read (``funcnn.load``
+    says why)."""
     try:
         with open(path, "rb") as f, \
                 serialization.NpzReader(f, os.fstat(f.fileno()).st_size,
@@ -82,16 +92,31 @@ def custom_pieces(path: str) -> list[tuple[str, str, str]]:
             spec = serialization.read_header(reader, ()).get("net")
     except (OSError, serialization.FormatError):
         return []
-    return [(field, str(value.get("custom")), str(value.get("name")))
-            for field, value in (spec.items() if type(spec) is dict else ())
-            if type(value) is dict and "custom" in value]
+    return list(_customs(spec, ""))
 
 
-def check_fits_mnist(net: funcnn.MLP, path: str) -> None:
-    if net.sizes[0] != N_PIXELS or net.sizes[-1] != N_CLASSES or net.loss != "cross_entropy":
+def _customs(node, where: str):
+    """``(field, kind, name)`` of each custom piece under ``node`` of a saved net spec,
+    ``where`` being its place (a Net's layers and fields are walked)."""
+    if type(node) is dict and "custom" in node:
+        yield where, str(node.get("custom"))[:40], str(node.get("name"))[:100]
+    elif type(node) is dict:
+        for key, value in node.items():
+            yield from _customs(value, where if key == "fields" else
+                                f"{where}.{key}" if where else str(key))
+    elif type(node) is list:
+        for i, value in enumerate(node):
+            yield from _customs(value, f"{where}[{i}]")
+
+
+def check_fits_mnist(net: funcnn.MLP | funcnn.Net, path: str) -> None:
+    if math.prod(net.in_shape) != N_PIXELS or net.n_out != N_CLASSES \
+            or net.loss != "cross_entropy":
         raise CommandError(
-            f"the checkpoint {path} holds a {describe_net(net)} with {net.loss} loss",
-            f"MNIST needs {N_PIXELS} inputs, {N_CLASSES} softmax outputs and cross-entropy",
+            f"the checkpoint {path} holds a {describe_net(net)} on inputs of shape "
+            f"{net.in_shape} with {net.loss} loss",
+            f"MNIST needs {N_PIXELS} inputs (any shape of them, e.g. (28, 28, 1)), "
+            f"{N_CLASSES} softmax outputs and cross-entropy",
         )
 
 
@@ -113,16 +138,17 @@ def table(counts: np.ndarray) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    net, params = load_model(args.checkpoint)
+    net, params, state = load_model(args.checkpoint)
     check_fits_mnist(net, args.checkpoint)
     out = check_out(args.out if args.out is not None else str(Path(args.checkpoint).parent))
     data = load_data(args.data)
-    test = funcnn.evaluate(net, params, data.x_test, data.y_test)
-    predicted = np.argmax(np.asarray(funcnn.predict(net, params, data.x_test)), axis=1)
+    x = data.x_test.reshape(-1, *net.in_shape)
+    test = funcnn.evaluate(net, params, x, data.y_test, state=state)
+    predicted = np.argmax(np.asarray(funcnn.predict(net, params, x, state=state)), axis=1)
     counts = confusion_matrix(data.y_test, predicted, N_CLASSES)
     per_class = np.diag(counts) / np.maximum(counts.sum(axis=1), 1)
 
-    dtype = np.asarray(params[0].W).dtype
+    dtype = np.asarray(tree_leaves(params)[0]).dtype
     print(f"checkpoint {args.checkpoint}: {describe_net(net)} ({dtype})")
     print(f"MNIST test set, {len(data.y_test)} images: loss {test['loss']:.4f}, "
           f"accuracy {100 * test['accuracy']:.2f}%\n")

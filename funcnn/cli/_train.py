@@ -1,7 +1,9 @@
-"""``funcnn train``: the MNIST recipe of ``examples/mnist.py`` without its shifted copies,
+"""``funcnn train``: the MNIST recipes of ``examples/mnist.py`` (``--model mlp``, the
+default) and ``examples/cnn_mnist.py`` (``--model cnn``) without their shifted images,
 with files a person can read.
 
-Writes into ``--out``: ``model.npz`` (the trained params with the net spec, for
+Writes into ``--out``: ``model.npz`` (the trained params with the net spec and its
+model state, for
 ``funcnn evaluate`` and ``funcnn.load``), ``checkpoint.npz`` (the whole fit state,
 written after every epoch by ``funcnn.callbacks.checkpoint``; ``--resume`` continues
 from it bit for bit), ``metrics.json`` (configuration, per-epoch history, test loss
@@ -23,6 +25,7 @@ from funcnn.checkpoint import CheckpointError
 from funcnn.cli import _plots
 from funcnn.cli._common import (
     CommandError,
+    channels,
     check_out,
     describe_net,
     drops_units,
@@ -43,6 +46,20 @@ from funcnn.train import TrainingDiverged
 __all__ = ["add_parser", "run"]
 
 DEFAULT_LR = {"adamw": 2e-3, "adam": 2e-3, "sgd": 0.05, "rmsprop": 1e-3, "adagrad": 1e-2}
+MODELS = ("mlp", "cnn")
+# The defaults that depend on --model: the recipes of examples/mnist.py and cnn_mnist.py
+# (the cnn's warm-up of 100 steps is about a quarter of an epoch of 422 steps).
+RECIPES = {
+    "mlp": {"optimizer": "adamw", "epochs": 20, "warmup_epochs": 1.0},
+    "cnn": {"optimizer": "adam", "epochs": 8, "warmup_epochs": 0.25},
+}
+CNN_LR = {"adam": 1e-2}  # the cnn's peak rate where it differs from DEFAULT_LR
+# The flags of one model only, with their defaults; given for the other, they are refused.
+MODEL_FLAGS = {
+    "mlp": {"hidden": (512, 256), "activation": "relu", "dropout": 0.2},
+    "cnn": {"channels": (16, 32)},
+}
+IMAGE = (28, 28, 1)  # one MNIST image for the cnn, channels last
 SCHEDULES = ("warmup_cosine", "cosine", "constant")
 MODEL, CHECKPOINT = "model.npz", "checkpoint.npz"
 METRICS, CURVES = "metrics.json", "curves.png"
@@ -57,14 +74,19 @@ STOPPING = ("Ctrl-C: stopping when this epoch ends, once its checkpoint is writt
 def add_parser(subparsers) -> argparse.ArgumentParser:
     jax_default = "jax" if funcnn.backend.jax_available() else "numpy"
     p = subparsers.add_parser(
-        "train", help="train an MLP on MNIST: model, checkpoint, metrics, curves",
-        description="Train an MLP on MNIST with funcnn.fit. The defaults are the recipe of "
-                    "examples/mnist.py without its shifted copies: 784-512-256-10 ReLU, "
-                    "dropout 0.2, AdamW (lr 2e-3, "
-                    "weight decay 1e-4 on the weights), one epoch of warm-up then cosine "
-                    "decay, batch 128, 20 epochs; 10% of the training images are held out "
-                    "for validation. Writes model.npz, checkpoint.npz, metrics.json and "
-                    "curves.png into --out and ends with one JSON line on stdout.",
+        "train", help="train an MLP or a small convolutional net on MNIST: model, "
+                      "checkpoint, metrics, curves",
+        description="Train a net on MNIST with funcnn.fit. --model mlp (the default) is the "
+                    "recipe of examples/mnist.py without its shifted copies: 784-512-256-10 "
+                    "ReLU, dropout 0.2, AdamW (lr 2e-3, weight decay 1e-4 on the weights), "
+                    "one epoch of warm-up then cosine decay, batch 128, 20 epochs. --model cnn "
+                    "is the recipe of examples/cnn_mnist.py without its shifted images: two "
+                    "blocks of 3x3 convolution, 2x2 max-pooling, BatchNorm and ReLU (16 and 32 "
+                    "channels), dense 128 with BatchNorm and ReLU, dense 10; Adam (lr 1e-2), "
+                    "a quarter epoch of warm-up then cosine decay, batch 128, 8 epochs. 10% "
+                    "of the training images are held out for validation. Writes model.npz, "
+                    "checkpoint.npz, metrics.json and curves.png into --out and ends with one "
+                    "JSON line on stdout.",
     )
     g = p.add_argument_group("data")
     g.add_argument("--data", metavar="DIR",
@@ -76,19 +98,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="share of the training images held out for validation, 0 for none "
                         "(default: 0.1)")
     g = p.add_argument_group("network")
-    g.add_argument("--hidden", type=widths, default=(512, 256), metavar="W,W",
-                   help="hidden widths, comma-separated; 'none' for no hidden layer "
+    g.add_argument("--model", default="mlp", choices=MODELS, metavar="NAME",
+                   help="mlp (a multilayer perceptron) or cnn (a small convolutional net "
+                        "with BatchNorm) (default: mlp)")
+    g.add_argument("--hidden", type=widths, metavar="W,W",
+                   help="mlp: hidden widths, comma-separated; 'none' for no hidden layer "
                         "(default: 512,256)")
-    g.add_argument("--activation", default="relu", choices=tuple(ACTIVATIONS), metavar="NAME",
-                   help=f"hidden activation: {', '.join(ACTIVATIONS)} (default: relu)")
-    g.add_argument("--dropout", type=fraction, default=0.2, metavar="P",
-                   help="probability of dropping a hidden unit while training (default: 0.2)")
+    g.add_argument("--activation", choices=tuple(ACTIVATIONS), metavar="NAME",
+                   help=f"mlp: hidden activation: {', '.join(ACTIVATIONS)} (default: relu)")
+    g.add_argument("--dropout", type=fraction, metavar="P",
+                   help="mlp: probability of dropping a hidden unit while training "
+                        "(default: 0.2)")
+    g.add_argument("--channels", type=channels, metavar="C,C",
+                   help="cnn: the channels of its one or two convolution blocks (default: "
+                        "16,32)")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--optimizer", default="adamw", choices=tuple(DEFAULT_LR), metavar="NAME",
-                   help=f"{', '.join(DEFAULT_LR)} (default: adamw)")
+    g.add_argument("--optimizer", choices=tuple(DEFAULT_LR), metavar="NAME",
+                   help=f"{', '.join(DEFAULT_LR)} (default: adamw for the mlp, adam for the "
+                        "cnn)")
     g.add_argument("--lr", type=positive_float, metavar="LR",
                    help="peak learning rate (default: 2e-3 for adamw and adam, 0.05 for sgd, "
-                        "1e-3 for rmsprop, 1e-2 for adagrad)")
+                        "1e-3 for rmsprop, 1e-2 for adagrad; 1e-2 for the cnn's adam)")
     g.add_argument("--weight-decay", type=fraction, default=1e-4, metavar="WD",
                    help="adamw's decoupled weight decay, on the weights only (default: 1e-4)")
     g.add_argument("--momentum", type=fraction, default=0.9, metavar="M",
@@ -97,9 +127,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="learning rate over the steps: warmup_cosine (linear warm-up, then "
                         "cosine decay to 0), cosine (decay from the start) or constant "
                         "(default: warmup_cosine)")
-    g.add_argument("--warmup-epochs", type=non_negative_float, default=1.0, metavar="E",
-                   help="length of the warm-up, in epochs (default: 1)")
-    g.add_argument("--epochs", type=positive_int, default=20, metavar="N", help="(default: 20)")
+    g.add_argument("--warmup-epochs", type=non_negative_float, metavar="E",
+                   help="length of the warm-up, in epochs (default: 1 for the mlp, 0.25 for "
+                        "the cnn)")
+    g.add_argument("--epochs", type=positive_int, metavar="N",
+                   help="(default: 20 for the mlp, 8 for the cnn)")
     g.add_argument("--batch-size", type=positive_int, default=128, metavar="N",
                    help="(default: 128)")
     g.add_argument("--early-stopping", type=positive_int, metavar="N",
@@ -128,11 +160,44 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------- set-up
 
 
+def resolve_model_flags(args: argparse.Namespace) -> None:
+    """Refuse the flags of the other model (one line, exit 2), then fill in the defaults
+    that depend on ``--model``."""
+    for model, flags in MODEL_FLAGS.items():
+        for name in flags:
+            if model != args.model and getattr(args, name) is not None:
+                raise CommandError(f"--{name} applies to --model {model} only, not to "
+                                   f"--model {args.model}", code=2)
+    for name, default in {**MODEL_FLAGS[args.model], **RECIPES[args.model]}.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if args.lr is None:
+        args.lr = (CNN_LR if args.model == "cnn" else {}).get(args.optimizer,
+                                                             DEFAULT_LR[args.optimizer])
+
+
 def config_of(args: argparse.Namespace) -> dict:
     config = {k: v for k, v in vars(args).items() if k not in ("run", "command")}
-    config["hidden"] = list(args.hidden)
-    config["lr"] = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
+    for name in ("hidden", "channels"):  # JSON lists, as metrics.json keeps them
+        if config[name] is not None:
+            config[name] = list(config[name])
     return config
+
+
+def build_net(args: argparse.Namespace, n_pixels: int) -> funcnn.MLP | funcnn.Net:
+    """The MLP of ``--hidden``, ``--activation`` and ``--dropout``, or the cnn of
+    ``--channels``: per block a 3x3 convolution without bias (BatchNorm's shift is one),
+    2x2 max-pooling, BatchNorm and ReLU, then dense 128 with BatchNorm and ReLU and the 10
+    logits, as ``examples/cnn_mnist.py``'s ``bn_net``."""
+    if args.model == "mlp":
+        return funcnn.MLP((n_pixels, *args.hidden, 10), hidden=args.activation,
+                          output="softmax", dropout=args.dropout)
+    L = funcnn.layers
+    blocks = [layer for c in args.channels for layer in (
+        L.Conv2D(c, 3, padding="same", bias=False), L.MaxPool2D(2), L.BatchNorm(),
+        L.Activation("relu"))]
+    return funcnn.Net([*blocks, L.Flatten(), L.Dense(128, bias=False), L.BatchNorm(),
+                       L.Activation("relu"), L.Dense(10)], IMAGE)
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -194,8 +259,10 @@ def make_optimizer(args: argparse.Namespace, lr: float, steps_per_epoch: int):
     return getattr(funcnn.optim, args.optimizer)(schedule)
 
 
-def split_data(args: argparse.Namespace, data: funcnn.data.MNIST):
-    x, y = data.x_train, data.y_train
+def split_data(args: argparse.Namespace, data: funcnn.data.MNIST, shape: tuple):
+    """The training images as examples of ``shape`` and their labels, and the validation
+    pair (``None`` without one)."""
+    x, y = data.x_train.reshape(-1, *shape), data.y_train
     if args.limit is not None:
         x, y = x[: args.limit], y[: args.limit]
     if args.validation == 0:
@@ -211,15 +278,15 @@ def split_data(args: argparse.Namespace, data: funcnn.data.MNIST):
 
 
 def run(args: argparse.Namespace) -> int:
+    resolve_model_flags(args)
     check_args(args)
     config = config_of(args)
     out = check_out(args.out)
     if args.resume:
         check_resume(out, config)
     data = load_data(args.data)  # checked here: no training on data that would fail later
-    x, y, validation = split_data(args, data)
-    net = funcnn.MLP((data.x_train.shape[1], *args.hidden, 10), hidden=args.activation,
-                     output="softmax", dropout=args.dropout)
+    net = build_net(args, data.x_train.shape[1])
+    x, y, validation = split_data(args, data, net.in_shape)
     steps_per_epoch = -(-len(x) // args.batch_size)
     check_steps(args, steps_per_epoch)
     try:
@@ -227,6 +294,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise CommandError(str(err), code=2) from None
     params = funcnn.init_params(net, args.seed, backend=args.backend, dtype=args.dtype)
+    state = funcnn.init_state(net, backend=args.backend, dtype=args.dtype)  # () for the mlp
     rows = {"train": len(x), "validation": 0 if validation is None else len(validation[0]),
             "test": len(data.x_test)}
     if not args.resume and (out / CHECKPOINT).exists():
@@ -236,9 +304,9 @@ def run(args: argparse.Namespace) -> int:
     write_json(out / METRICS, record)
     older = None if args.resume else file_identity(out / CHECKPOINT)
     try:
-        params, history, session = train(args, net, params, optimizer, (x, y), validation,
-                                         out, record)
-        return report(args, net, params, history, session, data, out, record)
+        params, state, history, session = train(args, net, params, state, optimizer, (x, y),
+                                                validation, out, record)
+        return report(args, net, params, state, history, session, data, out, record)
     except KeyboardInterrupt:
         epochs = write_stopped(out, record, older, status="interrupted")
         if epochs:
@@ -285,9 +353,9 @@ def write_stopped(out: Path, record: dict, older: tuple[int, int] | None, **stat
     return epochs
 
 
-def train(args, net, params, optimizer, data, validation, out: Path, record: dict):
-    """``funcnn.fit`` with the checkpoint written after every epoch; ``(params, history,
-    seconds)``, or a CommandError. KeyboardInterrupt passes through."""
+def train(args, net, params, state, optimizer, data, validation, out: Path, record: dict):
+    """``funcnn.fit`` with the checkpoint written after every epoch; ``(params, state,
+    history, seconds)``, or a CommandError. KeyboardInterrupt passes through."""
     ckpt = out / CHECKPOINT
     start = time.perf_counter()
     try:
@@ -300,9 +368,10 @@ def train(args, net, params, optimizer, data, validation, out: Path, record: dic
                 else funcnn.callbacks.progress_bar(),
                 funcnn.callbacks.Callback(on_epoch_end=lambda state, info: check()),
             ]
-            params, _, history = funcnn.fit(
+            params, _, history, state = funcnn.fit(
                 net, params, optimizer, *data, epochs=args.epochs, batch_size=args.batch_size,
                 key=args.seed + 1, validation=validation, progress=False, callbacks=callbacks,
+                state=state,
             )
     except TrainingDiverged as err:
         raise CommandError(
@@ -320,23 +389,25 @@ def train(args, net, params, optimizer, data, validation, out: Path, record: dic
                            "--out") from None
     except OSError as err:
         raise CommandError(f"cannot write {ckpt}: {err.strerror or err}") from None
-    return params, history, time.perf_counter() - start
+    return params, state, history, time.perf_counter() - start
 
 
-def report(args, net, params, history, session: float, data, out: Path, record: dict) -> int:
+def report(args, net, params, state, history, session: float, data, out: Path,
+           record: dict) -> int:
     """Test the trained params, write the model, the curves and the final metrics.json,
     and say what was done (the last line: one JSON object)."""
     rows, ckpt = record["rows"], out / CHECKPOINT
-    test = funcnn.evaluate(net, params, data.x_test, data.y_test)
+    test = funcnn.evaluate(net, params, data.x_test.reshape(-1, *net.in_shape), data.y_test,
+                           state=state)
     trained = len(history["train_loss"])
     best = history.get("best_epoch")
     model = out / MODEL  # the params fit returned (the best epoch's, with early stopping)
-    funcnn.save(model, params, net=net, metadata={
+    funcnn.save(model, params, net=net, state=state, metadata={
         "epochs": trained, "best_epoch": None if best is None else best[0] + 1,
         "test_loss": test["loss"], "test_accuracy": test["accuracy"]})
     curves = draw_curves(out / CURVES, history, net, args, rows, test)
     write_json(out / METRICS, {
-        **record, "status": "finished", "net": describe_net(net), "sizes": list(net.sizes),
+        **record, "status": "finished", "net": describe_net(net), "sizes": sizes_of(net),
         "epochs_trained": trained, "history": per_epoch(history),
         "test": {"loss": test["loss"], "accuracy": test["accuracy"]},
         "seconds": {"training": sum(history["seconds"]), "this_session": session},
@@ -358,12 +429,19 @@ def report(args, net, params, history, session: float, data, out: Path, record: 
     print(json.dumps({
         "test_accuracy": round(test["accuracy"], 6), "test_loss": round(test["loss"], 6),
         "epochs": trained, "seconds": round(sum(history["seconds"]), 2),
-        "backend": args.backend, "dtype": args.dtype, "sizes": list(net.sizes),
+        "backend": args.backend, "dtype": args.dtype, "net": describe_net(net),
+        "sizes": sizes_of(net),
         "train_rows": rows["train"], "validation_rows": rows["validation"],
         "model": str(model), "checkpoint": str(ckpt), "metrics": str(out / METRICS),
         "plot": None if curves is None else str(curves),
     }))
     return 0
+
+
+def sizes_of(net: funcnn.MLP | funcnn.Net) -> list[int] | None:
+    """The MLP's layer widths; ``None`` for another net (``metrics.json``'s ``net`` says
+    what it is)."""
+    return list(net.sizes) if isinstance(net, funcnn.MLP) else None
 
 
 def next_command(model: Path, data: str | None) -> str:

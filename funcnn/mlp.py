@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from funcnn import random
+from funcnn import _fused, random
 from funcnn._checks import check_params_like
 from funcnn._mlp_checks import check_cache, check_initialized, check_x, check_y
 from funcnn.activations import ACTIVATIONS, OUTPUTS, Activation, get_activation, name_of, softmax
@@ -266,16 +266,22 @@ def apply(net: MLP, params: Params, x: Array, masks: tuple) -> Cache:
     for layer, mask in zip(params[:-1], masks, strict=True):
         inputs.append(a)
         z = a @ layer.W
-        z += layer.b[None, :]  # in place on NumPy's fresh product (jax rebinds)
-        h = g(z)
+        if _fused.applies(z, net.hidden):  # fused: z += b; h = g(z) in one pass
+            h = _fused.bias_activation(z, layer.b, net.hidden)
+        else:
+            z += layer.b[None, :]  # in place on NumPy's fresh product (jax rebinds)
+            h = g(z)
         zs.append(z)
         hidden.append(h)
         a = h if mask is None else h * mask
     inputs.append(a)
     z = a @ params[-1].W
-    z += params[-1].b[None, :]
+    if _fused.applies(z, net.output):  # fused: z += b; out = f(z) in one pass
+        out = _fused.bias_activation(z, params[-1].b, net.output)
+    else:
+        z += params[-1].b[None, :]
+        out = softmax(z) if net.output == "softmax" else get_activation(net.output).fn(z)
     zs.append(z)
-    out = softmax(z) if net.output == "softmax" else get_activation(net.output).fn(z)
     return Cache(tuple(inputs), tuple(zs), tuple(hidden), tuple(masks), out)
 
 
@@ -352,6 +358,10 @@ def backward(net: MLP, params: Params, cache: Cache, y: Array, *, dz: Array | No
         if l == 0:
             break                                      # nobody needs dL/dx
         da = dz @ params[l].W.T                        # (m, n_in): into the layer below
+        if _fused.applies(da, net.hidden):  # fused: dz = da * mask * g'(z, h) in one pass
+            dz = _fused.activation_grad_product(da, cache.masks[l - 1], cache.zs[l - 1],
+                                                cache.hidden[l - 1], net.hidden)
+            continue
         if cache.masks[l - 1] is not None:
             da = da * cache.masks[l - 1]               # dropout passes gradient where it kept
         dz = da * g_grad(cache.zs[l - 1], cache.hidden[l - 1])

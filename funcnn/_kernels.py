@@ -1,0 +1,234 @@
+"""The fused loops of the NumPy backend, compiled by numba: each reads its arrays once.
+
+Loaded only by :mod:`funcnn._fused` on first use, never by ``import funcnn`` (this module
+imports numba at its top). Each kernel is the loop form of a pure NumPy function that
+stays the reference, written in the same order of operations so that float64 agrees to
+rounding and most float32 results agree to the bit (``tests/test_fused.py``):
+
+======================  ==============================================================
+kernel                  the reference it fuses
+======================  ==============================================================
+``sgd``                 ``funcnn.optim._sgd._sgd_leaf``
+``rmsprop``             ``funcnn.optim._rmsprop._rmsprop_leaf``
+``adagrad``             ``funcnn.optim._adagrad._adagrad_leaf``
+``adam``                ``funcnn.optim._adam.adam_leaf_folded`` (Adam and AdamW)
+``bias_activation``     ``z += b; h = g(z)`` of ``funcnn.mlp.apply``
+``bias_softmax``        ``z += b; p = softmax(z)`` of ``funcnn.mlp.apply``
+``grad_product``        ``dz = da * mask * g'(z, h)`` of ``funcnn.mlp.backward``
+``cross_entropy_delta`` ``funcnn.losses.cross_entropy_delta`` for integer labels
+======================  ==============================================================
+
+Optimizer kernels take flat (1-D) leaves and write fresh arrays; the others take
+``(m, n)`` arrays and write into the fresh product the caller hands them. Every number a
+kernel computes with is an argument of the arrays' dtype (``c``, the :data:`CONSTANTS` in
+that dtype, for the activations): a float64 literal would promote float32 maths to float64.
+Serial loops (``parallel=False``): the results cannot depend on the thread count, and the
+subnormal flushing of ``funcnn.flush_denormals`` (a per-thread register) applies, as it
+does to NumPy; ``docs/performance.md`` measures what threads would add.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+__all__ = ["CONSTANTS", "adagrad", "adam", "bias_activation",
+           "bias_softmax", "cross_entropy_delta", "grad_product", "rmsprop", "sgd"]
+
+jit = numba.njit(cache=True, nogil=True, error_model="numpy")  # x / 0 as NumPy: inf, nan
+inline = numba.njit(cache=True, inline="always", error_model="numpy")
+
+# An activation is passed as ``kind``, its index in ``funcnn._fused.ACTIVATIONS``:
+# 0 identity, 1 relu, 2 leaky_relu, 3 elu, 4 gelu, 5 tanh, 6 sigmoid, 7 softplus.
+# indices into CONSTANTS: zero, one, one half, leaky slope, ELU alpha, GELU c and k, three
+ZERO, ONE, HALF, SLOPE, ALPHA, GELU_C, GELU_K, THREE = range(8)
+CONSTANTS = (0.0, 1.0, 0.5, 0.01, 1.0, math.sqrt(2.0 / math.pi), 0.044715, 3.0)
+"""The numbers of :mod:`funcnn.activations`, in order; passed as an array of the dtype."""
+
+# ---------------------------------------------------------------------------- activations
+
+
+@inline
+def _sigmoid(z, c):
+    return c[HALF] * (math.tanh(c[HALF] * z) + c[ONE])
+
+
+@inline
+def _act(kind, z, c):
+    """``g(z)`` for one element, as in ``funcnn.activations`` (relu keeps NaN as NaN)."""
+    if kind == 1:
+        return z if z > c[ZERO] or z != z else c[ZERO]
+    if kind == 2:
+        return z if z > c[ZERO] else c[SLOPE] * z
+    if kind == 3:
+        return z if z > c[ZERO] else c[ALPHA] * math.expm1(z)
+    if kind == 4:
+        return c[HALF] * z * (c[ONE] + math.tanh(c[GELU_C] * (z + c[GELU_K] * (z * z * z))))
+    if kind == 5:
+        return math.tanh(z)
+    if kind == 6:
+        return _sigmoid(z, c)
+    if kind == 7:  # logaddexp(z, 0) = max(z, 0) + log1p(exp(-|z|))
+        return max(z, c[ZERO]) + math.log1p(math.exp(-abs(z)))
+    return z
+
+
+@inline
+def _act_grad(kind, z, a, c):
+    """``g'(z)`` for one element from ``z`` and ``a = g(z)``, as in ``funcnn.activations``."""
+    if kind == 1:
+        return c[ONE] if z > c[ZERO] else c[ZERO]
+    if kind == 2:
+        return c[ONE] if z > c[ZERO] else c[SLOPE]
+    if kind == 3:
+        return c[ONE] if z > c[ZERO] else a + c[ALPHA]
+    if kind == 4:
+        t = math.tanh(c[GELU_C] * (z + c[GELU_K] * (z * z * z)))
+        return (c[HALF] * (c[ONE] + t) + c[HALF] * z * (c[ONE] - t * t) * c[GELU_C]
+                * (c[ONE] + c[THREE] * c[GELU_K] * z * z))
+    if kind == 5:
+        return c[ONE] - a * a
+    if kind == 6:
+        return a * (c[ONE] - a)
+    if kind == 7:
+        return _sigmoid(z, c)
+    return c[ONE]
+
+
+@jit
+def bias_activation(z, b, h, kind, c):
+    """``z += b`` (in place) and ``h = g(z)``; ``z, h``: (m, n), ``b``: (n,)."""
+    m, n = z.shape
+    for i in range(m):
+        for j in range(n):
+            zz = z[i, j] + b[j]
+            z[i, j] = zz
+            h[i, j] = _act(kind, zz, c)
+
+
+@jit
+def bias_softmax(z, b, p, c):
+    """``z += b`` (in place) and ``p = softmax(z)`` row by row; ``z, p``: (m, k)."""
+    m, k = z.shape
+    for i in range(m):
+        top = z[i, 0] + b[0]
+        for j in range(k):
+            zz = z[i, j] + b[j]
+            z[i, j] = zz
+            top = max(top, zz)
+        total = c[ZERO]
+        for j in range(k):
+            e = math.exp(z[i, j] - top)
+            p[i, j] = e
+            total += e
+        for j in range(k):
+            p[i, j] = p[i, j] / total
+
+
+@jit
+def grad_product(da, mask, z, a, kind, c, masked):
+    """``da = da * mask * g'(z, a)`` in place (``mask`` read only when ``masked``); all (m, n)."""
+    m, n = da.shape
+    for i in range(m):
+        for j in range(n):
+            d = da[i, j] * mask[i, j] if masked else da[i, j]
+            da[i, j] = d * _act_grad(kind, z[i, j], a[i, j], c)
+
+
+@jit
+def cross_entropy_delta(p, y, out, inv_m, c):
+    """``out = (p - onehot(y)) * inv_m``, a row of NaN where ``y`` is outside [0, k)."""
+    m, k = p.shape
+    for i in range(m):
+        label = y[i]
+        valid = 0 <= label < k
+        for j in range(k):
+            if not valid:
+                out[i, j] = c[ZERO] / c[ZERO]
+            elif j == label:
+                out[i, j] = (p[i, j] - c[ONE]) * inv_m
+            else:
+                out[i, j] = p[i, j] * inv_m
+
+
+# ---------------------------------------------------------------------------- optimizers
+
+
+@jit
+def sgd(p, g, v, lr, momentum, nesterov, weight_decay, has_momentum, has_decay):
+    """One pass of ``_sgd_leaf``: ``(p_new, v_new)`` (``v_new`` empty without momentum)."""
+    n = p.size
+    p_new = np.empty_like(p)
+    v_new = np.empty_like(p) if has_momentum else np.empty_like(p[:0])
+    for i in range(n):
+        gi = g[i] + weight_decay * p[i] if has_decay else g[i]
+        if has_momentum:
+            vi = momentum * v[i] + gi
+            v_new[i] = vi
+            step = gi + momentum * vi if nesterov else vi
+            p_new[i] = p[i] - lr * step
+        else:
+            p_new[i] = p[i] - lr * gi
+    return p_new, v_new
+
+
+@jit
+def rmsprop(p, g, nu, velocity, mu, lr, decay, one_minus_decay, eps, momentum, centered,
+            has_momentum):
+    """One pass of ``_rmsprop_leaf``: fresh ``p, nu, velocity, mu`` (the last two empty
+    when unused: the caller passes the old ones on)."""
+    n = p.size
+    p_new, nu_new = np.empty_like(p), np.empty_like(p)
+    vel_new = np.empty_like(p) if has_momentum else np.empty_like(p[:0])
+    mu_new = np.empty_like(p) if centered else np.empty_like(p[:0])
+    for i in range(n):
+        gi = g[i]
+        nui = decay * nu[i] + one_minus_decay * gi * gi
+        nu_new[i] = nui
+        if centered:
+            mui = decay * mu[i] + one_minus_decay * gi
+            mu_new[i] = mui
+            step = gi / (math.sqrt(nui - mui * mui) + eps)
+        else:
+            step = gi / (math.sqrt(nui) + eps)
+        if has_momentum:
+            step = momentum * velocity[i] + step
+            vel_new[i] = step
+        p_new[i] = p[i] - lr * step
+    return p_new, nu_new, vel_new, mu_new
+
+
+@jit
+def adagrad(p, g, s, lr, eps):
+    """One pass of ``_adagrad_leaf``: fresh ``(p, s)``."""
+    n = p.size
+    p_new, s_new = np.empty_like(p), np.empty_like(p)
+    for i in range(n):
+        si = s[i] + g[i] * g[i]
+        s_new[i] = si
+        p_new[i] = p[i] - lr * g[i] / (math.sqrt(si) + eps)
+    return p_new, s_new
+
+
+@jit
+def adam(p, g, m, v, mask, decay_mode, b1, b2, one_minus_b1, one_minus_b2, step_size, eps_hat,
+         decay):
+    """One pass of ``adam_leaf_folded``: fresh ``(p, m, v)``. ``decay_mode`` 0: no weight
+    decay, 1: every entry, 2: where ``mask`` (0/1 in the dtype, like ``p``) says so."""
+    n = p.size
+    p_new, m_new, v_new = np.empty_like(p), np.empty_like(p), np.empty_like(p)
+    for i in range(n):
+        gi = g[i]
+        mi = gi * one_minus_b1 + b1 * m[i]
+        vi = gi * gi * one_minus_b2 + b2 * v[i]
+        m_new[i] = mi
+        v_new[i] = vi
+        pi = mi / (math.sqrt(vi) + eps_hat) * -step_size + p[i]
+        if decay_mode == 1:
+            pi -= decay * p[i]
+        elif decay_mode == 2:
+            pi -= decay * (mask[i] * p[i])
+        p_new[i] = pi
+    return p_new, m_new, v_new

@@ -8,10 +8,12 @@ compiled loop (:mod:`funcnn._kernels`) that reads its arrays once; the pure NumP
 stays the reference, is what runs without numba, and is tested equal to the loops
 (``tests/test_fused.py``). What is fused: every optimizer's leaf update (SGD with
 momentum, Nesterov and weight decay; RMSProp, centered and with momentum; Adagrad; Adam
-and AdamW with any mask), ``z += b; h = g(z)`` and ``z += b; p = softmax(z)`` in the
-forward pass, ``dz = da * mask * g'(z, h)`` in the backward pass and the cross-entropy
-delta ``(p - Y) / m`` for integer labels. Only NumPy float32/float64 arrays and the
-built-in activations (by name) take the loops; jax arrays and an ``Activation`` of your
+and AdamW with any mask), ``z += b; h = g(z)`` for ReLU and leaky ReLU and
+``z += b; p = softmax(z)`` in the forward pass, ``dz = da * mask * g'(z, h)`` in the
+backward pass (for every built-in activation whose derivative needs no tanh or exp:
+identity, ReLU, leaky ReLU, ELU, tanh, sigmoid) and the cross-entropy delta
+``(p - Y) / m`` for integer labels. Only NumPy float32/float64 arrays and the built-in
+activations (by name) take the loops; jax arrays and an ``Activation`` of your
 own always take the pure path.
 
 When the loops run: wherever numba can be imported, unless switched off
@@ -51,13 +53,17 @@ import numpy as np
 
 from funcnn.tree import tree_leaves
 
-__all__ = ["ACTIVATIONS", "activation_grad_product", "applies", "available", "bias_activation",
-           "cross_entropy_delta", "enabled", "optimizer_leaf", "use_fused"]
+__all__ = ["BACKWARD", "FORWARD", "activation_grad_product", "available", "backward_applies",
+           "bias_activation", "cross_entropy_delta", "enabled", "forward_applies",
+           "optimizer_leaf", "use_fused"]
 
 ENV = "FUNCNN_FUSED"
 _OFF = ("0", "false", "no", "off")
-ACTIVATIONS = ("identity", "relu", "leaky_relu", "elu", "gelu", "tanh", "sigmoid", "softplus")
-"""The built-in activations with a fused form; a kernel knows each by its index here."""
+FORWARD = ("relu", "leaky_relu", "softmax")
+"""The activations whose ``z += b; h = g(z)`` is one loop (the others need tanh, exp, ...,
+where NumPy's SIMD code beats a loop calling the C library's by 10x or more)."""
+BACKWARD = ("identity", "relu", "leaky_relu", "elu", "tanh", "sigmoid")
+"""The activations whose ``da * mask * g'(z, h)`` is one loop (``g'`` written from ``h``)."""
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _setting: contextvars.ContextVar[bool | None] = contextvars.ContextVar("funcnn_fused",
                                                                         default=None)
@@ -117,37 +123,36 @@ def _is_float_numpy(x: Any) -> bool:
 # ---------------------------------------------------------------------------- layers
 
 
-def applies(x: Any, name: Any) -> bool:
-    """Whether :func:`bias_activation` (``name`` an activation or ``"softmax"``) and
-    :func:`activation_grad_product` take ``x`` (a 2-D NumPy float array) fused now."""
-    return (_is_float_numpy(x) and x.ndim == 2 and isinstance(name, str)
-            and (name == "softmax" or name in ACTIVATIONS) and enabled())
+def forward_applies(z: Any, name: Any) -> bool:
+    """Whether :func:`bias_activation` fuses activation ``name`` (or ``"softmax"``) on ``z``
+    (a 2-D NumPy float array) now."""
+    return _is_float_numpy(z) and z.ndim == 2 and name in FORWARD and enabled()
+
+
+def backward_applies(da: Any, name: Any) -> bool:
+    """Whether :func:`activation_grad_product` fuses ``name``'s derivative on ``da`` now."""
+    return _is_float_numpy(da) and da.ndim == 2 and name in BACKWARD and enabled()
 
 
 def bias_activation(z: np.ndarray, b: np.ndarray, name: str) -> np.ndarray:
     """``z += b`` in place and return ``g(z)``, one pass; ``z``: (m, n), ``b``: (n,).
-    Call only where :func:`applies` (``z``, the fresh product, is the caller's)."""
-    k = _kernels()
-    if name == "identity":
-        z += b[None, :]
-        return z  # identity(z) is z itself on the pure path too
-    out = np.empty_like(z)
+    Call only where :func:`forward_applies` (``z``, the fresh product, is the caller's)."""
+    k, out = _kernels(), np.empty_like(z)
     b = np.asarray(b, dtype=z.dtype)
     if name == "softmax":
         k.bias_softmax(z, b, out, _constants(z.dtype))
     else:
-        k.bias_activation(z, b, out, ACTIVATIONS.index(name), _constants(z.dtype))
+        k.bias_activation(z, b, out, _constants(z.dtype), k.FORWARD.index(name))
     return out
 
 
 def activation_grad_product(da: np.ndarray, mask: Any, z: np.ndarray, h: np.ndarray,
                             name: str) -> np.ndarray:
     """``da * mask * g'(z, h)`` in one pass, written into ``da`` (the caller's fresh
-    product, returned); ``mask`` is the scaled dropout mask or ``None``; all (m, n)."""
+    product, returned); ``mask`` is the scaled dropout mask or ``None``; all (m, n).
+    Call only where :func:`backward_applies`."""
     k = _kernels()
-    masked = mask is not None
-    k.grad_product(da, mask if masked else da, z, h, ACTIVATIONS.index(name),
-                   _constants(da.dtype), masked)
+    k.grad_product(da, mask, z, h, _constants(da.dtype), k.BACKWARD.index(name))
     return da
 
 

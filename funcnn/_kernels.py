@@ -12,9 +12,9 @@ kernel                  the reference it fuses
 ``rmsprop``             ``funcnn.optim._rmsprop._rmsprop_leaf``
 ``adagrad``             ``funcnn.optim._adagrad._adagrad_leaf``
 ``adam``                ``funcnn.optim._adam.adam_leaf_folded`` (Adam and AdamW)
-``bias_activation``     ``z += b; h = g(z)`` of ``funcnn.mlp.apply``
+``bias_activation``     ``z += b; h = g(z)`` of ``funcnn.mlp.apply`` (relu, leaky_relu)
 ``bias_softmax``        ``z += b; p = softmax(z)`` of ``funcnn.mlp.apply``
-``grad_product``        ``dz = da * mask * g'(z, h)`` of ``funcnn.mlp.backward``
+``grad_product``        ``dz = da * mask * g'(z, h)`` of ``funcnn.mlp.backward`` (6 of 8)
 ``cross_entropy_delta`` ``funcnn.losses.cross_entropy_delta`` for integer labels
 ======================  ==============================================================
 
@@ -34,50 +34,42 @@ import math
 import numba
 import numpy as np
 
-__all__ = ["CONSTANTS", "adagrad", "adam", "bias_activation",
+__all__ = ["BACKWARD", "CONSTANTS", "FORWARD", "adagrad", "adam", "bias_activation",
            "bias_softmax", "cross_entropy_delta", "grad_product", "rmsprop", "sgd"]
 
 jit = numba.njit(cache=True, nogil=True, error_model="numpy")  # x / 0 as NumPy: inf, nan
 inline = numba.njit(cache=True, inline="always", error_model="numpy")
 
-# An activation is passed as ``kind``, its index in ``funcnn._fused.ACTIVATIONS``:
-# 0 identity, 1 relu, 2 leaky_relu, 3 elu, 4 gelu, 5 tanh, 6 sigmoid, 7 softplus.
-# indices into CONSTANTS: zero, one, one half, leaky slope, ELU alpha, GELU c and k, three
-ZERO, ONE, HALF, SLOPE, ALPHA, GELU_C, GELU_K, THREE = range(8)
-CONSTANTS = (0.0, 1.0, 0.5, 0.01, 1.0, math.sqrt(2.0 / math.pi), 0.044715, 3.0)
+# indices into CONSTANTS: zero, one, one half, leaky slope, ELU alpha
+ZERO, ONE, HALF, SLOPE, ALPHA = range(5)
+CONSTANTS = (0.0, 1.0, 0.5, 0.01, 1.0)
 """The numbers of :mod:`funcnn.activations`, in order; passed as an array of the dtype."""
 
 # ---------------------------------------------------------------------------- activations
+# An activation is ``kind``, its index in FORWARD or BACKWARD. Each kernel calls its loop
+# once per kind with the kind as a literal: numba inlines the loop, LLVM folds the switch
+# away, and every activation gets a loop of its own that it can vectorise (a loop that
+# switched inside on a variable ran 10x slower). Only activations without a transcendental
+# function are fused forward: NumPy's SIMD tanh and exp beat a loop calling the C
+# library's by 10x or more. Their derivatives, written from ``a = g(z)``, are fused too.
 
-
-@inline
-def _sigmoid(z, c):
-    return c[HALF] * (math.tanh(c[HALF] * z) + c[ONE])
+FORWARD = ("relu", "leaky_relu")
+BACKWARD = ("identity", "relu", "leaky_relu", "elu", "tanh", "sigmoid")
 
 
 @inline
 def _act(kind, z, c):
-    """``g(z)`` for one element, as in ``funcnn.activations`` (relu keeps NaN as NaN)."""
-    if kind == 1:
+    """``g(z)`` for one element: relu (NaN stays NaN, as NumPy's maximum), leaky_relu."""
+    if kind == 0:
         return z if z > c[ZERO] or z != z else c[ZERO]
-    if kind == 2:
-        return z if z > c[ZERO] else c[SLOPE] * z
-    if kind == 3:
-        return z if z > c[ZERO] else c[ALPHA] * math.expm1(z)
-    if kind == 4:
-        return c[HALF] * z * (c[ONE] + math.tanh(c[GELU_C] * (z + c[GELU_K] * (z * z * z))))
-    if kind == 5:
-        return math.tanh(z)
-    if kind == 6:
-        return _sigmoid(z, c)
-    if kind == 7:  # logaddexp(z, 0) = max(z, 0) + log1p(exp(-|z|))
-        return max(z, c[ZERO]) + math.log1p(math.exp(-abs(z)))
-    return z
+    return z if z > c[ZERO] else c[SLOPE] * z
 
 
 @inline
 def _act_grad(kind, z, a, c):
-    """``g'(z)`` for one element from ``z`` and ``a = g(z)``, as in ``funcnn.activations``."""
+    """``g'(z)`` for one element from ``z`` and ``a = g(z)``, in the order of BACKWARD."""
+    if kind == 0:
+        return c[ONE]
     if kind == 1:
         return c[ONE] if z > c[ZERO] else c[ZERO]
     if kind == 2:
@@ -85,27 +77,55 @@ def _act_grad(kind, z, a, c):
     if kind == 3:
         return c[ONE] if z > c[ZERO] else a + c[ALPHA]
     if kind == 4:
-        t = math.tanh(c[GELU_C] * (z + c[GELU_K] * (z * z * z)))
-        return (c[HALF] * (c[ONE] + t) + c[HALF] * z * (c[ONE] - t * t) * c[GELU_C]
-                * (c[ONE] + c[THREE] * c[GELU_K] * z * z))
-    if kind == 5:
         return c[ONE] - a * a
-    if kind == 6:
-        return a * (c[ONE] - a)
-    if kind == 7:
-        return _sigmoid(z, c)
-    return c[ONE]
+    return a * (c[ONE] - a)
 
 
-@jit
-def bias_activation(z, b, h, kind, c):
-    """``z += b`` (in place) and ``h = g(z)``; ``z, h``: (m, n), ``b``: (n,)."""
+@inline
+def _bias_activation_loop(z, b, h, c, kind):
     m, n = z.shape
     for i in range(m):
         for j in range(n):
             zz = z[i, j] + b[j]
             z[i, j] = zz
             h[i, j] = _act(kind, zz, c)
+
+
+@jit
+def bias_activation(z, b, h, c, kind):
+    """``z += b`` (in place) and ``h = g(z)``, ``g = FORWARD[kind]``; ``z, h``: (m, n),
+    ``b``: (n,)."""
+    if kind == 0:
+        _bias_activation_loop(z, b, h, c, 0)
+    else:
+        _bias_activation_loop(z, b, h, c, 1)
+
+
+@inline
+def _grad_product_loop(da, mask, z, a, c, kind):
+    m, n = da.shape
+    for i in range(m):
+        for j in range(n):
+            d = da[i, j] if mask is None else da[i, j] * mask[i, j]
+            da[i, j] = d * _act_grad(kind, z[i, j], a[i, j], c)
+
+
+@jit
+def grad_product(da, mask, z, a, c, kind):
+    """``da = da * mask * g'(z, a)`` in place, ``g = BACKWARD[kind]``, all (m, n);
+    ``mask`` may be None."""
+    if kind == 0:
+        _grad_product_loop(da, mask, z, a, c, 0)
+    elif kind == 1:
+        _grad_product_loop(da, mask, z, a, c, 1)
+    elif kind == 2:
+        _grad_product_loop(da, mask, z, a, c, 2)
+    elif kind == 3:
+        _grad_product_loop(da, mask, z, a, c, 3)
+    elif kind == 4:
+        _grad_product_loop(da, mask, z, a, c, 4)
+    else:
+        _grad_product_loop(da, mask, z, a, c, 5)
 
 
 @jit
@@ -125,16 +145,6 @@ def bias_softmax(z, b, p, c):
             total += e
         for j in range(k):
             p[i, j] = p[i, j] / total
-
-
-@jit
-def grad_product(da, mask, z, a, kind, c, masked):
-    """``da = da * mask * g'(z, a)`` in place (``mask`` read only when ``masked``); all (m, n)."""
-    m, n = da.shape
-    for i in range(m):
-        for j in range(n):
-            d = da[i, j] * mask[i, j] if masked else da[i, j]
-            da[i, j] = d * _act_grad(kind, z[i, j], a[i, j], c)
 
 
 @jit

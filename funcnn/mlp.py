@@ -266,7 +266,7 @@ def apply(net: MLP, params: Params, x: Array, masks: tuple) -> Cache:
     for layer, mask in zip(params[:-1], masks, strict=True):
         inputs.append(a)
         z = a @ layer.W
-        if _fused.applies(z, net.hidden):  # fused: z += b; h = g(z) in one pass
+        if _fused.forward_applies(z, net.hidden):  # fused: z += b; h = g(z) in one pass
             h = _fused.bias_activation(z, layer.b, net.hidden)
         else:
             z += layer.b[None, :]  # in place on NumPy's fresh product (jax rebinds)
@@ -276,7 +276,7 @@ def apply(net: MLP, params: Params, x: Array, masks: tuple) -> Cache:
         a = h if mask is None else h * mask
     inputs.append(a)
     z = a @ params[-1].W
-    if _fused.applies(z, net.output):  # fused: z += b; out = f(z) in one pass
+    if _fused.forward_applies(z, net.output):  # fused: z += b; out = f(z) in one pass
         out = _fused.bias_activation(z, params[-1].b, net.output)
     else:
         z += params[-1].b[None, :]
@@ -358,7 +358,7 @@ def backward(net: MLP, params: Params, cache: Cache, y: Array, *, dz: Array | No
         if l == 0:
             break                                      # nobody needs dL/dx
         da = dz @ params[l].W.T                        # (m, n_in): into the layer below
-        if _fused.applies(da, net.hidden):  # fused: dz = da * mask * g'(z, h) in one pass
+        if _fused.backward_applies(da, net.hidden):  # fused: da * mask * g'(z, h), one pass
             dz = _fused.activation_grad_product(da, cache.masks[l - 1], cache.zs[l - 1],
                                                 cache.hidden[l - 1], net.hidden)
             continue

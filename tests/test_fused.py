@@ -179,11 +179,25 @@ def _check_net(net, dtype):
 VALUES = [-1e4, -30.0, -1.0, -1e-3, -0.0, 0.0, 1e-3, 1.0, 30.0, 1e4, np.nan, np.inf, -np.inf]
 
 
+def _spy(calls, kernel, name):
+    return lambda *args: calls.append(name) or kernel(*args)
+
+
+def test_the_fused_sets_are_the_kernels_and_builtin_activations():
+    assert set(_fused.FORWARD) - {"softmax"} <= set(ACTIVATIONS)
+    assert set(_fused.BACKWARD) <= set(ACTIVATIONS)
+    if HAVE_NUMBA:
+        kernels = _fused._kernels()
+        assert kernels.FORWARD == tuple(n for n in _fused.FORWARD if n != "softmax")
+        assert kernels.BACKWARD == _fused.BACKWARD
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("name", [*sorted(ACTIVATIONS), "softmax"])
 def test_extreme_values_agree(name, dtype):
     """NaN, infinities, signed zeros and huge inputs: the same values (NaN where NaN) in
-    the forward pass and in ``da * mask * g'``, directly against ``funcnn.activations``."""
+    the forward pass and in ``da * mask * g'`` (with and without a mask), directly against
+    ``funcnn.activations``, for each activation that has a fused loop."""
     z0 = np.array([VALUES, VALUES[::-1]], dtype)
     b = np.array([0.5 if i % 3 else 0.0 for i in range(len(VALUES))], dtype)
     if name == "softmax":
@@ -192,21 +206,24 @@ def test_extreme_values_agree(name, dtype):
     g = softmax if name == "softmax" else get_activation(name).fn
     with np.errstate(all="ignore"):  # inf * 0 and the like, on purpose
         pure_h = g(z0 + b)
-    if not (HAVE_NUMBA and _fused.applies(z0, name)):
-        assert not HAVE_NUMBA and not _fused.enabled()
-        return
-    z = z0.copy()
-    h = _fused.bias_activation(z, b, name)
-    assert_close(z, z0 + b, 0.0, "z")
-    assert_close(h, pure_h, TOL[dtype]["net"], f"{name}(z)")
-    if name == "softmax":
-        return
-    mask = np.where(np.arange(z.size).reshape(z.shape) % 4 == 0, 0.0, 2.0).astype(dtype)
-    da = np.linspace(-2, 2, z.size).reshape(z.shape).astype(dtype)
-    with np.errstate(all="ignore"):
-        pure = da * mask * get_activation(name).grad(z, pure_h)
-    assert_close(_fused.activation_grad_product(da.copy(), mask, z, h, name), pure,
-                 TOL[dtype]["net"], f"{name}'")
+    forward, backward = _fused.forward_applies(z0, name), _fused.backward_applies(z0, name)
+    assert forward == (HAVE_NUMBA and name in _fused.FORWARD)
+    assert backward == (HAVE_NUMBA and name in _fused.BACKWARD)
+    if forward:
+        z = z0.copy()
+        h = _fused.bias_activation(z, b, name)
+        assert_close(z, z0 + b, 0.0, "z")
+        assert_close(h, pure_h, TOL[dtype]["net"], f"{name}(z)")
+    if backward:
+        z = z0 + b
+        mask = np.where(np.arange(z.size).reshape(z.shape) % 4 == 0, 0.0, 2.0).astype(dtype)
+        da = np.linspace(-2, 2, z.size).reshape(z.shape).astype(dtype)
+        grad = get_activation(name).grad
+        for m in (mask, None):
+            with np.errstate(all="ignore"):
+                pure = (da if m is None else da * m) * grad(z, pure_h)
+            fused = _fused.activation_grad_product(da.copy(), m, z, pure_h, name)
+            assert_close(fused, pure, TOL[dtype]["net"], f"{name}' mask {m is not None}")
 
 
 @pytest.mark.parametrize("labels", ["int64", "uint8", "int32"])
@@ -242,14 +259,13 @@ def test_the_fused_loops_run_when_on_and_the_pure_code_otherwise(monkeypatch):
         with pytest.raises(ImportError, match=r"funcnn\[fast\]"):
             with _fused.use_fused(True):
                 pass
-        assert _fused.optimizer_leaf("adam", params) is None and not _fused.applies(x, "relu")
+        assert _fused.optimizer_leaf("adam", params) is None
+        assert not _fused.forward_applies(x, "relu") and not _fused.backward_applies(x, "relu")
         return
     kernels, calls = _fused._kernels(), []
-    for name in ("adam", "bias_activation", "bias_softmax", "grad_product",
-                 "cross_entropy_delta"):
-        kernel = getattr(kernels, name)
-        monkeypatch.setattr(kernels, name,
-                            lambda *a, _k=kernel, _n=name, **kw: calls.append(_n) or _k(*a, **kw))
+    for name in ("adam", "bias_activation", "bias_softmax", "cross_entropy_delta",
+                 "grad_product"):
+        monkeypatch.setattr(kernels, name, _spy(calls, getattr(kernels, name), name))
     with _fused.use_fused(False):
         step()
     assert calls == []
@@ -287,11 +303,13 @@ def test_jax_arrays_and_custom_activations_take_the_pure_path():
     z = np.ones((2, 3), np.float32)
     swish = Activation("swish", lambda z: z * ACTIVATIONS["sigmoid"].fn(z),
                        lambda z, a: ACTIVATIONS["sigmoid"].fn(z))
-    assert not _fused.applies(jnp.asarray(z), "relu")
-    assert not _fused.applies(z, swish) and not _fused.applies(z.astype(np.float16), "relu")
+    assert not _fused.forward_applies(jnp.asarray(z), "relu")
+    assert not _fused.backward_applies(jnp.asarray(z), "relu")
+    assert not _fused.forward_applies(z, swish) and not _fused.backward_applies(z, swish)
+    assert not _fused.forward_applies(z.astype(np.float16), "relu")
     assert _fused.optimizer_leaf("adam", {"w": jnp.asarray(z)}) is None
     assert _fused.cross_entropy_delta(jnp.asarray(z), jnp.zeros(2, "int32")) is None
-    assert _fused.applies(z, "relu") == HAVE_NUMBA
+    assert _fused.forward_applies(z, "relu") == _fused.backward_applies(z, "tanh") == HAVE_NUMBA
 
 
 def _run(code, **env):

@@ -11,7 +11,7 @@ momentum, Nesterov and weight decay; RMSProp, centered and with momentum; Adagra
 and AdamW with any mask), ``z += b; h = g(z)`` for ReLU and leaky ReLU and
 ``z += b; p = softmax(z)`` in the forward pass, ``dz = da * mask * g'(z, h)`` in the
 backward pass (for every built-in activation whose derivative needs no tanh or exp:
-identity, ReLU, leaky ReLU, ELU, tanh, sigmoid) and the cross-entropy delta
+identity, ReLU, leaky ReLU, ELU, tanh, sigmoid), and the cross-entropy and its delta
 ``(p - Y) / m`` for integer labels. Only NumPy float32/float64 arrays and the built-in
 activations (by name) take the loops; jax arrays and an ``Activation`` of your
 own always take the pure path.
@@ -54,7 +54,7 @@ import numpy as np
 from funcnn.tree import tree_leaves
 
 __all__ = ["BACKWARD", "FORWARD", "activation_grad_product", "available", "backward_applies",
-           "bias_activation", "cross_entropy_delta", "enabled", "forward_applies",
+           "bias_activation", "cross_entropy", "cross_entropy_delta", "enabled", "forward_applies",
            "optimizer_leaf", "use_fused"]
 
 ENV = "FUNCNN_FUSED"
@@ -156,11 +156,24 @@ def activation_grad_product(da: np.ndarray, mask: Any, z: np.ndarray, h: np.ndar
     return da
 
 
+def _labels_apply(z: Any, y: Any) -> bool:
+    return (_is_float_numpy(z) and z.ndim == 2 and type(y) is np.ndarray and y.ndim == 1
+            and y.dtype.kind in "iu" and enabled())
+
+
+def cross_entropy(z: Any, y: Any) -> Any:
+    """``mean_i [logsumexp(z_i) - z_i[y_i]]`` in one pass over the logits, a scalar of
+    ``z``'s dtype (NaN for a label outside ``[0, k)``), or ``None`` where the fused loop
+    does not apply (not NumPy floats, not integer labels)."""
+    if not _labels_apply(z, y):
+        return None
+    return z.dtype.type(_kernels().cross_entropy(z, y, _constants(z.dtype)))
+
+
 def cross_entropy_delta(p: Any, y: Any) -> np.ndarray | None:
     """``(p - onehot(y)) / m`` in one pass (rows of NaN for labels outside ``[0, k)``), or
     ``None`` where the fused loop does not apply (not NumPy floats, not integer labels)."""
-    if not (_is_float_numpy(p) and p.ndim == 2 and type(y) is np.ndarray and y.ndim == 1
-            and y.dtype.kind in "iu" and enabled()):
+    if not _labels_apply(p, y):
         return None
     out = np.empty_like(p)
     _kernels().cross_entropy_delta(p, y, out, p.dtype.type(1.0 / p.shape[0]),

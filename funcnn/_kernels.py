@@ -15,6 +15,7 @@ kernel                  the reference it fuses
 ``bias_activation``     ``z += b; h = g(z)`` of ``funcnn.mlp.apply`` (relu, leaky_relu)
 ``bias_softmax``        ``z += b; p = softmax(z)`` of ``funcnn.mlp.apply``
 ``grad_product``        ``dz = da * mask * g'(z, h)`` of ``funcnn.mlp.backward`` (6 of 8)
+``cross_entropy``       ``funcnn.losses.cross_entropy`` for integer labels
 ``cross_entropy_delta`` ``funcnn.losses.cross_entropy_delta`` for integer labels
 ======================  ==============================================================
 
@@ -35,7 +36,7 @@ import numba
 import numpy as np
 
 __all__ = ["BACKWARD", "CONSTANTS", "FORWARD", "adagrad", "adam", "bias_activation",
-           "bias_softmax", "cross_entropy_delta", "grad_product", "rmsprop", "sgd"]
+           "bias_softmax", "cross_entropy", "cross_entropy_delta", "grad_product", "rmsprop", "sgd"]
 
 jit = numba.njit(cache=True, nogil=True, error_model="numpy")  # x / 0 as NumPy: inf, nan
 inline = numba.njit(cache=True, inline="always", error_model="numpy")
@@ -145,6 +146,26 @@ def bias_softmax(z, b, p, c):
             total += e
         for j in range(k):
             p[i, j] = p[i, j] / total
+
+
+@jit
+def cross_entropy(z, y, c):
+    """``mean_i [logsumexp(z_i) - z_i[y_i]]`` over the rows of ``z`` (m, k), summed in row
+    order (the same for any thread count); NaN if a label is outside [0, k)."""
+    m, k = z.shape
+    total = c[ZERO]
+    for i in range(m):
+        label = y[i]
+        if not 0 <= label < k:
+            return c[ZERO] / c[ZERO]
+        top = z[i, 0]
+        for j in range(k):
+            top = max(top, z[i, j])
+        s = c[ZERO]
+        for j in range(k):
+            s += math.exp(z[i, j] - top)
+        total += math.log(s) + top - z[i, label]
+    return total / m
 
 
 @jit

@@ -227,17 +227,22 @@ def test_extreme_values_agree(name, dtype):
 
 
 @pytest.mark.parametrize("labels", ["int64", "uint8", "int32"])
-def test_cross_entropy_delta_agrees_also_for_labels_out_of_range(labels):
-    """A label outside [0, k) gives a row of NaN on both paths (under jit it cannot be
-    checked; here the loss function is called bare)."""
+def test_cross_entropy_agrees_also_for_labels_out_of_range(labels):
+    """A label outside [0, k) makes the loss NaN and its delta's row NaN on both paths
+    (under jit it cannot be checked; here the loss functions are called bare)."""
     rng = np.random.default_rng(0)
     z = rng.normal(size=(6, 5)).astype(np.float32)
     p = softmax(z)
     y = np.array([0, 4, 7, 2, 255 if labels == "uint8" else -1, 3], labels)
-    delta = funcnn.losses.LOSSES["cross_entropy"].delta
-    pure, fused = both_paths(lambda: delta("softmax", z, p, y))
+    loss = funcnn.losses.LOSSES["cross_entropy"]
+    pure, fused = both_paths(lambda: loss.delta("softmax", z, p, y))
     assert_close(fused, pure, TOL["float32"]["net"])
     assert np.isnan(fused[2]).all() and np.isnan(fused[4]).all() and np.isfinite(fused[0]).all()
+    pure, fused = both_paths(lambda: loss.value("softmax", z, p, y))
+    assert np.isnan(pure) and np.isnan(fused) and fused.dtype == np.float32
+    valid = (y >= 0) & (y < 5)
+    pure, fused = both_paths(lambda: loss.value("softmax", z[valid], p[valid], y[valid]))
+    assert_close(fused, pure, TOL["float32"]["net"])
 
 
 # ---------------------------------------------------------------------------- when it runs

@@ -25,7 +25,7 @@ kernel computes with is an argument of the arrays' dtype (``c``, the :data:`CONS
 that dtype, for the activations): a float64 literal would promote float32 maths to float64.
 Serial loops (``parallel=False``): the results cannot depend on the thread count, and the
 subnormal flushing of ``funcnn.flush_denormals`` (a per-thread register) applies, as it
-does to NumPy; ``docs/performance.md`` measures what threads would add.
+does to NumPy; ``docs/performance.md`` says what threads would take.
 """
 
 from __future__ import annotations

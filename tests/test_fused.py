@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +31,7 @@ from funcnn import _fused, optim
 from funcnn.activations import ACTIVATIONS, Activation, get_activation, softmax
 from funcnn.tree import tree_leaves, tree_paths
 
+ROOT = Path(__file__).resolve().parents[1]
 HAVE_NUMBA = _fused.available()
 TOL = {"float32": {"net": 2e-5, "optim": 1e-6}, "float64": {"net": 1e-12, "optim": 1e-12}}
 
@@ -318,8 +320,9 @@ def test_jax_arrays_and_custom_activations_take_the_pure_path():
 
 
 def _run(code, **env):
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": os.getcwd(), **env}, timeout=300,
+                         env={**os.environ, "PYTHONPATH": path, **env}, timeout=300,
                          check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from funcnn import _fused
 from funcnn.activations import check_piece, get_activation, softplus
 from funcnn.backend import array_namespace
 
@@ -92,6 +93,9 @@ def cross_entropy(output, z, a, y):
     ``ValueError`` before computing; only under ``jax.jit``, where values cannot be
     checked, does it reach here.
     """
+    fused = _fused.cross_entropy(z, y)  # fused: one pass for NumPy labels, else None
+    if fused is not None:
+        return fused
     xp = array_namespace(z)
     m, k = z.shape
     logp = z - _logsumexp(z)
@@ -104,6 +108,9 @@ def cross_entropy(output, z, a, y):
 
 
 def cross_entropy_delta(output, z, a, y):
+    fused = _fused.cross_entropy_delta(a, y)  # fused: one pass for NumPy labels, else None
+    if fused is not None:
+        return fused
     m, k = z.shape
     if y.ndim == 1:
         # A label outside [0, k) (possible only under jit, where it cannot be checked)

@@ -16,8 +16,10 @@ there is no cycle and no import inside a function but of an optional package):
 - ``cost``: FLOPs and bytes of one step, the copy bandwidth;
 - ``targets``: the comparisons checked after a run;
 - ``report``: text tables, Markdown, JSON; ``plot``: the bar chart;
-- ``parallel``, ``compile_time``, ``breakdown``, ``adam_forms``: the measurements that run
-  in subprocesses or apart from the epoch table;
+- ``parallel``, ``compile_time``, ``breakdown``, ``adam_forms``, ``numpy_first``,
+  ``cpu_time``: the
+  measurements that run in subprocesses or apart from the epoch table (``numpy_first``: a
+  new process's first NumPy epoch, pure and fused, and the fused path's targets);
 - ``cli``: the command lines of every script.
 
 Importing the package puts the repository root first on ``sys.path``, so that the working

@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from . import adam_forms, breakdown, compile_time
+from . import adam_forms, breakdown, compile_time, numpy_first
 from .config import FLOOR, MAIN, SMALL, TINY, WIDE, Config
 from .contenders import CONTENDERS, DEFAULT
 from .cost import copy_bandwidth
@@ -161,6 +161,8 @@ def mlp_epoch_main(argv: list[str] | None = None) -> dict:
                      if e["config"]["name"] == "main" and "results" in e), None)
     if main_cfg is not None and not (args.no_extras or args.only):
         report["extras"] = _extras(main_cfg)
+    if main_cfg is not None and "funcnn-numpy-fused" in builders and not args.no_extras:
+        report.setdefault("extras", {})["numpy_first"] = numpy_first.measure(main_cfg)
     report["machine"] = machine()  # after the runs, so every loaded thread pool shows
     report["copy_bandwidth"] = copy_bandwidth()
     report["total_s"] = time.perf_counter() - start
@@ -171,6 +173,8 @@ def mlp_epoch_main(argv: list[str] | None = None) -> dict:
             print_parallel_table(config_of(entry), entry["parallel"])
         else:
             print_table(config_of(entry), entry["results"])
+    if "numpy_first" in report.get("extras", {}):
+        numpy_first.print_numpy_first(report["extras"]["numpy_first"])
     for entry in report["configs"]:
         name = entry["config"]["name"]
         if "results" not in entry or not (name == "main" or name.startswith("wide")):
@@ -180,6 +184,8 @@ def mlp_epoch_main(argv: list[str] | None = None) -> dict:
                 "targets", [])
         else:
             entry["targets"] = wide_targets(entry["results"])
+        first = report.get("extras", {}).get("numpy_first") if name == "main" else None
+        entry["targets"] += numpy_first.fused_targets(entry["results"], first)
         print_targets(f"{name} config (medians of this run)", entry["targets"])
     if not args.parallel:
         print("\ncost model (docs/performance.md keeps it from the JSON)")

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from funcnn import activations, random
+from funcnn import _fused, activations, random
 from funcnn.backend import array_namespace, is_jax_array, namespace
 from funcnn.initializers import default_initializer, get_initializer, initialize
 from funcnn.layers._base import (
@@ -163,9 +163,13 @@ class Dense(Layer):
                              f"(params.W has shape {params.W.shape}); got {x.shape[1]}")
         check_dtype(self, x, params.W, "W")
         z = x @ params.W                               # (m, n_out)
-        if params.b is not None:
-            z += params.b[None, :]  # in place on NumPy's fresh product (jax rebinds)
-        a = None if self.activation is None else activations.get_activation(self.activation).fn(z)
+        if params.b is not None and _fused.forward_applies(z, self.activation):
+            a = _fused.bias_activation(z, params.b, self.activation)  # fused: z += b; g(z)
+        else:
+            if params.b is not None:
+                z += params.b[None, :]  # in place on NumPy's fresh product (jax rebinds)
+            a = None if self.activation is None \
+                else activations.get_activation(self.activation).fn(z)
         y = z if a is None else a
         if train and self.dropout > 0 and mask is None:
             if key is None:
@@ -176,6 +180,10 @@ class Dense(Layer):
         return (y if mask is None else y * mask), DenseCache(x, z, a, mask), state
 
     def _dz(self, cache, dy):
+        if self.activation is not None and _fused.backward_applies(dy, self.activation):
+            # fused: dy * mask * g'(z, a) in one pass, into a copy (dy may be the caller's)
+            return _fused.activation_grad_product(dy.copy(), cache.mask, cache.z, cache.a,
+                                                  self.activation)
         if cache.mask is not None:
             dy = dy * cache.mask                       # dropout passes gradient where it kept
         if self.activation is None:

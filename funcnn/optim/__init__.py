@@ -14,9 +14,12 @@ an :class:`Optimizer` ``(init, update)`` for composing loops::
     params, state = opt.update(params, grads, state)
 
 Each update is one small function per leaf that reads as its formula (in the update's
-docstring). ``lr`` is a positive number or a schedule ``lr(count)`` (see
-``funcnn.schedules``); ``momentum``, ``b1``, ``b2`` and ``decay`` lie in [0, 1); ``eps``,
-``weight_decay`` and ``initial_accumulator`` are >= 0. Values are checked when concrete
+docstring). With numba installed (``funcnn[fast]``) a NumPy leaf runs the same update as
+one compiled loop (``funcnn._fused.optimizer_leaf``, tested equal in
+``tests/test_fused.py``; ``FUNCNN_FUSED=0`` turns it off); jax leaves always run these.
+``lr`` is a positive number or a schedule ``lr(count)`` (see ``funcnn.schedules``);
+``momentum``, ``b1``, ``b2`` and ``decay`` lie in [0, 1); ``eps``, ``weight_decay`` and
+``initial_accumulator`` are >= 0. Values are checked when concrete
 (a jax tracer is not). Nothing is mutated: updates return new trees. Scalars are cast to
 each leaf's dtype, so float32 parameters stay float32.
 

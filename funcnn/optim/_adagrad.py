@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any, NamedTuple
 
+from funcnn import _fused
 from funcnn.backend import array_namespace
 from funcnn.optim._base import (
     Optimizer,
@@ -54,7 +55,8 @@ def adagrad_update(params, grads, state: AdagradState, *, lr=1e-2, eps=1e-10):
     """
     check_hyper(lr=lr, eps=eps)
     check_state(AdagradState, state, params, grads)
-    new_params, sum_sq = leafwise(_adagrad_leaf, params, grads, state.sum_sq,
+    leaf = _fused.optimizer_leaf("adagrad", params) or _adagrad_leaf  # one pass with numba
+    new_params, sum_sq = leafwise(leaf, params, grads, state.sum_sq,
                                   lr=learning_rate(lr, state.count), eps=eps)
     return new_params, AdagradState(state.count + 1, sum_sq)
 

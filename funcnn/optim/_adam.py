@@ -6,6 +6,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from funcnn import _fused
 from funcnn._checks import check_params_like
 from funcnn.backend import array_namespace, is_concrete
 from funcnn.optim._base import (
@@ -95,8 +96,9 @@ def _adam(params, grads, state, *, lr, b1, b2, eps, weight_decay=None, decayed=N
     lr, eps, weight_decay, t_real = as_real(params, learning_rate(lr, state.count), eps,
                                             weight_decay, t)
     c1, root_c2 = bias_correction(b1, t_real), sqrt(bias_correction(b2, t_real))
+    leaf = _fused.optimizer_leaf("adam", params) or adam_leaf_folded  # one pass with numba
     new_params, mu, nu = leafwise(
-        adam_leaf_folded, params, grads, state.mu, state.nu, *masks, b1=b1, b2=b2,
+        leaf, params, grads, state.mu, state.nu, *masks, b1=b1, b2=b2,
         one_minus_b1=one_minus(b1), one_minus_b2=one_minus(b2), step_size=lr * root_c2 / c1,
         eps_hat=eps * root_c2, decay=None if weight_decay is None else lr * weight_decay)
     return new_params, AdamState(t, mu, nu)

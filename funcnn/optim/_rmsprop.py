@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from funcnn import _fused
 from funcnn.optim._base import (
     Optimizer,
     check_hyper,
@@ -71,8 +72,9 @@ def rmsprop_update(params, grads, state: RMSPropState, *, lr=1e-3, decay=0.9, ep
     """
     check_hyper(lr=lr, decay=decay, eps=eps, momentum=momentum, centered=centered)
     check_state(RMSPropState, state, params, grads)
+    leaf = _fused.optimizer_leaf("rmsprop", params) or _rmsprop_leaf  # one pass with numba
     new_params, nu, velocity, mu = leafwise(
-        _rmsprop_leaf, params, grads, state.nu, state.velocity, state.mu,
+        leaf, params, grads, state.nu, state.velocity, state.mu,
         lr=learning_rate(lr, state.count), decay=decay, one_minus_decay=one_minus(decay), eps=eps,
         momentum=off_if_zero(momentum), centered=bool(centered))
     return new_params, RMSPropState(state.count + 1, nu, velocity, mu)

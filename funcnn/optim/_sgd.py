@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from funcnn import _fused
 from funcnn.optim._base import (
     Optimizer,
     check_hyper,
@@ -61,8 +62,9 @@ def sgd_update(params, grads, state: SGDState, *, lr=1e-2, momentum=0.0, nestero
     """
     check_hyper(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
     check_state(SGDState, state, params, grads)
+    leaf = _fused.optimizer_leaf("sgd", params) or _sgd_leaf  # one pass with numba
     new_params, velocity = leafwise(
-        _sgd_leaf, params, grads, state.velocity, lr=learning_rate(lr, state.count),
+        leaf, params, grads, state.velocity, lr=learning_rate(lr, state.count),
         momentum=off_if_zero(momentum), nesterov=bool(nesterov),
         weight_decay=off_if_zero(weight_decay))
     return new_params, SGDState(state.count + 1, velocity)

@@ -16,7 +16,8 @@ import numpy as np
 
 from ..config import Config, Contender
 from .floors import build_gemm_floor, build_jax_gemm_floor
-from .funcnn_fit import build_funcnn_jax_scan, build_funcnn_jax_step, build_funcnn_numpy
+from .funcnn_fit import build_funcnn_jax_scan, build_funcnn_jax_step
+from .funcnn_fused import build_funcnn_numpy_fused, build_funcnn_numpy_pure
 from .jax_refs import build_jax_example, build_jax_scan_ref, build_jax_step_ref
 from .numpy_naive import build_numpy_naive
 from .per_example import PER_EXAMPLE, PER_EXAMPLE_BUILDERS
@@ -34,7 +35,8 @@ CONTENDERS: dict[str, Callable[[Config, np.ndarray, np.ndarray], Contender]] = {
     "sklearn": build_sklearn,
     "jax-scan-ref": build_jax_scan_ref,
     "jax-step-ref": build_jax_step_ref,
-    "funcnn-numpy": build_funcnn_numpy,
+    "funcnn-numpy": build_funcnn_numpy_pure,  # the pure NumPy path, as without funcnn[fast]
+    "funcnn-numpy-fused": build_funcnn_numpy_fused,
     "funcnn-jax-scan": build_funcnn_jax_scan,
     "funcnn-jax-step": build_funcnn_jax_step,
     "jax-example": build_jax_example,

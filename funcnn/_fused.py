@@ -146,6 +146,13 @@ def bias_activation(z: np.ndarray, b: np.ndarray, name: str) -> np.ndarray:
     return out
 
 
+def activation(z: np.ndarray, name: str) -> np.ndarray:
+    """``g(z)`` in one pass (``z`` unchanged but for the sign of zeros): the output
+    activation of a net whose last layer added its own bias. Call only where
+    :func:`forward_applies`."""
+    return bias_activation(z, np.zeros(z.shape[1], z.dtype), name)
+
+
 def activation_grad_product(da: np.ndarray, mask: Any, z: np.ndarray, h: np.ndarray,
                             name: str) -> np.ndarray:
     """``da * mask * g'(z, h)`` in one pass, written into ``da`` (the caller's fresh

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from funcnn import random
+from funcnn import _fused, random
 from funcnn.activations import ACTIVATIONS, OUTPUTS, Activation, get_activation, name_of, softmax
 from funcnn.backend import concrete_value, float_dtype, get_backend, is_jax_array, to_backend
 from funcnn.layers import Layer, Serial, ShapeError
@@ -344,7 +344,10 @@ def apply(net: Network, params: Params, x: Array, noise: tuple | None = None, *,
             raise err.inside(i) from None
         caches.append(cache)
         new_states.append(s)
-    out = softmax(a) if net.output == "softmax" else get_activation(net.output).fn(a)
+    if _fused.forward_applies(a, net.output):
+        out = _fused.activation(a, net.output)  # fused: softmax (or g) in one pass
+    else:
+        out = softmax(a) if net.output == "softmax" else get_activation(net.output).fn(a)
     return Cache(tuple(caches), a, out, tuple(new_states) if state else ())
 
 

@@ -131,7 +131,7 @@ def test_adam_under_flushed_subnormals_agrees():
     m = np.full(64, 1.2e-38, np.float32)  # just above the smallest normal, 1.18e-38
     state = optim.AdamState(np.asarray(50, np.int32), {"p": m}, {"p": np.ones(64, np.float32)})
     zero = {"p": np.zeros(64, np.float32)}
-    for scope in (contextlib.nullcontext(False), funcnn.flush_denormals()):
+    for scope in (contextlib.nullcontext(False), funcnn.backend.flush_denormals()):
         with scope as flushed:
             pure, fused = both_paths(lambda: optim.adam_update({"p": p}, zero, state))
         assert_close(fused, pure, 0.0)

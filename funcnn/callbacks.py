@@ -342,8 +342,9 @@ def grad_norms(x: Any, y: Any, *, top: int = 10, batch_size: int = 1024) -> Call
 
     def on_epoch_end(state: FitState, info: FitInfo) -> FitState:
         norms = np.concatenate([
-            np.asarray(per_example_grad_norms(info.net, state.params, x[i:i + batch_size],
-                                              y[i:i + batch_size]), dtype=np.float64)
+            np.asarray(per_example_grad_norms(
+                info.net, state.params, x[i:i + batch_size], y[i:i + batch_size],
+                state=state.model_state if info.net.keeps_state else None), dtype=np.float64)
             for i in range(0, len(x), batch_size)])
         order = np.argsort(-norms, kind="stable")[:top]
         new = {"grad_norm_mean": float(norms.mean()), "grad_norm_max": float(norms.max()),

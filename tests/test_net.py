@@ -749,3 +749,20 @@ def test_the_random_nets_are_valid_and_of_the_requested_head():
         assert isinstance(net.layers[-1], Dense)
     assert random_net(1, "identity+mse") == random_net(1, "identity+mse")  # hashable specs
     assert hash(random_net(1, "identity+mse")) == hash(random_net(1, "identity+mse"))
+
+
+def test_grad_norms_callback_reads_the_running_statistics():
+    """callbacks.grad_norms on a BatchNorm net: each example's norm is that of
+    per_example_grad_norms with the state fit has reached (evaluation mode)."""
+    net = funcnn.Net([Conv2D(3, 3, bias=False), BatchNorm(), Activation("relu"), Flatten(),
+                      Dense(3)], in_shape=(5, 5, 1))
+    x = np.random.default_rng(3).normal(size=(24, 5, 5, 1))
+    y = np.arange(24) % 3
+    params = funcnn.init_params(net, 0, dtype="float64")
+    state = funcnn.init_state(net, dtype="float64")
+    params, _, history, state = funcnn.fit(
+        net, params, funcnn.optim.sgd(0.1), x, y, epochs=1, batch_size=8, key=0, state=state,
+        progress=False, callbacks=[funcnn.callbacks.grad_norms(x, y, batch_size=10)])
+    want = funcnn.per_example.per_example_grad_norms(net, params, x, y, state=state)
+    np.testing.assert_allclose(history["grad_norm_mean"][-1], np.mean(want), rtol=1e-12)
+    assert history["grad_norm_top"][-1][0] == int(np.argmax(want))

@@ -300,7 +300,7 @@ def test_fit_leaves_the_callers_arrays_valid(backend):
     state = _adam().init(params)
     before = _host((params, state))
     new_params, new_state, _ = _fit(backend, params=params, opt_state=state, epochs=2)
-    # jax donates the buffers it trains; the caller's must neither change nor be deleted
+    # fit donates no buffer and copies NumPy ones: the caller's must neither change nor be deleted
     _assert_trees_equal((params, state), before)
     assert math.isfinite(funcnn.evaluate(NET, params, x, y)["loss"])
     # the returned trees stay valid after they are passed to fit again

@@ -242,5 +242,6 @@ def test_the_entry_scripts_run(tmp_path):
     chart = tmp_path / "chart.png"
     run("benchmarks/plot.py", "docs/performance.json", str(chart))
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for script in ("compile_time", "numpy_breakdown", "numpy_optimizer", "revisions"):
+    for script in ("compile_time", "numpy_breakdown", "numpy_optimizer", "revisions",
+                   "fit_overhead"):
         assert run(f"benchmarks/{script}.py", "--help").startswith("usage:"), script

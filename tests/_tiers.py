@@ -1,5 +1,5 @@
 """The two test tiers: every test (``python -m pytest``, what CI runs) and the quick tier
-(``python -m pytest -m "not slow"``, under two minutes on a quiet 2-core CPU).
+(``python -m pytest -m "not slow" -n 2``, under two minutes on a quiet 2-core CPU).
 
 A test leaves the quick tier in one of three ways, all of which CI still runs:
 

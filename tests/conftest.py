@@ -11,16 +11,21 @@
   computation on the jax side.
 * No global random seed anywhere: randomness comes from explicit
   ``np.random.default_rng(seed)`` generators and funcnn keys.
+* The quick tier (``-m "not slow"``): the rules are in ``tests/_tiers.py``; the hook below
+  marks the tests outside each covering sample ``slow`` and, on a run over the whole suite,
+  stops the run if the quick tier lost a module or fell under its floor.
 """
 
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from _tiers import quick_cases, sampled_tests, tier_gaps  # tests/ is on the path
 
 # The repository root, so that ``import funcnn`` works without installing the package.
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +40,35 @@ import funcnn  # noqa: E402  (after the jax configuration and the path set-up)
 from funcnn.tree import tree_leaves, tree_paths  # noqa: E402
 
 BACKENDS = ("numpy", "jax")
+
+
+def _function(item) -> str:
+    """``file::function`` of a test item, the keys of ``QUICK_COVER``."""
+    return f"{item.path.name}::{item.originalname}"
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects
+def pytest_collection_modifyitems(config, items):
+    """Marks ``slow`` what the samples of ``_tiers`` leave out, then checks the quick tier."""
+    sampled: dict[str, list] = {}
+    for item in items:
+        if _function(item) in sampled_tests() and not item.get_closest_marker("slow"):
+            sampled.setdefault(_function(item), []).append(item)
+    for name, cases in sampled.items():
+        keep = quick_cases(name, [(it.callspec.params, it.callspec.indices) for it in cases])
+        for i, item in enumerate(cases):
+            if i not in keep:
+                item.add_marker(pytest.mark.slow)
+    modules = {path.name for path in Path(__file__).resolve().parent.glob("test_*.py")}
+    if {item.path.name for item in items} != modules:
+        return  # a part of the suite: the tier is checked on runs over all of it
+    stale = sampled_tests() - {_function(item) for item in items}
+    problems = [f"tests/_tiers.py names {name}, which is no test" for name in sorted(stale)]
+    problems += tier_gaps(Counter(item.path.name for item in items),
+                          Counter(item.path.name for item in items
+                                  if item.get_closest_marker("slow") is None))
+    if problems:
+        raise pytest.UsageError("the quick tier:\n  " + "\n  ".join(problems))
 
 
 @pytest.fixture(params=BACKENDS)

@@ -33,6 +33,7 @@ def run_python(code: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_import_funcnn_does_not_import_jax():
     result = run_python("""
         import sys

@@ -943,6 +943,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("wait_for_first_save", [False, True])
 def test_a_killed_writer_leaves_a_loadable_checkpoint(tmp_path, wait_for_first_save):
     n = 500_000

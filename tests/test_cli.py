@@ -137,6 +137,7 @@ def test_no_command_is_a_usage_error(capsys):
     assert code == 2 and "choose a command" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_python_dash_m_funcnn():
     proc = run_module("--help")
     assert proc.returncode == 0 and "gradcheck" in proc.stdout, proc.stderr
@@ -184,6 +185,7 @@ def test_python_dash_m_funcnn_beside_a_clone_named_funcnn(tmp_path):
     assert proc.returncode == 0 and proc.stdout.startswith("funcnn "), proc.stderr
 
 
+@pytest.mark.slow
 def test_the_funcnn_script_is_declared_and_installed():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"funcnn": "funcnn.cli:main"}
@@ -261,6 +263,7 @@ def test_huge_and_out_of_range_integers_are_usage_errors(capsys, argv, needle):
     assert_short_error(err, needle)
 
 
+@pytest.mark.slow
 def test_the_largest_seed_is_accepted(capsys):
     code, out, err = run_cli(capsys, "gradcheck", "--seed", str(2**64 - 3), "--hidden", "3")
     assert code == 0, err
@@ -412,6 +415,7 @@ def test_gradcheck_falls_back_to_finite_differences_without_jax(capsys, monkeypa
     assert last_json(out)["reference"] == "finite_differences"
 
 
+@pytest.mark.slow
 def test_gradcheck_in_a_python_where_jax_cannot_be_imported(tmp_path):
     proc = run_module("gradcheck", "--activation", "sigmoid",
                       env=blocker(tmp_path / "shim", "jax"))
@@ -1077,6 +1081,7 @@ def test_user_errors_through_python_dash_m(tmp_path):
     assert_short_error(proc.stderr, "--dropout")
 
 
+@pytest.mark.slow
 def test_train_without_matplotlib_and_tqdm(digits, tmp_path):
     """The jax extra alone: no curves.png (said on stderr), and epochs printed as lines."""
     proc = run_module("train", "--data", digits, "--limit", 600, "--hidden", 32,
@@ -1090,6 +1095,7 @@ def test_train_without_matplotlib_and_tqdm(digits, tmp_path):
     assert (tmp_path / "checkpoint.npz").exists() and (tmp_path / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_early_stopping_keeps_the_best_epoch(capsys, digits, tmp_path):
     """Adam at a high rate: the validation loss turns up, training stops and the model
     written is the one of the lowest validation loss (whatever epoch that is)."""

@@ -473,6 +473,7 @@ def test_page_code_runs_as_written(page, tmp_path, monkeypatch):
     assert ran > 0
 
 
+@pytest.mark.slow
 def test_shown_example_output_is_what_the_example_prints():
     """Console output shown on a page, titled ``output of python examples/NAME.py ARGS``,
     is what that command prints (word for word; its numbers depend on the random draws)."""

@@ -213,6 +213,7 @@ def test_mnist_example_validates_on_held_out_training_rows_and_tests_once(
     assert len(evaluated) == 1 and np.array_equal(evaluated[0], data.x_test)
 
 
+@pytest.mark.slow
 def test_seed_runs_labels_its_progress_bars(capsys, digits, tmp_path):
     load_example("seed_runs").main(["--data", str(digits), "--limit", "600", "--epochs", "2",
                                     "--backend", "numpy", "--out", str(tmp_path)])

@@ -271,6 +271,7 @@ def test_float32_check_layer_passes_at_float32_tolerance(backend):
     assert max(r.rel_error for r in reports) < 1e-4
 
 
+@pytest.mark.slow
 def test_one_key_gives_the_same_params_and_dropout_on_both_backends():
     rng = np.random.default_rng(8)
     on = {b: EVERY_LAYER.init(11, (16, 16, 2), "float64", backend=b) for b in ("numpy", "jax")}

@@ -841,6 +841,7 @@ def _tiny_jax_fit():
                            key=0, progress=False)
 
 
+@pytest.mark.slow
 def test_fit_on_jax_takes_an_optimizer_built_from_0d_arrays():
     jnp = jax.numpy
     _, fit = _tiny_jax_fit()

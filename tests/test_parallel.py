@@ -269,6 +269,7 @@ def test_four_devices_outputs_are_replicated(four_devices):
         assert (spec, replicated, devices) == ([], True, 4)
 
 
+@pytest.mark.slow
 def test_fit_again_does_not_recompile(four_devices):
     assert four_devices["compiled_before"] >= 1
     assert four_devices["compiled_after"] == four_devices["compiled_before"]
@@ -280,6 +281,7 @@ def _collectives(hlo: str) -> list[tuple[str, str]]:
     return re.findall(pattern, hlo)
 
 
+@pytest.mark.slow
 def test_only_gradients_and_indices_cross_devices(four_devices):
     """With the data replicated, the epoch program sums the gradients across devices with
     an all-reduce inside its loop; the data never move, only integer row indices, and in
@@ -299,6 +301,7 @@ def test_only_gradients_and_indices_cross_devices(four_devices):
     assert batch_moves, "data split by rows, yet no batch crosses devices"
 
 
+@pytest.mark.slow
 def test_batches_must_divide_among_devices(four_devices):
     errors = four_devices["errors"]
     assert errors["batch"].startswith("ValueError: batch_size 6 ")
@@ -313,6 +316,7 @@ def test_batches_must_divide_among_devices(four_devices):
     assert four_devices["drop_last_mesh"] == {"data": 4}  # no short batch: nothing to split
 
 
+@pytest.mark.slow
 def test_dp_sgd_on_four_devices_equals_one_device(four_devices):
     """DP-SGD with a 2-row short batch (90 = 11 x 8 + 2), which no longer needs to divide
     among the devices: the same noise, clipping and params as on one device."""
@@ -321,6 +325,7 @@ def test_dp_sgd_on_four_devices_equals_one_device(four_devices):
     assert _max_diff(got, four_devices["tail90"]) > 1e-3  # clipped and noised, not plain
 
 
+@pytest.mark.slow
 def test_hand_written_loop_on_sharded_batches(four_devices):
     out = four_devices
     assert _max_diff(out["step"], out["step_single"]) < 1e-12
@@ -369,6 +374,7 @@ def test_two_processes_resume_from_one_checkpoint(two_processes, reference):
         _assert_same_history(reports[i]["resumed_history"], reference[2])
 
 
+@pytest.mark.slow
 def test_two_processes_go_on_from_what_fit_returned(two_processes):
     """A third epoch from the params and optimizer state fit returned (arrays that span
     both processes) equals 3 epochs in a row on one device."""
@@ -378,6 +384,7 @@ def test_two_processes_go_on_from_what_fit_returned(two_processes):
         assert _max_diff(more, three[0]) < 1e-6
 
 
+@pytest.mark.slow
 def test_only_the_main_process_writes(two_processes):
     reports = two_processes[0]
     assert [r["main"] for r in reports] == [True, False]
@@ -385,6 +392,7 @@ def test_only_the_main_process_writes(two_processes):
     assert reports[0]["printed"].count("epoch ") == 2 and reports[1]["printed"] == ""
 
 
+@pytest.mark.slow
 def test_processes_must_pass_the_same_data(two_processes):
     for report in two_processes[0]:
         assert report["mismatch"] is not None
@@ -433,6 +441,7 @@ def _gone(pid_file: Path) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_launcher_sets_each_process_up(tmp_path):
     proc = _launch(tmp_path, "env", "--processes", "3", "--devices-per-process", "2")
     _check_ok(proc, "the launcher")
@@ -445,6 +454,7 @@ def test_launcher_sets_each_process_up(tmp_path):
                                 "--xla_force_host_platform_device_count=2"]
 
 
+@pytest.mark.slow
 def test_launcher_stops_the_rest_when_one_fails(tmp_path):
     proc = _launch(tmp_path, "one fails", "--processes", "2")
     assert proc.returncode == 3, proc.stderr
@@ -488,6 +498,7 @@ def test_launcher_blames_the_process_that_failed_first(tmp_path, capfd, first):
     assert err.count("funcnn.launch:") == 1, err
 
 
+@pytest.mark.slow
 def test_launcher_times_out(tmp_path):
     proc = _launch(tmp_path, "sleep", "--processes", "2", "--timeout", "1")
     assert proc.returncode == launch.TIMED_OUT, proc.stderr
@@ -495,6 +506,7 @@ def test_launcher_times_out(tmp_path):
     assert _gone(tmp_path / "pid_0") and _gone(tmp_path / "pid_1")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_no_worker_outlives_the_launcher(tmp_path, sig):
     script = tmp_path / "worker.py"
@@ -594,6 +606,7 @@ def test_mesh_on_one_device():
     assert placed.sharding.is_fully_replicated and np.allclose(np.asarray(placed), x)
 
 
+@pytest.mark.slow
 def test_imports_without_jax():
     code = ("import sys, funcnn.parallel, funcnn.launch; "
             "assert 'jax' not in sys.modules, 'jax was imported'")

@@ -315,6 +315,7 @@ def _output_delta(net, cache, y):
     return funcnn.losses.get_loss(net.loss).delta(net.output, cache.zs[-1], cache.out, y)
 
 
+@pytest.mark.slow
 def test_dp_grad_settings_hash_equal_and_compile_once(make_params):
     assert pe.dp_grad(1, 0) == pe.dp_grad(1.0, 0.0) == pe.DPGrad(1.0)
     assert hash(pe.dp_grad(1, 0)) == hash(pe.dp_grad(1.0))

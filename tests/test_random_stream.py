@@ -364,6 +364,7 @@ def test_the_numpy_stream_follows_threefry_partitionable():
     assert_identical_bits(fnr.uniform(k_np, shape), default, "back to the default")
 
 
+@pytest.mark.slow
 def test_without_jax_the_environment_variable_decides():
     code = """
         import sys

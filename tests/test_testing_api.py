@@ -178,6 +178,7 @@ def assert_prints_ok_without_jax(code: str, timeout: float = 120) -> None:
     assert result.stdout.strip() == "ok"
 
 
+@pytest.mark.slow
 def test_finite_differences_work_without_jax():
     code = NO_JAX + textwrap.dedent("""
         import numpy as np

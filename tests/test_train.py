@@ -570,6 +570,7 @@ def test_fit_does_not_recompile():
     assert _compiled() == compiled + 1
 
 
+@pytest.mark.slow
 def test_a_new_learning_rate_or_weight_decay_does_not_recompile():
     """The optimizer's numbers are arguments of the compiled epoch, not constants in it."""
     results = {}
@@ -975,6 +976,7 @@ def test_dp_on_a_padded_short_batch_equals_dp_on_the_short_batch(backend, net):
     assert _trees_differ(whole[0], got[0])
 
 
+@pytest.mark.slow
 def test_dp_in_a_jitted_epoch_trains_the_padded_short_batch_as_numpy_trains_it():
     """fit on jax pads the short last batch for DP-SGD too: the same run as on NumPy."""
     grad_fn = funcnn.per_example.dp_grad(0.5, 0.8)

@@ -363,6 +363,7 @@ def test_every_optimizer_update_keeps_the_param_dtype(update, backend, dtype, sc
     assert int(state.count) == 2
 
 
+@pytest.mark.slow
 def test_float64_on_jax_needs_x64_in_a_process_without_it():
     code = (
         "import funcnn\n"

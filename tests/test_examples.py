@@ -352,3 +352,62 @@ def test_cnn_mnist_holds_out_validation_rows():
         assert not any(img.tobytes() in seen for img in split.x_val)
         assert split.x_train.shape[1:] == split.x_test.shape[1:] == (28, 28, 1)
     assert set(splits[0].val_rows.tolist()) != set(splits[1].val_rows.tolist())
+
+
+@pytest.mark.slow
+def test_cnn_mnist_trains_with_fit_state_and_tests_once(capsys, monkeypatch, digits):
+    """The example trains through funcnn.fit, one call per epoch on freshly shifted images,
+    carrying params, optimizer state and BatchNorm's model state from call to call; it
+    validates on held-out training rows and evaluates the test set once, at the end, with
+    the model state the last fit returned; its JSON line reports what evaluate returned."""
+    data = funcnn.data.load_mnist(digits)
+    fit, evaluate = funcnn.fit, funcnn.evaluate
+    calls, evaluated = [], []
+
+    def fit_spy(net, params, optimizer, x, y, **kwargs):
+        assert not evaluated, "the test set was evaluated before training ended"
+        if calls:  # continues from what the previous call returned
+            assert kwargs["opt_state"] is calls[-1]["out"][1]
+            assert kwargs["state"] is calls[-1]["out"][3]
+        else:
+            assert kwargs["opt_state"] is None
+        out = fit(net, params, optimizer, x, y, **kwargs)
+        calls.append({"x": np.asarray(x), "kwargs": kwargs, "out": out})
+        return out
+
+    def evaluate_spy(net, params, x, y, **kwargs):
+        assert params is calls[-1]["out"][0] and kwargs["state"] is calls[-1]["out"][3]
+        result = evaluate(net, params, x, y, **kwargs)
+        evaluated.append((np.asarray(x), result))
+        return result
+
+    monkeypatch.setattr(funcnn, "fit", fit_spy)
+    monkeypatch.setattr(funcnn, "evaluate", evaluate_spy)
+    load_example("cnn_mnist").main(["--data", str(digits), "--limit", "600", "--epochs", "2",
+                                    "--batch-size", "32", "--backend", "numpy", "--no-check"])
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])
+
+    assert [(c["kwargs"]["initial_epoch"], c["kwargs"]["epochs"]) for c in calls] == [(0, 1),
+                                                                                     (1, 2)]
+    bn = [s for s in calls[-1]["out"][3] if isinstance(s, funcnn.layers.BatchNormState)]
+    assert len(bn) == 3 and all(not np.allclose(s.mean, 0) for s in bn)  # running statistics
+
+    def rows(a) -> set:
+        return {row.tobytes() for row in np.asarray(a).reshape(len(a), -1)}
+
+    images = rows(data.x_train[:600])
+    x_val = calls[0]["kwargs"]["validation"][0]
+    assert len(x_val) == 60 == result["val_rows"] and rows(x_val) <= images
+    unshifted = images - rows(x_val)  # the 540 training rows
+    for c in calls:
+        assert len(c["x"]) == 540 == result["train_rows"]
+        assert rows(c["x"]) != unshifted  # shifted...
+        assert len(rows(c["x"]) & unshifted) > 540 / 25 / 2  # ...except those drawn (0, 0)
+    assert rows(calls[0]["x"]) != rows(calls[1]["x"])  # anew every epoch
+    assert len(evaluated) == 1
+    x_test, test = evaluated[0]
+    np.testing.assert_array_equal(x_test.reshape(len(x_test), -1), data.x_test)
+    assert result["test_accuracy"] == pytest.approx(test["accuracy"], abs=1e-6)
+    assert result["test_accuracy"] > 0.3  # ten classes: chance is 0.1
+    assert len(re.findall(r"^epoch [12]/2 .* val accuracy", out, re.M)) == 2

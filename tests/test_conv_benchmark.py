@@ -55,7 +55,7 @@ def test_the_products_are_the_shapes_of_funcnns_patch_form():
     for p, cache in ((conv1, caches[0]), (conv2, caches[3])):
         assert cache.patches.shape == (p.rows, p.k), p.name
     for p, i in ((dense1, 7), (dense2, 9)):
-        assert caches[i].shape == (p.rows, p.k) and params[i].W.shape == (p.k, p.n), p.name
+        assert caches[i].x.shape == (p.rows, p.k) and params[i].W.shape == (p.k, p.n), p.name
 
 
 def test_lax_forward_computes_the_logits_of_the_patch_form():

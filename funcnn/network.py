@@ -33,8 +33,8 @@ import numpy as np
 from funcnn import _fused, random
 from funcnn.activations import ACTIVATIONS, OUTPUTS, Activation, get_activation, name_of, softmax
 from funcnn.backend import concrete_value, float_dtype, get_backend, is_jax_array, to_backend
-from funcnn.layers import Layer, Serial, ShapeError
-from funcnn.layers._base import InitializerError, check_in_shape
+from funcnn.layers import Serial, ShapeError
+from funcnn.layers._base import InitializerError, check_in_shape, check_layers
 from funcnn.losses import LOSSES, default_loss, get_loss
 from funcnn.tree import tree_map
 from funcnn.types import Array, Grads, Key, Params
@@ -79,22 +79,28 @@ class Network:
     @property
     def draws(self) -> bool:
         """Whether training draws randomness (dropout somewhere): then it needs a key."""
-        return any(layer.draws for layer in self.layers)
+        return _stack(self).draws
 
     @property
     def couples_rows(self) -> bool:
         """Whether in training an example's output depends on the batch (BatchNorm)."""
-        return any(layer.couples_rows for layer in self.layers)
+        return _stack(self).couples_rows
 
     @property
     def keeps_state(self) -> bool:
         """Whether the net has model state (BatchNorm's running statistics)."""
-        return any(layer.keeps_state for layer in self.layers)
+        return _stack(self).keeps_state
+
+
+@functools.cache
+def _stack(net: Network) -> Serial:
+    """The net's layers as one ``Serial`` (what it says of its layers, asked once)."""
+    return Serial(net.layers)
 
 
 @functools.cache
 def _out_shape(net: Network) -> tuple:
-    return Serial(net.layers).output_shape(net.in_shape)
+    return _stack(net).output_shape(net.in_shape)
 
 
 def check_head(output: Any, loss: Any, k: int) -> tuple[Any, Any]:
@@ -148,14 +154,8 @@ class Net(Network):
     loss: Any = None
 
     def __post_init__(self):
-        layers = self.layers
-        if not isinstance(layers, tuple | list) or not layers:
-            raise TypeError(f"Net takes a non-empty list or tuple of layers; got {layers!r}")
-        for i, layer in enumerate(layers):
-            if not isinstance(layer, Layer):
-                raise TypeError(f"Net layers[{i}] is a {type(layer).__name__}, not a layer of "
-                                "funcnn.layers")
-        object.__setattr__(self, "layers", tuple(layers))
+        layers = check_layers("Net", self.layers)
+        object.__setattr__(self, "layers", layers)
         object.__setattr__(self, "in_shape", check_in_shape(self.in_shape))
         out = _out_shape(self)
         if len(out) != 1:

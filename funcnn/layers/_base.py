@@ -169,6 +169,17 @@ class Layer:
         return sq, dx
 
 
+def check_layers(owner: str, layers: Any) -> tuple:
+    """``layers`` as a tuple, after checking it is a non-empty list or tuple of layers."""
+    if not isinstance(layers, tuple | list) or not layers:
+        raise TypeError(f"{owner} takes a non-empty list or tuple of layers; got {layers!r}")
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, Layer):
+            raise TypeError(f"{owner} layers[{i}] is a {type(layer).__name__}, not a layer "
+                            "of funcnn.layers")
+    return tuple(layers)
+
+
 def check_in_shape(in_shape: Any) -> tuple[int, ...]:
     """``in_shape`` as a tuple of positive ints (the batch axis excluded)."""
     dims = tuple(in_shape) if isinstance(in_shape, tuple | list) else None

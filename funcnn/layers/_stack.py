@@ -23,6 +23,7 @@ from funcnn.layers._base import (
     PerExampleError,
     ShapeError,
     check_in_shape,
+    check_layers,
     init_context,
 )
 
@@ -41,15 +42,7 @@ class Serial(Layer):
     layers: tuple[Layer, ...]
 
     def __post_init__(self):
-        name = type(self).__name__
-        layers = self.layers
-        if not isinstance(layers, tuple | list) or not layers:
-            raise TypeError(f"{name} takes a non-empty list or tuple of layers; got {layers!r}")
-        for i, layer in enumerate(layers):
-            if not isinstance(layer, Layer):
-                raise TypeError(f"{name} layers[{i}] is a {type(layer).__name__}, not a layer "
-                                "of funcnn.layers")
-        object.__setattr__(self, "layers", tuple(layers))
+        object.__setattr__(self, "layers", check_layers(type(self).__name__, self.layers))
 
     @property
     def draws(self) -> bool:

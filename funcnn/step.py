@@ -144,9 +144,10 @@ def make_train_step(net: Network, optimizer: Optimizer, *, grad_fn=backward_grad
 
     def step(params, opt_state, x, y, key=None, *, state=None):
         if net.draws and key is None:
+            rate = f" ({net.dropout})" if hasattr(net, "dropout") else ""
             raise ValueError(
-                "the net's dropout needs a key: step(params, opt_state, x, y, key), a new key "
-                "each step (e.g. funcnn.random.fold_in(key, step_number))")
+                f"the net's dropout{rate} needs a key: step(params, opt_state, x, y, key), a "
+                "new key each step (e.g. funcnn.random.fold_in(key, step_number))")
         b = prepare(net, params, x, y, state=state, key=key, train=True, draw=False)
         params, opt_state, loss, _, new_state = train_step(
             net, optimizer, params, opt_state, b.x, b.y, key, state=b.state, grad_fn=grad_fn)

@@ -155,12 +155,12 @@ def activation(z: np.ndarray, name: str) -> np.ndarray:
 
 def activation_grad_product(da: np.ndarray, mask: Any, z: np.ndarray, h: np.ndarray,
                             name: str) -> np.ndarray:
-    """``da * mask * g'(z, h)`` in one pass, written into ``da`` (the caller's fresh
-    product, returned); ``mask`` is the scaled dropout mask or ``None``; all (m, n).
-    Call only where :func:`backward_applies`."""
-    k = _kernels()
-    k.grad_product(da, mask, z, h, _constants(da.dtype), k.BACKWARD.index(name))
-    return da
+    """``da * mask * g'(z, h)`` in one pass, into a new array (``da`` is only read: it may
+    be shared, e.g. a residual block's skip); ``mask`` is the scaled dropout mask or
+    ``None``; all (m, n). Call only where :func:`backward_applies`."""
+    k, out = _kernels(), np.empty_like(da)
+    k.grad_product(da, mask, z, h, out, _constants(da.dtype), k.BACKWARD.index(name))
+    return out
 
 
 def _labels_apply(z: Any, y: Any) -> bool:

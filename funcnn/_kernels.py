@@ -14,7 +14,7 @@ kernel                  the reference it fuses
 ``adam``                ``funcnn.optim._adam.adam_leaf_folded`` (Adam and AdamW)
 ``bias_activation``     ``z += b; h = g(z)`` of ``funcnn.mlp.apply`` (relu, leaky_relu)
 ``bias_softmax``        ``z += b; p = softmax(z)`` of ``funcnn.mlp.apply``
-``grad_product``        ``dz = da * mask * g'(z, h)`` of ``funcnn.mlp.backward`` (6 of 8)
+``grad_product``        ``dz = da * mask * g'(z, h)`` of ``layers.Dense``'s backward (6 of 8)
 ``cross_entropy``       ``funcnn.losses.cross_entropy`` for integer labels
 ``cross_entropy_delta`` ``funcnn.losses.cross_entropy_delta`` for integer labels
 ======================  ==============================================================
@@ -103,30 +103,30 @@ def bias_activation(z, b, h, c, kind):
 
 
 @inline
-def _grad_product_loop(da, mask, z, a, c, kind):
+def _grad_product_loop(da, mask, z, a, out, c, kind):
     m, n = da.shape
     for i in range(m):
         for j in range(n):
             d = da[i, j] if mask is None else da[i, j] * mask[i, j]
-            da[i, j] = d * _act_grad(kind, z[i, j], a[i, j], c)
+            out[i, j] = d * _act_grad(kind, z[i, j], a[i, j], c)
 
 
 @jit
-def grad_product(da, mask, z, a, c, kind):
-    """``da = da * mask * g'(z, a)`` in place, ``g = BACKWARD[kind]``, all (m, n);
-    ``mask`` may be None."""
+def grad_product(da, mask, z, a, out, c, kind):
+    """``out = da * mask * g'(z, a)``, ``g = BACKWARD[kind]``, all (m, n); ``mask`` may be
+    None. ``da`` is only read: it may be the caller's array (a residual block's skip)."""
     if kind == 0:
-        _grad_product_loop(da, mask, z, a, c, 0)
+        _grad_product_loop(da, mask, z, a, out, c, 0)
     elif kind == 1:
-        _grad_product_loop(da, mask, z, a, c, 1)
+        _grad_product_loop(da, mask, z, a, out, c, 1)
     elif kind == 2:
-        _grad_product_loop(da, mask, z, a, c, 2)
+        _grad_product_loop(da, mask, z, a, out, c, 2)
     elif kind == 3:
-        _grad_product_loop(da, mask, z, a, c, 3)
+        _grad_product_loop(da, mask, z, a, out, c, 3)
     elif kind == 4:
-        _grad_product_loop(da, mask, z, a, c, 4)
+        _grad_product_loop(da, mask, z, a, out, c, 4)
     else:
-        _grad_product_loop(da, mask, z, a, c, 5)
+        _grad_product_loop(da, mask, z, a, out, c, 5)
 
 
 @jit

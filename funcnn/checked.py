@@ -256,7 +256,7 @@ def check_params(net: Network, params: Any) -> Any:
     return dtype
 
 
-def check_state(net: Network, state: Any, dtype: Any, backend: str) -> Any:
+def check_state(net: Network, state: Any, dtype: Any) -> Any:
     """The model state for a call: ``()`` for a net without one; the given state, checked
     against the net's, for a net with one (which must be given)."""
     if not net.keeps_state:
@@ -340,7 +340,7 @@ def prepare(net: Network, params: Any, x: Any, y: Any = None, *, state: Any = No
         x = namespace("jax").asarray(x)
     if y is not None:
         y = check_y(net, y, x.shape[0], dtype)
-    state = check_state(net, state, dtype, backend)
+    state = check_state(net, state, dtype)
     if train not in (True, False):
         raise TypeError(f"train must be True or False; got {train!r}")
     noise = None

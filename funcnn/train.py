@@ -163,7 +163,7 @@ def evaluate(net: Network, params, x, y, *, batch_size: int = 10_000,
     dtype = check_params(net, params)
     batch_size = check_count("batch_size", batch_size)
     backend = check_same_backend(params, x=x, y=y, state=state)
-    state = check_state(net, state, dtype, backend)
+    state = check_state(net, state, dtype)
     x, y = _prepare_data(net, params, x, y, dtype, backend)
     return _evaluate(net, params, state, x, y, batch_size)
 
@@ -383,7 +383,7 @@ def fit(
         raise ValueError(f"initial_epoch must be in [0, epochs={epochs}]; got {initial_epoch}")
     backend = check_same_backend(params, x=x, y=y, opt_state=opt_state, validation=validation,
                                  state=state)
-    model_state = check_state(net, state, dtype, backend)
+    model_state = check_state(net, state, dtype)
     x, y = _prepare_data(net, params, x, y, dtype, backend)
     if validation is not None:
         if not (isinstance(validation, tuple | list) and len(validation) == 2):

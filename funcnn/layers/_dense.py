@@ -181,8 +181,8 @@ class Dense(Layer):
 
     def _dz(self, cache, dy):
         if self.activation is not None and _fused.backward_applies(dy, self.activation):
-            # fused: dy * mask * g'(z, a) in one pass, into a copy (dy may be the caller's)
-            return _fused.activation_grad_product(dy.copy(), cache.mask, cache.z, cache.a,
+            # fused: dy * mask * g'(z, a) in one pass, into a new array
+            return _fused.activation_grad_product(dy, cache.mask, cache.z, cache.a,
                                                   self.activation)
         if cache.mask is not None:
             dy = dy * cache.mask                       # dropout passes gradient where it kept
